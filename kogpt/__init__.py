@@ -1,0 +1,22 @@
+"""kogpt: run KakaoBrain's KoGPT (GPT-J, 6B) locally, from a REPL or from Python."""
+
+from __future__ import annotations
+
+__version__ = "0.2.0"
+__all__ = ["KoGPT", "KoGPTError", "Chunk", "SamplingSettings", "__version__"]
+
+_EXPORTS = {
+    "KoGPT": "kogpt.api",
+    "KoGPTError": "kogpt.errors",
+    "Chunk": "kogpt.generate",
+    "SamplingSettings": "kogpt.generate",
+}
+
+
+def __getattr__(name: str):
+    # Lazy, so that `python -m kogpt --help` does not wait for torch to import.
+    if name in _EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'kogpt' has no attribute {name!r}")

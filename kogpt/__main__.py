@@ -1,0 +1,3 @@
+from kogpt.cli import main
+
+raise SystemExit(main())

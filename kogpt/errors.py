@@ -1,0 +1,7 @@
+"""The one exception type users see: its message is a sentence that says what to do."""
+
+from __future__ import annotations
+
+
+class KoGPTError(Exception):
+    """A failure the user can act on. `cli.main` prints it as one line and exits 1."""

@@ -1,0 +1,183 @@
+"""Find, check and load a KoGPT checkpoint (hub repo or local directory) onto a device."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from kogpt import memory
+from kogpt.defaults import DEFAULT_MODEL, DEFAULT_REVISION
+from kogpt.errors import KoGPTError
+
+log = logging.getLogger(__name__)
+
+SPECIAL_TOKENS = {
+    "bos_token": "[BOS]",
+    "eos_token": "[EOS]",
+    "unk_token": "[UNK]",
+    "pad_token": "[PAD]",
+    "mask_token": "[MASK]",
+}
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+HUB_FILES = ["*.json", "*.safetensors", "*.bin", "*.txt"]
+
+
+@dataclass
+class Loaded:
+    """A model ready to generate, with what was decided on the way."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    device: torch.device
+    dtype: torch.dtype
+    source: str
+    n_params: int
+    context_length: int
+
+
+def looks_local(model: str) -> bool:
+    return Path(model).expanduser().exists() or model.startswith((".", "/", "~")) or model.count("/") > 1
+
+
+def resolve_checkpoint(model: str, revision: str) -> Path:
+    """Return a local directory holding the checkpoint, downloading it from the hub if needed."""
+    if looks_local(model):
+        path = Path(model).expanduser()
+        log.debug("--model %s is a local directory; --revision %s is ignored", path, revision)
+        check_directory(path)
+        return path
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    log.debug("fetching %s at revision %s from the hub (or its cache)", model, revision)
+    try:
+        path = Path(snapshot_download(model, revision=revision, allow_patterns=HUB_FILES))
+    except RevisionNotFoundError as exc:
+        raise KoGPTError(f"the hub repo {model} has no revision {revision!r}") from exc
+    except GatedRepoError as exc:
+        raise KoGPTError(f"{model} is gated: accept its terms on huggingface.co and run `hf auth login`") from exc
+    except RepositoryNotFoundError as exc:
+        raise KoGPTError(f"no hub repo {model!r} (nor a local directory of that name)") from exc
+    except LocalEntryNotFoundError as exc:
+        raise KoGPTError(
+            f"cannot reach the hub and {model}@{revision} is not in the local cache; "
+            "connect once to download it, or pass --model DIR with a local checkpoint"
+        ) from exc
+    except OSError as exc:
+        raise KoGPTError(f"could not download {model}@{revision}: {exc}") from exc
+    check_directory(path)
+    return path
+
+
+def check_directory(path: Path) -> None:
+    if not path.is_dir():
+        raise KoGPTError(f"no such model directory: {path}")
+    if not (path / "config.json").is_file():
+        raise KoGPTError(f"{path} has no config.json: is it a Hugging Face checkpoint directory?")
+    if not any((path / name).is_file() for name in WEIGHT_FILES):
+        raise KoGPTError(f"{path} has no weights ({' or '.join(WEIGHT_FILES[::2])})")
+
+
+def load_config(path: Path):
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        raise KoGPTError(f"{path / 'config.json'} is not a valid model config: {first_line(exc)}") from exc
+    if config.model_type != "gptj":
+        raise KoGPTError(f"{path / 'config.json'} is a {config.model_type!r} model; KoGPT needs model_type 'gptj'")
+    return config
+
+
+def load_tokenizer(path: Path, vocab_size: int):
+    """The tokenizer with KoGPT's special tokens, checked to exist in the model's vocabulary."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        raise KoGPTError(f"could not load the tokenizer from {path}: {first_line(exc)}") from exc
+    vocab = tokenizer.get_vocab()
+    for token in SPECIAL_TOKENS.values():
+        if token not in vocab or vocab[token] >= vocab_size:
+            raise KoGPTError(f"the tokenizer in {path} has no {token} token")
+    # Mark them special, as the seed does by passing them to from_pretrained; none is new.
+    tokenizer.add_special_tokens(SPECIAL_TOKENS)
+    return tokenizer
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "cuda" and not torch.cuda.is_available():
+        log.warning("CUDA is not available; running on the CPU")
+        device = "cpu"
+    return torch.device(device)
+
+
+def load(
+    model: str = DEFAULT_MODEL,
+    revision: str = DEFAULT_REVISION,
+    device: str = "cuda",
+    dtype: str = "auto",
+) -> Loaded:
+    """Load tokenizer and weights, choose the dtype, and place the model on `device`."""
+    started = time.perf_counter()
+    path = resolve_checkpoint(model, revision)
+    config = load_config(path)
+    tokenizer = load_tokenizer(path, config.vocab_size)
+    log.debug("loaded the tokenizer from %s (%d tokens)", path, len(tokenizer))
+
+    target = resolve_device(device)
+    n_params = memory.parameter_count(config)
+    context = config.n_positions
+    kv16 = memory.kv_cache_bytes(config, context, torch.float16)
+    free = memory.free_memory(target.type)
+    stored = getattr(config, "dtype", None) or torch.float32
+    stored = memory.DTYPES.get(str(stored).removeprefix("torch."), torch.float32)
+    choice = memory.choose_dtype(dtype, target.type, stored, n_params, free, kv16)
+    log.info("dtype %s on %s: %s", str(choice.dtype).removeprefix("torch."), target, choice.reason)
+    memory.check_fits(n_params, choice.dtype, kv16 * choice.dtype.itemsize // 2, free, target.type)
+
+    weights = load_weights(path, choice.dtype, target, tokenizer.eos_token_id)
+    log.debug(
+        "loaded %d parameters from %s in %.1f s", n_params, path, time.perf_counter() - started
+    )
+    return Loaded(weights, tokenizer, target, choice.dtype, str(path), n_params, context)
+
+
+def load_weights(path: Path, dtype: torch.dtype, device: torch.device, pad_token_id: int):
+    from transformers import AutoModelForCausalLM
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            path,
+            dtype=dtype,
+            device_map=str(device),
+            attn_implementation="sdpa",
+            pad_token_id=pad_token_id,
+        )
+    except (MemoryError, torch.OutOfMemoryError) as exc:
+        raise KoGPTError(f"ran out of memory loading {path} in {dtype}; try --dtype bfloat16 or more memory") from exc
+    except Exception as exc:  # the loaders raise many types for a bad file; name the file and go
+        raise KoGPTError(f"could not load the weights in {path}: {first_line(exc)}") from exc
+    model.eval()
+    return model
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]
