@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TextIO, TypeVar
 
@@ -52,20 +52,30 @@ def parse_max_length(text: str, prompt_tokens: int, context: int) -> int:
 
 
 class SafeFileHistory(FileHistory):
-    """A FileHistory that warns once, through `on_error`, when it cannot write, and goes on."""
+    """A FileHistory that warns once, through `on_error`, when it cannot read or write, and goes on."""
 
     def __init__(self, filename: str, on_error: Callable[[str], None]) -> None:
         super().__init__(filename)
         self._on_error = on_error
         self._warned = False
 
+    def _warn(self, exc: OSError) -> None:
+        if not self._warned:
+            self._warned = True
+            self._on_error(f"cannot save the prompt history to {self.filename}: {exc.strerror or exc}")
+
+    def load_history_strings(self) -> Iterable[str]:
+        try:
+            return list(super().load_history_strings())
+        except OSError as exc:
+            self._warn(exc)
+            return []
+
     def store_string(self, string: str) -> None:
         try:
             super().store_string(string)
         except OSError as exc:
-            if not self._warned:
-                self._warned = True
-                self._on_error(f"cannot save the prompt history to {self.filename}: {exc.strerror or exc}")
+            self._warn(exc)
 
 
 def open_history(path: Path | None, on_error: Callable[[str], None]) -> History:
