@@ -37,9 +37,10 @@ class KoGPT:
         revision: str = DEFAULT_REVISION,
         device: str = "cuda",
         dtype: str = "auto",
+        trust_remote_code: bool = False,
     ) -> KoGPT:
         """Load from a hub repo id or a local checkpoint directory; see `kogpt.model.load`."""
-        return cls(model_lib.load(model, revision, device, dtype))
+        return cls(model_lib.load(model, revision, device, dtype, trust_remote_code))
 
     @property
     def context_length(self) -> int:
@@ -105,13 +106,13 @@ class KoGPT:
             records.append(record)
             try:
                 for chunk in self.stream(prompt, dataclasses.replace(settings, seed=seed)):
-                    record.completion += chunk.text
+                    if on_text and chunk.text:
+                        on_text(index, chunk.text)
+                    record.completion += chunk.text  # after it was shown: the record is what was seen
                     record.completion_tokens = chunk.tokens
                     record.seconds = chunk.seconds
                     record.first_token_seconds = chunk.first_token_seconds
                     record.finish_reason = chunk.finish_reason
-                    if on_text and chunk.text:
-                        on_text(index, chunk.text)
             except KeyboardInterrupt:
                 record.finish_reason = "interrupted"
                 raise Interrupted(records) from None

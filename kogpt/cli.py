@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -69,6 +70,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         help="compute dtype (default:auto: float16 on GPUs, float32 or bfloat16 on CPUs by memory)",
     )
     parser.add_argument("-d", "--debug", action="store_true", help="debug logging and full tracebacks")
+    parser.add_argument(
+        "--trust-remote-code", action="store_true", help="let a checkpoint run its own Python code (off: never)"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -133,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     from kogpt.render import Renderer
 
     renderer = Renderer()
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         return run(args, renderer)
     except KoGPTError as exc:
@@ -142,10 +147,20 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except Terminated:
+        return 143
     except BrokenPipeError:  # `kogpt -p ... | head -1`: the reader left; end quietly
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 141
+
+
+class Terminated(BaseException):
+    """SIGTERM: unwinds like Ctrl-C (the generation stops, files are closed) and exits 143."""
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated
 
 
 def run(args: argparse.Namespace, renderer) -> int:
@@ -161,7 +176,7 @@ def run(args: argparse.Namespace, renderer) -> int:
     prompts = scripted_prompts(args, settings)  # read (and check) input before the slow load
     resolve_checkpoint(args.model, args.revision)  # a download shows its own progress bars
     with renderer.loading(args.model):
-        gpt = KoGPT.load(args.model, args.revision, args.device, args.dtype)
+        gpt = KoGPT.load(args.model, args.revision, args.device, args.dtype, args.trust_remote_code)
     if prompts is not None:
         from kogpt.scripting import run_batch
 

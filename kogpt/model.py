@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,17 +87,19 @@ def resolve_checkpoint(model: str, revision: str) -> Path:
 def check_directory(path: Path) -> None:
     if not path.is_dir():
         raise KoGPTError(f"no such model directory: {path}")
+    if not os.access(path, os.R_OK | os.X_OK):
+        raise KoGPTError(f"cannot read the model directory {path}: permission denied")
     if not (path / "config.json").is_file():
         raise KoGPTError(f"{path} has no config.json: is it a Hugging Face checkpoint directory?")
     if not any((path / name).is_file() for name in WEIGHT_FILES):
         raise KoGPTError(f"{path} has no weights ({' or '.join(WEIGHT_FILES[::2])})")
 
 
-def load_config(path: Path):
+def load_config(path: Path, trust_remote_code: bool = False):
     from transformers import AutoConfig
 
     try:
-        config = AutoConfig.from_pretrained(path)
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
         raise KoGPTError(f"{path / 'config.json'} is not a valid model config: {first_line(exc)}") from exc
     if config.model_type != "gptj":
@@ -104,12 +107,12 @@ def load_config(path: Path):
     return config
 
 
-def load_tokenizer(path: Path, vocab_size: int):
+def load_tokenizer(path: Path, vocab_size: int, trust_remote_code: bool = False):
     """The tokenizer with KoGPT's special tokens, checked to exist in the model's vocabulary."""
     from transformers import AutoTokenizer
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
         raise KoGPTError(f"could not load the tokenizer from {path}: {first_line(exc)}") from exc
     vocab = tokenizer.get_vocab()
@@ -133,12 +136,18 @@ def load(
     revision: str = DEFAULT_REVISION,
     device: str = "cuda",
     dtype: str = "auto",
+    trust_remote_code: bool = False,
 ) -> Loaded:
-    """Load tokenizer and weights, choose the dtype, and place the model on `device`."""
+    """Load tokenizer and weights, choose the dtype, and place the model on `device`.
+
+    Code shipped inside a checkpoint never runs unless `trust_remote_code` is set.
+    """
     started = time.perf_counter()
+    if trust_remote_code:
+        log.warning("--trust-remote-code: Python code inside %s will run on this machine", model)
     path = resolve_checkpoint(model, revision)
-    config = load_config(path)
-    tokenizer = load_tokenizer(path, config.vocab_size)
+    config = load_config(path, trust_remote_code)
+    tokenizer = load_tokenizer(path, config.vocab_size, trust_remote_code)
     log.debug("loaded the tokenizer from %s (%d tokens)", path, len(tokenizer))
 
     target = resolve_device(device)
@@ -152,19 +161,21 @@ def load(
     log.info("dtype %s on %s: %s", str(choice.dtype).removeprefix("torch."), target, choice.reason)
     memory.check_fits(n_params, choice.dtype, kv16 * choice.dtype.itemsize // 2, free, target.type)
 
-    weights = load_weights(path, choice.dtype, target, tokenizer.eos_token_id)
+    weights = load_weights(path, choice.dtype, target, tokenizer.eos_token_id, trust_remote_code)
     log.debug(
         "loaded %d parameters from %s in %.1f s", n_params, path, time.perf_counter() - started
     )
     return Loaded(weights, tokenizer, target, choice.dtype, model, n_params, context)
 
 
-def load_weights(path: Path, dtype: torch.dtype, device: torch.device, pad_token_id: int):
+def load_weights(path: Path, dtype: torch.dtype, device: torch.device, pad_token_id: int, trust_remote_code: bool):
+    """The weights in `dtype` on `device`; pickled `.bin` files go through torch's weights-only loader."""
     from transformers import AutoModelForCausalLM
 
     try:
         model = AutoModelForCausalLM.from_pretrained(
             path,
+            trust_remote_code=trust_remote_code,
             dtype=dtype,
             device_map=str(device),
             attn_implementation="sdpa",
