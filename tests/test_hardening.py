@@ -181,6 +181,7 @@ def test_hub_revision_that_does_not_exist(monkeypatch):
         KoGPT.load("kakaobrain/kogpt", revision="nope", device="cpu")
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_pickled_weights_never_run_code(tiny_bin_dir, tmp_path):
     import shutil
 
