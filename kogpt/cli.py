@@ -20,7 +20,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="KoGPT inference",
         description="KakaoBrain Korean(hangul) Generative Pre-Training Model",
+        epilog="few-shot evaluation: kogpt eval {nsmc,ynat,klue-sts} --data FILE (see kogpt eval --help)",
     )
+    add_model_arguments(parser)
+    parser.add_argument("--version", action="version", version=f"kogpt {__version__}")
+    return parser
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags that choose and place the model (shared by the REPL and `kogpt eval`), and --debug."""
     parser.add_argument(
         "--model", default=DEFAULT_MODEL, help=f"huggingface repo or local directory (default:{DEFAULT_MODEL})"
     )
@@ -38,8 +46,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="compute dtype (default:auto: float16 on GPUs, float32 or bfloat16 on CPUs by memory)",
     )
     parser.add_argument("-d", "--debug", action="store_true", help="debug logging and full tracebacks")
-    parser.add_argument("--version", action="version", version=f"kogpt {__version__}")
-    return parser
 
 
 def setup_logging(debug: bool) -> None:
@@ -60,13 +66,19 @@ def history_path() -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    parser, runner = build_parser(), run
+    if argv[:1] == ["eval"]:
+        from kogpt.evaluate import cli as evaluate
+
+        parser, runner, argv = evaluate.build_parser(), evaluate.run, argv[1:]
+    args = parser.parse_args(argv)
     setup_logging(args.debug)
     from kogpt.render import Renderer
 
     renderer = Renderer()
     try:
-        return run(args, renderer)
+        return runner(args, renderer)
     except KoGPTError as exc:
         if args.debug:
             log.exception("failed")

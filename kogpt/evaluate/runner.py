@@ -1,0 +1,88 @@
+"""Score every prompt's candidate labels and turn the choices into metrics."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from kogpt.errors import KoGPTError
+from kogpt.evaluate import metrics
+from kogpt.evaluate.fewshot import Prompt
+from kogpt.evaluate.scoring import Request, score
+from kogpt.evaluate.templates import Task, Template
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Outcome:
+    """Predictions, per-label log-likelihoods, the confusion matrix and the metrics of one run."""
+
+    labels: tuple[str, ...]
+    gold: list[str]
+    predicted: list[str]
+    scores: list[list[float]]
+    matrix: metrics.Matrix
+    metrics: dict[str, float]
+    seconds: float
+
+    @property
+    def items_per_second(self) -> float:
+        return len(self.gold) / self.seconds if self.seconds > 0 else 0.0
+
+
+def requests(gpt, task: Task, template: Template, prompts: Sequence[Prompt]) -> list[Request]:
+    """Tokenize each prompt and the labels' continuations; refuse prompts longer than the model's context."""
+    choices = [gpt.encode(template.choices[label]) for label in task.labels]
+    if not all(choices):
+        raise KoGPTError("a label's continuation encodes to no tokens; check the template's choices")
+    longest = max(map(len, choices))
+    out = []
+    for prompt in prompts:
+        context = gpt.encode(prompt.text)
+        if not context:
+            raise KoGPTError(f"line {prompt.example.line}: the prompt encodes to no tokens")
+        if len(context) + longest > gpt.context_length:
+            raise KoGPTError(
+                f"line {prompt.example.line}: the prompt is {len(context)} tokens, too long for the model's "
+                f"{gpt.context_length}-token context; use fewer --shots"
+            )
+        out.append(Request(context, choices))
+    return out
+
+
+def evaluate(
+    gpt,
+    task: Task,
+    template: Template,
+    prompts: Sequence[Prompt],
+    batch_size: int = 8,
+    method: str = "prefix",
+    advance: Callable[[int], None] | None = None,
+) -> Outcome:
+    """Score each prompt's labels with `gpt` and predict the most likely one (ties: the first label).
+
+    `advance(n)` is called as items finish, for a progress bar.
+    """
+    batch = requests(gpt, task, template, prompts)
+    if prompts:
+        log.debug("full prompt of the first item (line %d):\n%s", prompts[0].example.line, prompts[0].text)
+    pad = gpt.tokenizer.pad_token_id if gpt.tokenizer.pad_token_id is not None else 0
+    started = time.perf_counter()
+    scores = []
+    for item_scores in score(gpt.model, batch, batch_size, method, pad):
+        scores.append(item_scores)
+        if advance is not None:
+            advance(1)
+    seconds = time.perf_counter() - started
+    gold = [p.example.label for p in prompts]
+    predicted = [task.labels[max(range(len(s)), key=s.__getitem__)] for s in scores]
+    matrix = metrics.confusion_matrix(gold, predicted, task.labels)
+    values = {"accuracy": metrics.accuracy(matrix)}
+    if task.metric == "f1":
+        values["f1"] = metrics.f1(matrix, task.labels.index(task.positive))
+    elif task.metric == "macro_f1":
+        values["macro_f1"] = metrics.macro_f1(matrix)
+    return Outcome(task.labels, gold, predicted, scores, matrix, values, seconds)
