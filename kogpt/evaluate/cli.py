@@ -77,7 +77,7 @@ def run(args: argparse.Namespace, renderer) -> int:
     import transformers
 
     from kogpt.api import KoGPT
-    from kogpt.evaluate.runner import evaluate
+    from kogpt.evaluate.runner import evaluate, requests
     from kogpt.model import resolve_checkpoint
 
     if not args.debug:
@@ -86,8 +86,9 @@ def run(args: argparse.Namespace, renderer) -> int:
     path = resolve_checkpoint(args.model, args.revision)
     with renderer.loading(args.model):
         gpt = KoGPT.load(str(path), args.revision, args.device, args.dtype)
+    batch = requests(gpt, task, template, prompts, str(data.path))
     with render.progress(renderer.err, len(prompts), task.name) as advance:
-        outcome = evaluate(gpt, task, template, prompts, args.batch_size, advance=advance)
+        outcome = evaluate(gpt, task, prompts, batch, args.batch_size, advance=advance)
     result = report(args, gpt, task, template, data, train, outcome)
     (render.print_json if args.json else render.print_table)(renderer.out, result)
     return 0

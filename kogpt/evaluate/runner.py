@@ -33,8 +33,11 @@ class Outcome:
         return len(self.gold) / self.seconds if self.seconds > 0 else 0.0
 
 
-def requests(gpt, task: Task, template: Template, prompts: Sequence[Prompt]) -> list[Request]:
-    """Tokenize each prompt and the labels' continuations; refuse prompts longer than the model's context."""
+def requests(gpt, task: Task, template: Template, prompts: Sequence[Prompt], source: str = "data") -> list[Request]:
+    """Tokenize each prompt and the labels' continuations; refuse prompts longer than the model's context.
+
+    `source` (the data file) starts the error messages, which name the item's line.
+    """
     choices = [gpt.encode(template.choices[label]) for label in task.labels]
     if not all(choices):
         raise KoGPTError("a label's continuation encodes to no tokens; check the template's choices")
@@ -43,10 +46,10 @@ def requests(gpt, task: Task, template: Template, prompts: Sequence[Prompt]) -> 
     for prompt in prompts:
         context = gpt.encode(prompt.text)
         if not context:
-            raise KoGPTError(f"line {prompt.example.line}: the prompt encodes to no tokens")
+            raise KoGPTError(f"{source}, line {prompt.example.line}: the prompt encodes to no tokens")
         if len(context) + longest > gpt.context_length:
             raise KoGPTError(
-                f"line {prompt.example.line}: the prompt is {len(context)} tokens, too long for the model's "
+                f"{source}, line {prompt.example.line}: the prompt is {len(context)} tokens, too long for the model's "
                 f"{gpt.context_length}-token context; use fewer --shots"
             )
         out.append(Request(context, choices))
@@ -56,17 +59,16 @@ def requests(gpt, task: Task, template: Template, prompts: Sequence[Prompt]) -> 
 def evaluate(
     gpt,
     task: Task,
-    template: Template,
     prompts: Sequence[Prompt],
+    batch: Sequence[Request],
     batch_size: int = 8,
     method: str = "prefix",
     advance: Callable[[int], None] | None = None,
 ) -> Outcome:
     """Score each prompt's labels with `gpt` and predict the most likely one (ties: the first label).
 
-    `advance(n)` is called as items finish, for a progress bar.
+    `batch` holds the prompts' `requests()`; `advance(n)` is called as items finish, for a progress bar.
     """
-    batch = requests(gpt, task, template, prompts)
     if prompts:
         log.debug("full prompt of the first item (line %d):\n%s", prompts[0].example.line, prompts[0].text)
     pad = gpt.tokenizer.pad_token_id if gpt.tokenizer.pad_token_id is not None else 0
