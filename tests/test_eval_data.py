@@ -35,7 +35,9 @@ def test_nsmc_reads_fields_labels_lines_and_skips_empty_documents():
 def test_ynat_accepts_names_and_indices():
     ds = data.read("ynat", DATA / "ynat.json")
     assert len(ds.examples) == 16
-    assert ds.examples[7].label == "IT과학" and ds.examples[7].line == 9  # "label": 0, the 8th object, after the "[" line
+    assert (
+        ds.examples[7].label == "IT과학" and ds.examples[7].line == 9
+    )  # "label": 0, the 8th object, after the "[" line
     assert [e.label for e in ds.examples[7:14]] == list(data.YNAT_LABELS)
     assert ds.examples[0].fields == {"title": "새 스마트폰 인공지능 기능 공개"}
 
@@ -64,7 +66,12 @@ BAD_FILES = [
     ("ynat", '[{"title": "가", "label": 7}]', 1, "'label'"),
     ("ynat", '[{"title": "가", "label": 1},\n ["나", 1]]', 2, "JSON object"),
     ("ynat", '{"title": "가", "label": 1}\n{"title": "나", "label": 1\n', 2, "invalid JSON"),
-    ("klue-sts", '[{"sentence1": "a", "sentence2": "b", "labels": {"label": 4.0}},\n{"sentence1": "a", "sentence2": "b"}]', 2, "'labels'"),
+    (
+        "klue-sts",
+        '[{"sentence1": "a", "sentence2": "b", "labels": {"label": 4.0}},\n{"sentence1": "a", "sentence2": "b"}]',
+        2,
+        "'labels'",
+    ),
     ("klue-sts", '[\n{"sentence1": "a", "sentence2": "b", "labels": {"binary-label": 2}}]', 2, "binary-label"),
     ("klue-sts", '[\n\n{"sentence1": "a", "sentence2": "b", "labels": {"label": "high"}}]', 3, "'labels'"),
     ("klue-sts", '[{"sentence1": "", "sentence2": "b", "labels": {"label": 1.0}}]', 1, "'sentence1'"),
@@ -98,7 +105,13 @@ def test_template_file_overrides_and_is_checked(tmp_path):
     path = write(tmp_path, "t.json", json.dumps({"prompt": "리뷰: {document}\n감정:"}, ensure_ascii=False))
     template = load_template(task, path)
     assert template.prompt == "리뷰: {document}\n감정:" and template.choices == task.template.choices
-    for bad in ({"prompt": "{title}"}, {"prompt": "no field"}, {"choices": {"1": " 좋음"}}, {"extra": 1}, {"prompt": "{document"}):
+    for bad in (
+        {"prompt": "{title}"},
+        {"prompt": "no field"},
+        {"choices": {"1": " 좋음"}},
+        {"extra": 1},
+        {"prompt": "{document"},
+    ):
         with pytest.raises(KoGPTError, match=str(tmp_path)):
             load_template(task, write(tmp_path, "bad.json", json.dumps(bad)))
     with pytest.raises(KoGPTError, match="line 2"):

@@ -50,7 +50,7 @@ def reference(gpt, reqs):
 def test_scores_equal_a_plain_forward(gpt, reqs, reference, method, batch_size):
     got = list(score(gpt.model, reqs, batch_size, method, pad_id=gpt.tokenizer.pad_token_id))
     assert [len(g) for g in got] == [len(r.continuations) for r in reqs]
-    for mine, theirs in zip(got, reference):
+    for mine, theirs in zip(got, reference, strict=True):
         assert mine == pytest.approx(theirs, abs=1e-4)
 
 
@@ -62,7 +62,7 @@ def test_scores_are_log_probabilities_that_differ_between_labels(reference):
 def test_single_token_candidates_skip_the_second_pass(gpt):
     reqs = [Request([10, 11, 12], [[20], [21], [22]]), Request([13], [[20], [21], [22]])]
     got = list(score(gpt.model, reqs, 2, "prefix"))
-    for mine, request in zip(got, reqs):
+    for mine, request in zip(got, reqs, strict=True):
         assert mine == pytest.approx(direct(gpt.model, request), abs=1e-4)
 
 
@@ -72,7 +72,7 @@ def test_bfloat16_model_scores_in_float32_close_to_float32(gpt, reqs, reference)
     half = KoGPT.load(gpt.loaded.source, device="cpu", dtype="bfloat16")
     assert half.loaded.dtype == torch.bfloat16
     got = list(score(half.model, reqs, 4, "prefix"))
-    for mine, theirs in zip(got, reference):
+    for mine, theirs in zip(got, reference, strict=True):
         assert mine == pytest.approx(theirs, abs=0.5, rel=0.05)
 
 
@@ -92,7 +92,7 @@ def test_evaluate_predicts_the_most_likely_label(gpt):
     seen = []
     outcome = runner.evaluate(gpt, task, prompts, reqs, batch_size=4, advance=seen.append)
     assert sum(seen) == 6
-    for item, scores, predicted in zip(reqs, outcome.scores, outcome.predicted):
+    for item, scores, predicted in zip(reqs, outcome.scores, outcome.predicted, strict=True):
         expected = direct(gpt.model, item)
         assert scores == pytest.approx(expected, abs=1e-4)
         assert predicted == task.labels[expected.index(max(expected))]

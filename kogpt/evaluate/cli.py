@@ -40,16 +40,35 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("task", choices=list(TASKS), help="nsmc (accuracy), ynat (macro-F1), klue-sts (F1)")
     parser.add_argument("--data", required=True, type=Path, metavar="FILE", help="the items to evaluate")
     parser.add_argument(
-        "--train", type=Path, metavar="FILE", help="draw demonstrations from here (default: --data, never the item itself)"
+        "--train",
+        type=Path,
+        metavar="FILE",
+        help="draw demonstrations from here (default: --data, never the item itself)",
     )
-    parser.add_argument("--shots", type=count(0), default=DEFAULT_SHOTS, metavar="K", help=f"demonstrations per item (default:{DEFAULT_SHOTS})")
-    parser.add_argument("--seed", type=int, default=DEFAULT_SEED, metavar="S", help=f"draws the demonstrations (default:{DEFAULT_SEED})")
+    parser.add_argument(
+        "--shots",
+        type=count(0),
+        default=DEFAULT_SHOTS,
+        metavar="K",
+        help=f"demonstrations per item (default:{DEFAULT_SHOTS})",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=DEFAULT_SEED, metavar="S", help=f"draws the demonstrations (default:{DEFAULT_SEED})"
+    )
     parser.add_argument("--limit", type=count(1), metavar="N", help="evaluate only the first N items")
-    parser.add_argument("--batch-size", type=count(1), default=DEFAULT_BATCH_SIZE, metavar="B", help=f"items per forward pass (default:{DEFAULT_BATCH_SIZE})")
+    parser.add_argument(
+        "--batch-size",
+        type=count(1),
+        default=DEFAULT_BATCH_SIZE,
+        metavar="B",
+        help=f"items per forward pass (default:{DEFAULT_BATCH_SIZE})",
+    )
     parser.add_argument("--template", type=Path, metavar="FILE", help="a JSON prompt template (see --show-prompt)")
     parser.add_argument("--json", action="store_true", help="print the results as one JSON object")
     parser.add_argument(
-        "--show-prompt", action="store_true", help="print the template and the first item's prompt, then exit (loads no model)"
+        "--show-prompt",
+        action="store_true",
+        help="print the template and the first item's prompt, then exit (loads no model)",
     )
     add_model_arguments(parser)
     return parser
@@ -95,7 +114,13 @@ def run(args: argparse.Namespace, renderer) -> int:
 
 
 def report(
-    args: argparse.Namespace, gpt, task: Task, template: Template, data: Dataset, train: Dataset | None, outcome: Outcome
+    args: argparse.Namespace,
+    gpt,
+    task: Task,
+    template: Template,
+    data: Dataset,
+    train: Dataset | None,
+    outcome: Outcome,
 ) -> dict[str, Any]:
     """Everything needed to reproduce the run, and its results, as JSON-ready data."""
     import torch
@@ -108,7 +133,12 @@ def report(
     def source(dataset: Dataset | None) -> dict[str, Any] | None:
         if dataset is None:
             return None
-        return {"path": str(dataset.path), "sha256": dataset.sha256, "items": len(dataset.examples), "skipped": dataset.skipped}
+        return {
+            "path": str(dataset.path),
+            "sha256": dataset.sha256,
+            "items": len(dataset.examples),
+            "skipped": dataset.skipped,
+        }
 
     matrix = outcome.matrix
     return {

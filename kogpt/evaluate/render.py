@@ -76,6 +76,11 @@ def print_table(console: Console, report: dict[str, Any]) -> None:
     for column in ("label", "continuation", "gold", "predicted", "F1"):
         labels.add_column(column, justify="left" if column in ("label", "continuation") else "right")
     for label, row in report["labels"].items():
-        labels.add_row(Text(label), Text(repr(row["continuation"])), str(row["gold"]), str(row["predicted"]),
-                       f"{100 * row['f1']:.2f}")
+        labels.add_row(
+            Text(label),
+            Text(repr(row["continuation"])),
+            str(row["gold"]),
+            str(row["predicted"]),
+            f"{100 * row['f1']:.2f}",
+        )
     console.print(labels)

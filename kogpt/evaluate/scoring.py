@@ -107,7 +107,7 @@ def _score_prefix(model: torch.nn.Module, batch: Sequence[Request], pad_id: int)
     first = _log_probs(model, out.last_hidden_state[:, -1])  # (B, V): the first candidate token
     owner = [row for row, r in enumerate(batch) for _ in r.continuations]
     conts = [c for r in batch for c in r.continuations]
-    scores = [first[row, c[0]].item() for row, c in zip(owner, conts)]
+    scores = [first[row, c[0]].item() for row, c in zip(owner, conts, strict=True)]
     width = max(len(c) for c in conts) - 1
     if width == 0:
         return _regroup(batch, scores)  # single-token labels: the context pass is all we need

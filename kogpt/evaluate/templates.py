@@ -54,6 +54,9 @@ class Task:
     positive: str | None = None
 
 
+YNAT_CHOICES = (" (과학)", " (경제)", " (사회)", " (생활)", " (세계)", " (스포츠)", " (정치)")
+STS_PROMPT = "질문: 문장 1과 문장 2는 서로 유사한 의미를 가지나요?\n문장 1:{sentence1}\n문장 2:{sentence2}\n정답:"
+
 TASKS: dict[str, Task] = {
     "nsmc": Task(
         "nsmc",
@@ -69,7 +72,7 @@ TASKS: dict[str, Task] = {
         "macro_f1",
         Template(
             "{title}",
-            dict(zip(YNAT_LABELS, (" (과학)", " (경제)", " (사회)", " (생활)", " (세계)", " (스포츠)", " (정치)"))),
+            dict(zip(YNAT_LABELS, YNAT_CHOICES, strict=True)),
         ),
     ),
     "klue-sts": Task(
@@ -78,7 +81,7 @@ TASKS: dict[str, Task] = {
         ("0", "1"),
         "f1",
         Template(
-            "질문: 문장 1과 문장 2는 서로 유사한 의미를 가지나요?\n문장 1:{sentence1}\n문장 2:{sentence2}\n정답:",
+            STS_PROMPT,
             {"1": " 예", "0": " 아니"},
         ),
         positive="1",
