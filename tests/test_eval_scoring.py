@@ -105,3 +105,13 @@ def test_prompts_longer_than_the_context_are_refused_with_the_line(gpt):
     prompts = fewshot.build(task.template, ds, None, 20, 1, limit=2)
     with pytest.raises(KoGPTError, match=r"nsmc.txt, line 2: the prompt is \d+ tokens.*128-token"):
         runner.requests(gpt, task, task.template, prompts, str(NSMC))
+
+
+@pytest.mark.parametrize("attention", ["eager", "sdpa"])
+def test_both_attention_implementations_agree(gpt, reqs, reference, attention):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(gpt.loaded.source, attn_implementation=attention).eval()
+    assert model.config._attn_implementation == attention
+    for mine, theirs in zip(score(model, reqs, 5, "prefix"), reference, strict=True):
+        assert mine == pytest.approx(theirs, abs=1e-4)

@@ -72,10 +72,12 @@ def evaluate(
     if prompts:
         log.debug("full prompt of the first item (line %d):\n%s", prompts[0].example.line, prompts[0].text)
     pad = gpt.tokenizer.pad_token_id if gpt.tokenizer.pad_token_id is not None else 0
+    # Longest prompts first: batches of similar length pad less, and memory runs out at once if it must.
+    order = sorted(range(len(batch)), key=lambda i: -len(batch[i].context))
     started = time.perf_counter()
-    scores = []
-    for item_scores in score(gpt.model, batch, batch_size, method, pad):
-        scores.append(item_scores)
+    scores: list[list[float]] = [[] for _ in batch]
+    for i, item_scores in zip(order, score(gpt.model, [batch[i] for i in order], batch_size, method, pad), strict=True):
+        scores[i] = item_scores
         if advance is not None:
             advance(1)
     seconds = time.perf_counter() - started

@@ -4,15 +4,15 @@ Each `Request` is one item: a context (the prompt's token ids) and the token ids
 label. The score of a candidate is the sum of the model's log-probabilities of its tokens after the
 context. Two ways to compute it, equal up to rounding:
 
-- `prefix` (the default): the contexts of a batch of items, left-padded, go through the model once;
-  the cache is then repeated for each item's candidates, and only the candidate tokens go through
-  again. The context, usually most of the tokens, is computed once per item instead of once per label.
+- `prefix` (the default): one row per item holds its context once and then all of its candidates,
+  and an attention mask keeps the candidates from seeing each other. The context, usually most of
+  the tokens, is computed once per item instead of once per label, in one forward pass per batch,
+  with no cache to copy for each label.
 - `full`: every context + candidate is one right-padded sequence; simpler, and the reference.
 """
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -61,12 +61,6 @@ def _log_probs(model: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
     return torch.log_softmax(model.lm_head(hidden).float(), dim=-1)
 
 
-def _cache_kwarg(model: torch.nn.Module) -> str:
-    # transformers 5.24 renamed `past_key_values` to `cache`; older 5.x only know the old name.
-    params = inspect.signature(model.transformer.forward).parameters
-    return "cache" if "cache" in params else "past_key_values"
-
-
 def _score_full(model: torch.nn.Module, batch: Sequence[Request], pad_id: int) -> list[list[float]]:
     seqs = [(r.context, c) for r in batch for c in r.continuations]
     width = max(len(ctx) + len(cont) for ctx, cont in seqs) - 1  # the last token is never an input
@@ -85,50 +79,46 @@ def _score_full(model: torch.nn.Module, batch: Sequence[Request], pad_id: int) -
 
 
 def _score_prefix(model: torch.nn.Module, batch: Sequence[Request], pad_id: int) -> list[list[float]]:
-    from transformers import DynamicCache
-
-    device = _device(model)
-    length = max(len(r.context) for r in batch)
-    ids = torch.full((len(batch), length), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(batch), length), dtype=torch.long)
-    for row, r in enumerate(batch):
-        ids[row, length - len(r.context) :] = torch.tensor(r.context)
-        mask[row, length - len(r.context) :] = 1
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)  # left padding: each context starts at position 0
-    cache = DynamicCache()
-    kw = _cache_kwarg(model)
-    out = model.transformer(
+    # One row per item: the context, then every candidate but its last token, side by side. A 4D mask
+    # lets each candidate see the context and its own earlier tokens only, and its positions restart
+    # where the context ends, so each candidate reads exactly `context + candidate`.
+    device, dtype = _device(model), model.get_input_embeddings().weight.dtype
+    rows = [r.context + [t for c in r.continuations for t in c[:-1]] for r in batch]
+    width = max(map(len, rows))
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    positions = torch.zeros((len(batch), width), dtype=torch.long)
+    allowed = torch.eye(width, dtype=torch.bool).repeat(len(batch), 1, 1)  # (B, T, T); pads see themselves
+    starts: list[list[int]] = []  # where each candidate's tokens begin in its row
+    for row, (r, tokens) in enumerate(zip(batch, rows, strict=True)):
+        n = len(r.context)
+        ids[row, : len(tokens)] = torch.tensor(tokens)
+        positions[row, :n] = torch.arange(n)
+        allowed[row, :n, :n] = torch.ones(n, n, dtype=torch.bool).tril()
+        at, starts_row = n, []
+        for c in r.continuations:
+            k = len(c) - 1
+            positions[row, at : at + k] = torch.arange(n, n + k)
+            allowed[row, at : at + k, :n] = True
+            allowed[row, at : at + k, at : at + k] = torch.ones(k, k, dtype=torch.bool).tril()
+            starts_row.append(at)
+            at += k
+        starts.append(starts_row)
+    # An additive float mask works with both the eager and the SDPA attention of GPT-J.
+    mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
+    hidden = model.transformer(
         input_ids=ids.to(device),
-        attention_mask=mask.to(device),
+        attention_mask=mask[:, None].to(device),  # (B, 1, T, T)
         position_ids=positions.to(device),
-        use_cache=True,
-        **{kw: cache},
-    )
-    first = _log_probs(model, out.last_hidden_state[:, -1])  # (B, V): the first candidate token
-    owner = [row for row, r in enumerate(batch) for _ in r.continuations]
-    conts = [c for r in batch for c in r.continuations]
-    scores = [first[row, c[0]].item() for row, c in zip(owner, conts, strict=True)]
-    width = max(len(c) for c in conts) - 1
-    if width == 0:
-        return _regroup(batch, scores)  # single-token labels: the context pass is all we need
-    index = torch.tensor(owner)
-    cache.batch_select_indices(index.to(device))  # (N, heads, length, head_dim), one row per candidate
-    cont_ids = torch.full((len(conts), width), pad_id, dtype=torch.long)
-    for row, c in enumerate(conts):
-        cont_ids[row, : len(c) - 1] = torch.tensor(c[:-1])
-    cont_mask = torch.cat([mask[index], torch.ones((len(conts), width), dtype=torch.long)], dim=1)
-    cont_pos = mask[index].sum(-1, keepdim=True) + torch.arange(width)
-    out = model.transformer(
-        input_ids=cont_ids.to(device),
-        attention_mask=cont_mask.to(device),
-        position_ids=cont_pos.to(device),
-        use_cache=True,
-        **{kw: cache},
-    )
-    rest = _log_probs(model, out.last_hidden_state)  # (N, width, V)
-    for row, c in enumerate(conts):
-        target = torch.tensor(c[1:], device=rest.device)
-        scores[row] += rest[row, : len(c) - 1].gather(1, target[:, None]).sum().item()
+        use_cache=False,
+    ).last_hidden_state
+    scores: list[float] = []
+    for row, r in enumerate(batch):
+        n = len(r.context)
+        for c, at in zip(r.continuations, starts[row], strict=True):
+            # c[0] follows the context's last token; c[t] follows c[t-1], stored at at + t - 1.
+            index = torch.tensor([n - 1] + list(range(at, at + len(c) - 1)))
+            logp = _log_probs(model, hidden[row, index.to(hidden.device)])  # (len(c), V)
+            scores.append(logp.gather(1, torch.tensor(c, device=logp.device)[:, None]).sum().item())
     return _regroup(batch, scores)
 
 
