@@ -56,26 +56,31 @@ def _device(model: torch.nn.Module) -> torch.device:
     return model.get_input_embeddings().weight.device
 
 
-def _log_probs(model: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
-    """Log-softmax over the vocabulary, in float32 whatever the model's dtype."""
-    return torch.log_softmax(model.lm_head(hidden).float(), dim=-1)
+def _sum_log_probs(model: torch.nn.Module, hidden: torch.Tensor, picks: list[tuple[int, int, int, int]], n: int):
+    """Sum, per candidate, the log-probabilities of its tokens, in one lm_head call and in float32.
+
+    `picks` holds (row, position, token, candidate): the token is scored from `hidden[row, position]`.
+    """
+    rows, positions, tokens, owners = (
+        torch.tensor(column, device=hidden.device) for column in zip(*picks, strict=True)
+    )
+    logp = torch.log_softmax(model.lm_head(hidden[rows, positions]).float(), dim=-1)  # (P, V)
+    picked = logp[torch.arange(len(picks), device=logp.device), tokens]
+    return torch.zeros(n, device=logp.device).index_add_(0, owners, picked).tolist()
 
 
 def _score_full(model: torch.nn.Module, batch: Sequence[Request], pad_id: int) -> list[list[float]]:
     seqs = [(r.context, c) for r in batch for c in r.continuations]
     width = max(len(ctx) + len(cont) for ctx, cont in seqs) - 1  # the last token is never an input
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    picks = []
     for row, (ctx, cont) in enumerate(seqs):
         tokens = (ctx + cont)[:-1]
         ids[row, : len(tokens)] = torch.tensor(tokens)
+        picks += [(row, len(ctx) - 1 + i, token, row) for i, token in enumerate(cont)]
     # Right padding needs no mask: causal attention keeps real tokens from seeing the pads after them.
     hidden = model.transformer(input_ids=ids.to(_device(model)), use_cache=False).last_hidden_state
-    scores: list[float] = []
-    for row, (ctx, cont) in enumerate(seqs):
-        positions = torch.arange(len(ctx) - 1, len(ctx) + len(cont) - 1)
-        logp = _log_probs(model, hidden[row, positions])  # (len(cont), V)
-        scores.append(logp.gather(1, torch.tensor(cont, device=logp.device)[:, None]).sum().item())
-    return _regroup(batch, scores)
+    return _regroup(batch, _sum_log_probs(model, hidden, picks, len(seqs)))
 
 
 def _score_prefix(model: torch.nn.Module, batch: Sequence[Request], pad_id: int) -> list[list[float]]:
@@ -86,23 +91,26 @@ def _score_prefix(model: torch.nn.Module, batch: Sequence[Request], pad_id: int)
     rows = [r.context + [t for c in r.continuations for t in c[:-1]] for r in batch]
     width = max(map(len, rows))
     ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    segment = torch.full((len(batch), width), -1, dtype=torch.long)  # 0 context, j + 1 candidate j, -1 pad
     positions = torch.zeros((len(batch), width), dtype=torch.long)
-    allowed = torch.eye(width, dtype=torch.bool).repeat(len(batch), 1, 1)  # (B, T, T); pads see themselves
-    starts: list[list[int]] = []  # where each candidate's tokens begin in its row
+    picks, owner = [], 0
     for row, (r, tokens) in enumerate(zip(batch, rows, strict=True)):
         n = len(r.context)
         ids[row, : len(tokens)] = torch.tensor(tokens)
+        segment[row, :n] = 0
         positions[row, :n] = torch.arange(n)
-        allowed[row, :n, :n] = torch.ones(n, n, dtype=torch.bool).tril()
-        at, starts_row = n, []
-        for c in r.continuations:
+        at = n
+        for j, c in enumerate(r.continuations):
             k = len(c) - 1
+            segment[row, at : at + k] = j + 1
             positions[row, at : at + k] = torch.arange(n, n + k)
-            allowed[row, at : at + k, :n] = True
-            allowed[row, at : at + k, at : at + k] = torch.ones(k, k, dtype=torch.bool).tril()
-            starts_row.append(at)
-            at += k
-        starts.append(starts_row)
+            # c[0] follows the context's last token; c[t] follows c[t - 1], which sits at at + t - 1.
+            picks += [(row, n - 1 if t == 0 else at + t - 1, token, owner) for t, token in enumerate(c)]
+            at, owner = at + k, owner + 1
+    q, k = segment[:, :, None], segment[:, None, :]  # (B, T, 1), (B, 1, T)
+    causal = torch.ones(width, width, dtype=torch.bool).tril()
+    allowed = causal & ((k == 0) | (k == q)) & (k >= 0) & (q >= 0)
+    allowed |= torch.eye(width, dtype=torch.bool)  # a pad sees itself: no row is fully masked
     # An additive float mask works with both the eager and the SDPA attention of GPT-J.
     mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
     hidden = model.transformer(
@@ -111,15 +119,7 @@ def _score_prefix(model: torch.nn.Module, batch: Sequence[Request], pad_id: int)
         position_ids=positions.to(device),
         use_cache=False,
     ).last_hidden_state
-    scores: list[float] = []
-    for row, r in enumerate(batch):
-        n = len(r.context)
-        for c, at in zip(r.continuations, starts[row], strict=True):
-            # c[0] follows the context's last token; c[t] follows c[t-1], stored at at + t - 1.
-            index = torch.tensor([n - 1] + list(range(at, at + len(c) - 1)))
-            logp = _log_probs(model, hidden[row, index.to(hidden.device)])  # (len(c), V)
-            scores.append(logp.gather(1, torch.tensor(c, device=logp.device)[:, None]).sum().item())
-    return _regroup(batch, scores)
+    return _regroup(batch, _sum_log_probs(model, hidden, picks, owner))
 
 
 def _regroup(batch: Sequence[Request], flat: list[float]) -> list[list[float]]:
