@@ -2,5 +2,5 @@
 
 `data` reads the files, `templates` holds the prompt formats, `fewshot` draws demonstrations and
 builds prompts, `scoring` computes label log-likelihoods, `metrics` turns predictions into scores,
-`runner` ties them together and `cli` is the command.
+`runner` ties them together, `cli` is the command and `render` prints for it.
 """

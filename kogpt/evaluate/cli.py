@@ -5,11 +5,15 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kogpt.evaluate.data import Dataset
 from kogpt.evaluate.runner import Outcome
 from kogpt.evaluate.templates import TASKS, Task, Template
+
+if TYPE_CHECKING:
+    from kogpt.api import KoGPT
+    from kogpt.render import Renderer
 
 log = logging.getLogger(__name__)
 
@@ -19,6 +23,8 @@ DEFAULT_BATCH_SIZE = 8
 
 
 def count(minimum: int):
+    """An argparse type: an integer no smaller than `minimum`."""
+
     def parse(text: str) -> int:
         value = int(text)
         if value < minimum:
@@ -30,6 +36,7 @@ def count(minimum: int):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The parser of `kogpt eval`; the model flags are the REPL's own (`kogpt.cli.add_model_arguments`)."""
     from kogpt.cli import add_model_arguments
 
     parser = argparse.ArgumentParser(
@@ -74,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def run(args: argparse.Namespace, renderer) -> int:
+def run(args: argparse.Namespace, renderer: Renderer) -> int:
     """Read the data, build the prompts, score them and print the results; returns the exit code."""
     from kogpt.evaluate import data as data_lib
     from kogpt.evaluate import render
@@ -115,7 +122,7 @@ def run(args: argparse.Namespace, renderer) -> int:
 
 def report(
     args: argparse.Namespace,
-    gpt,
+    gpt: KoGPT,
     task: Task,
     template: Template,
     data: Dataset,

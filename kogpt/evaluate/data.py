@@ -118,8 +118,10 @@ def _json_records(path: Path, text: str) -> Iterator[tuple[int, Any]]:
             elif text[at : at + 1] != "]":
                 raise json.JSONDecodeError("expected ',' or ']'", text, at)
     except json.JSONDecodeError as exc:
-        line = exc.lineno if text[start : start + 1] == "[" else number
-        raise KoGPTError(f"{path}, line {line}: invalid JSON ({exc.msg})") from exc
+        array = text[start : start + 1] == "["
+        line = exc.lineno if array else number
+        hint = "" if array else "; expected a JSON array of objects, or one object per line"
+        raise KoGPTError(f"{path}, line {line}: invalid JSON ({exc.msg}){hint}") from exc
 
 
 def _skip_space(text: str, at: int) -> int:

@@ -6,12 +6,16 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from kogpt.errors import KoGPTError
 from kogpt.evaluate import metrics
 from kogpt.evaluate.fewshot import Prompt
 from kogpt.evaluate.scoring import Request, score
 from kogpt.evaluate.templates import Task, Template
+
+if TYPE_CHECKING:
+    from kogpt.api import KoGPT
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +37,9 @@ class Outcome:
         return len(self.gold) / self.seconds if self.seconds > 0 else 0.0
 
 
-def requests(gpt, task: Task, template: Template, prompts: Sequence[Prompt], source: str = "data") -> list[Request]:
+def requests(
+    gpt: KoGPT, task: Task, template: Template, prompts: Sequence[Prompt], source: str = "data"
+) -> list[Request]:
     """Tokenize each prompt and the labels' continuations; refuse prompts longer than the model's context.
 
     `source` (the data file) starts the error messages, which name the item's line.
@@ -57,7 +63,7 @@ def requests(gpt, task: Task, template: Template, prompts: Sequence[Prompt], sou
 
 
 def evaluate(
-    gpt,
+    gpt: KoGPT,
     task: Task,
     prompts: Sequence[Prompt],
     batch: Sequence[Request],

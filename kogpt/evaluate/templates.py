@@ -39,6 +39,7 @@ class Template:
         return self.context(example) + self.choices[example.label]
 
     def as_dict(self) -> dict[str, object]:
+        """The template as JSON-ready data."""
         return asdict(self)
 
 
