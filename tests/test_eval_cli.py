@@ -148,3 +148,21 @@ def test_model_flags_are_shared_with_the_repl():
         eval_cli.build_parser().parse_args(["nsmc", "--data", "x", "--shots", "-1"])
     with pytest.raises(SystemExit):
         build_parser().parse_args(["nsmc"])  # the REPL takes no task: "eval" must come first
+
+
+def test_help_and_show_prompt_do_not_import_torch(tmp_path):
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from kogpt.cli import main\n"
+        f"assert main(['eval', 'ynat', '--data', {str(FILES['ynat'])!r}, '--show-prompt']) == 0\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
+    root = Path(__file__).parent.parent
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=root, env={"PYTHONPATH": str(root)}
+    )
+    assert done.returncode == 0, done.stderr
+    assert "새 스마트폰 인공지능 기능 공개" in done.stdout

@@ -7,12 +7,12 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kogpt.evaluate.data import Dataset
-from kogpt.evaluate.runner import Outcome
 from kogpt.evaluate.templates import TASKS, Task, Template
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # torch stays unimported for --help and --show-prompt
     from kogpt.api import KoGPT
+    from kogpt.evaluate.data import Dataset
+    from kogpt.evaluate.runner import Outcome
     from kogpt.render import Renderer
 
 log = logging.getLogger(__name__)
