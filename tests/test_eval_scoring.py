@@ -54,6 +54,13 @@ def test_scores_equal_a_plain_forward(gpt, reqs, reference, method, batch_size):
         assert mine == pytest.approx(theirs, abs=1e-4)
 
 
+def test_batched_equals_unbatched(gpt, reqs):
+    one = list(score(gpt.model, reqs, 1, "prefix"))
+    for batch_size in (2, 9):
+        for a, b in zip(list(score(gpt.model, reqs, batch_size, "prefix")), one, strict=True):
+            assert a == pytest.approx(b, abs=1e-5)
+
+
 def test_scores_are_log_probabilities_that_differ_between_labels(reference):
     flat = [s for item in reference for s in item]
     assert all(s < 0 for s in flat) and len({round(s, 4) for s in flat}) > len(flat) // 2
