@@ -32,6 +32,15 @@ def test_nsmc_reads_fields_labels_lines_and_skips_empty_documents():
     assert ds.sha256 == hashlib.sha256((DATA / "nsmc.txt").read_bytes()).hexdigest()
 
 
+def test_nsmc_crlf_and_unicode_line_separators_inside_a_review(tmp_path):
+    text = "id\tdocument\tlabel\r\n1\t좋다\u2028정말\x85좋다\t1\r\n2\t별로\t0\r\n"
+    ds = data.read("nsmc", write(tmp_path, "crlf.txt", text))
+    assert [(e.fields["document"], e.label, e.line) for e in ds.examples] == [
+        ("좋다\u2028정말\x85좋다", "1", 2),
+        ("별로", "0", 3),
+    ]
+
+
 def test_ynat_accepts_names_and_indices():
     ds = data.read("ynat", DATA / "ynat.json")
     assert len(ds.examples) == 16

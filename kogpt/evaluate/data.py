@@ -75,8 +75,9 @@ def read(task: str, path: str | Path) -> Dataset:
 
 
 def _nsmc(path: Path, text: str) -> tuple[list[Example], int]:
-    lines = text.splitlines()
-    if not lines or lines[0].rstrip("\r").split("\t") != NSMC_HEADER:
+    # Split on newlines only: str.splitlines() would also break at U+2028, U+0085 and the like inside a review.
+    lines = [line.removesuffix("\r") for line in text.split("\n")]
+    if lines[0].split("\t") != NSMC_HEADER:
         raise KoGPTError(f"{path}, line 1: expected the NSMC header 'id<TAB>document<TAB>label'")
     examples, skipped = [], 0
     for number, line in enumerate(lines[1:], start=2):
@@ -101,7 +102,7 @@ def _json_records(path: Path, text: str) -> Iterator[tuple[int, Any]]:
     start = len(text) - len(text.lstrip())
     try:
         if text[start : start + 1] != "[":
-            for number, line in enumerate(text.splitlines(), start=1):
+            for number, line in enumerate(text.split("\n"), start=1):
                 if line.strip():
                     yield number, json.loads(line)
             return
