@@ -52,7 +52,7 @@ def escaped(text: str) -> str:
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """The flags that choose and place the model (shared by every command)."""
+    """The flags that choose and place the model (shared by the REPL and `kogpt eval`), and --debug."""
     parser.add_argument(
         "--model", default=DEFAULT_MODEL, help=f"huggingface repo or local directory (default:{DEFAULT_MODEL})"
     )
@@ -79,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="KoGPT inference",
         description="KakaoBrain Korean(hangul) Generative Pre-Training Model",
+        epilog="few-shot evaluation: kogpt eval {nsmc,ynat,klue-sts} --data FILE (see kogpt eval --help)",
     )
     add_model_arguments(parser)
     parser.add_argument("--version", action="version", version=f"kogpt {__version__}")
@@ -145,14 +146,20 @@ def sampling_settings(args: argparse.Namespace):
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    parser, runner = build_parser(), run
+    if argv[:1] == ["eval"]:
+        from kogpt.evaluate import cli as evaluate
+
+        parser, runner, argv = evaluate.build_parser(), evaluate.run, argv[1:]
+    args = parser.parse_args(argv)
     setup_logging(args.debug)
     from kogpt.render import Renderer
 
     renderer = Renderer()
     signal.signal(signal.SIGTERM, _terminate)
     try:
-        return run(args, renderer)
+        return runner(args, renderer)
     except KoGPTError as exc:
         if args.debug:
             log.exception("failed")
@@ -177,6 +184,18 @@ def _terminate(signum, frame) -> None:
 
 
 def run(args: argparse.Namespace, renderer) -> int:
+    settings = sampling_settings(args)
+    prompts = scripted_prompts(args, settings)  # read (and check) input before the slow load
+    gpt = load_model(args, renderer)
+    if prompts is not None:
+        from kogpt.scripting import run_batch
+
+        return run_batch(gpt, prompts, renderer, args.json)
+    return interactive(args, gpt, renderer, settings)
+
+
+def load_model(args: argparse.Namespace, renderer):
+    """The model the `add_model_arguments` flags ask for, with a spinner while it loads."""
     import transformers
 
     from kogpt.api import KoGPT
@@ -185,16 +204,9 @@ def run(args: argparse.Namespace, renderer) -> int:
     if not args.debug:
         transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
-    settings = sampling_settings(args)
-    prompts = scripted_prompts(args, settings)  # read (and check) input before the slow load
     resolve_checkpoint(args.model, args.revision)  # a download shows its own progress bars
     with renderer.loading(args.model):
-        gpt = KoGPT.load(args.model, args.revision, args.device, args.dtype, args.trust_remote_code)
-    if prompts is not None:
-        from kogpt.scripting import run_batch
-
-        return run_batch(gpt, prompts, renderer, args.json)
-    return interactive(args, gpt, renderer, settings)
+        return KoGPT.load(args.model, args.revision, args.device, args.dtype, args.trust_remote_code)
 
 
 def scripted_prompts(args: argparse.Namespace, settings):

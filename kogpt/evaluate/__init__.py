@@ -1,0 +1,6 @@
+"""`python -m kogpt eval`: few-shot evaluation on NSMC, KLUE YNAT and KLUE STS data files.
+
+`data` reads the files, `templates` holds the prompt formats, `fewshot` draws demonstrations and
+builds prompts, `scoring` computes label log-likelihoods, `metrics` turns predictions into scores,
+`runner` ties them together, `cli` is the command and `render` prints for it.
+"""

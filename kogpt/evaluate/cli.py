@@ -1,0 +1,174 @@
+"""`kogpt eval {nsmc,ynat,klue-sts} --data FILE ...`: its parser and `run()`; `kogpt.cli.main` dispatches here."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from kogpt.evaluate.templates import TASKS, Task, Template
+
+if TYPE_CHECKING:  # torch stays unimported for --help and --show-prompt
+    from kogpt.api import KoGPT
+    from kogpt.evaluate.data import Dataset
+    from kogpt.evaluate.runner import Outcome
+    from kogpt.render import Renderer
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SHOTS = 5
+DEFAULT_SEED = 1234
+DEFAULT_BATCH_SIZE = 8
+
+
+def count(minimum: int):
+    """An argparse type: an integer no smaller than `minimum`."""
+
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be {minimum} or more")
+        return value
+
+    parse.__name__ = "integer"
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of `kogpt eval`; the model flags are the REPL's own (`kogpt.cli.add_model_arguments`)."""
+    from kogpt.cli import add_model_arguments
+
+    parser = argparse.ArgumentParser(
+        prog="kogpt eval",
+        description="Few-shot evaluation: each label is scored by the model's log-likelihood of its "
+        "continuation after the prompt (no sampling); the most likely label is the answer.",
+    )
+    parser.add_argument("task", choices=list(TASKS), help="nsmc (accuracy), ynat (macro-F1), klue-sts (F1)")
+    parser.add_argument("--data", required=True, type=Path, metavar="FILE", help="the items to evaluate")
+    parser.add_argument(
+        "--train",
+        type=Path,
+        metavar="FILE",
+        help="draw demonstrations from here (default: --data, never the item itself)",
+    )
+    parser.add_argument(
+        "--shots",
+        type=count(0),
+        default=DEFAULT_SHOTS,
+        metavar="K",
+        help=f"demonstrations per item (default:{DEFAULT_SHOTS})",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=DEFAULT_SEED, metavar="S", help=f"draws the demonstrations (default:{DEFAULT_SEED})"
+    )
+    parser.add_argument("--limit", type=count(1), metavar="N", help="evaluate only the first N items")
+    parser.add_argument(
+        "--batch-size",
+        type=count(1),
+        default=DEFAULT_BATCH_SIZE,
+        metavar="B",
+        help=f"items per forward pass (default:{DEFAULT_BATCH_SIZE})",
+    )
+    parser.add_argument("--template", type=Path, metavar="FILE", help="a JSON prompt template (see --show-prompt)")
+    parser.add_argument("--json", action="store_true", help="print the results as one JSON object")
+    parser.add_argument(
+        "--show-prompt",
+        action="store_true",
+        help="print the template and the first item's prompt, then exit (loads no model)",
+    )
+    add_model_arguments(parser)
+    return parser
+
+
+def run(args: argparse.Namespace, renderer: Renderer) -> int:
+    """Read the data, build the prompts, score them and print the results; returns the exit code."""
+    from kogpt.evaluate import data as data_lib
+    from kogpt.evaluate import render
+    from kogpt.evaluate.fewshot import build
+    from kogpt.evaluate.templates import load_template
+
+    task = TASKS[args.task]
+    template = load_template(task, args.template)
+    data = data_lib.read(task.name, args.data)
+    train = data_lib.read(task.name, args.train) if args.train is not None else None
+    for dataset in filter(None, (data, train)):
+        if dataset.skipped:
+            log.warning("%s: skipped %d items with an empty text", dataset.path, dataset.skipped)
+    prompts = build(template, data, train, args.shots, args.seed, args.limit)
+    if args.show_prompt:
+        render.show_prompt(renderer.out, task, template, prompts[0])
+        return 0
+
+    from kogpt.cli import load_model
+    from kogpt.evaluate.runner import evaluate, requests
+
+    gpt = load_model(args, renderer)
+    batch = requests(gpt, task, template, prompts, str(data.path))
+    with render.progress(renderer.err, len(prompts), task.name) as advance:
+        outcome = evaluate(gpt, task, prompts, batch, args.batch_size, advance=advance)
+    result = report(args, gpt, task, template, data, train, outcome)
+    (render.print_json if args.json else render.print_table)(renderer.out, result)
+    return 0
+
+
+def report(
+    args: argparse.Namespace,
+    gpt: KoGPT,
+    task: Task,
+    template: Template,
+    data: Dataset,
+    train: Dataset | None,
+    outcome: Outcome,
+) -> dict[str, Any]:
+    """Everything needed to reproduce the run, and its results, as JSON-ready data."""
+    import torch
+    import transformers
+
+    from kogpt import __version__
+    from kogpt.evaluate import metrics
+    from kogpt.model import looks_local
+
+    def source(dataset: Dataset | None) -> dict[str, Any] | None:
+        if dataset is None:
+            return None
+        return {
+            "path": str(dataset.path),
+            "sha256": dataset.sha256,
+            "items": len(dataset.examples),
+            "skipped": dataset.skipped,
+        }
+
+    matrix = outcome.matrix
+    return {
+        "task": task.name,
+        "model": args.model,
+        "revision": None if looks_local(args.model) else args.revision,
+        "source": gpt.loaded.source,
+        "device": str(gpt.loaded.device),
+        "dtype": str(gpt.loaded.dtype).removeprefix("torch."),
+        "shots": args.shots,
+        "seed": args.seed,
+        "limit": args.limit,
+        "batch_size": args.batch_size,
+        "template": template.as_dict(),
+        "template_file": str(args.template) if args.template is not None else None,
+        "data": source(data),
+        "train": source(train),
+        "metric": task.metric,
+        "metrics": outcome.metrics,
+        "counts": {"items": len(outcome.gold), "correct": sum(matrix[i][i] for i in range(len(matrix)))},
+        "labels": {
+            label: {
+                "continuation": template.choices[label],
+                "gold": sum(matrix[k]),
+                "predicted": sum(row[k] for row in matrix),
+                "f1": metrics.f1(matrix, k),
+            }
+            for k, label in enumerate(task.labels)
+        },
+        "confusion_matrix": matrix,
+        "seconds": round(outcome.seconds, 3),
+        "items_per_second": round(outcome.items_per_second, 3),
+        "versions": {"kogpt": __version__, "torch": torch.__version__, "transformers": transformers.__version__},
+    }

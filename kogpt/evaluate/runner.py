@@ -1,0 +1,98 @@
+"""Score every prompt's candidate labels and turn the choices into metrics."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from kogpt.errors import KoGPTError
+from kogpt.evaluate import metrics
+from kogpt.evaluate.fewshot import Prompt
+from kogpt.evaluate.scoring import Request, score
+from kogpt.evaluate.templates import Task, Template
+
+if TYPE_CHECKING:
+    from kogpt.api import KoGPT
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Outcome:
+    """Predictions, per-label log-likelihoods, the confusion matrix and the metrics of one run."""
+
+    labels: tuple[str, ...]
+    gold: list[str]
+    predicted: list[str]
+    scores: list[list[float]]
+    matrix: metrics.Matrix
+    metrics: dict[str, float]
+    seconds: float
+
+    @property
+    def items_per_second(self) -> float:
+        return len(self.gold) / self.seconds if self.seconds > 0 else 0.0
+
+
+def requests(
+    gpt: KoGPT, task: Task, template: Template, prompts: Sequence[Prompt], source: str = "data"
+) -> list[Request]:
+    """Tokenize each prompt and the labels' continuations; refuse prompts longer than the model's context.
+
+    `source` (the data file) starts the error messages, which name the item's line.
+    """
+    choices = [gpt.encode(template.choices[label]) for label in task.labels]
+    if not all(choices):
+        raise KoGPTError("a label's continuation encodes to no tokens; check the template's choices")
+    longest = max(map(len, choices))
+    out = []
+    for prompt in prompts:
+        context = gpt.encode(prompt.text)
+        if not context:
+            raise KoGPTError(f"{source}, line {prompt.example.line}: the prompt encodes to no tokens")
+        if len(context) + longest > gpt.context_length:
+            raise KoGPTError(
+                f"{source}, line {prompt.example.line}: the prompt is {len(context)} tokens, too long for the model's "
+                f"{gpt.context_length}-token context; use fewer --shots"
+            )
+        out.append(Request(context, choices))
+    return out
+
+
+def evaluate(
+    gpt: KoGPT,
+    task: Task,
+    prompts: Sequence[Prompt],
+    batch: Sequence[Request],
+    batch_size: int = 8,
+    method: str = "prefix",
+    advance: Callable[[int], None] | None = None,
+) -> Outcome:
+    """Score each prompt's labels with `gpt` and predict the most likely one (ties: the first label).
+
+    `batch` holds the prompts' `requests()`; `advance(n)` is called as items finish, for a progress bar.
+    """
+    if prompts:
+        log.debug("full prompt of the first item (line %d):\n%s", prompts[0].example.line, prompts[0].text)
+    pad = gpt.tokenizer.pad_token_id if gpt.tokenizer.pad_token_id is not None else 0
+    # Longest prompts first: batches of similar length pad less, and memory runs out at once if it must.
+    order = sorted(range(len(batch)), key=lambda i: -len(batch[i].context))
+    started = time.perf_counter()
+    scores: list[list[float]] = [[] for _ in batch]
+    for i, item_scores in zip(order, score(gpt.model, [batch[i] for i in order], batch_size, method, pad), strict=True):
+        scores[i] = item_scores
+        if advance is not None:
+            advance(1)
+    seconds = time.perf_counter() - started
+    gold = [p.example.label for p in prompts]
+    predicted = [task.labels[max(range(len(s)), key=s.__getitem__)] for s in scores]
+    matrix = metrics.confusion_matrix(gold, predicted, task.labels)
+    values = {"accuracy": metrics.accuracy(matrix)}
+    if task.metric == "f1":
+        values["f1"] = metrics.f1(matrix, task.labels.index(task.positive))
+    elif task.metric == "macro_f1":
+        values["macro_f1"] = metrics.macro_f1(matrix)
+    return Outcome(task.labels, gold, predicted, scores, matrix, values, seconds)
