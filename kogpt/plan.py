@@ -1,0 +1,276 @@
+"""The memory plan: which block goes to which device and what each device needs, before loading.
+
+Made on the meta device with accelerate (`init_empty_weights`, `compute_module_sizes`,
+`get_balanced_memory`, `infer_auto_device_map`), so it allocates no weights. `--plan` prints it;
+`kogpt.model.load` makes the same plan first and stops, saying what would fit, when it cannot run.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+
+import torch
+
+from kogpt.errors import KoGPTError
+from kogpt.memory import CPU_HEADROOM_BYTES, GiB
+from kogpt.placement import Hardware, Options, check_options, detect_hardware
+
+log = logging.getLogger(__name__)
+
+# Left free on each GPU for the CUDA context, activations and attention workspace.
+GPU_HEADROOM_BYTES = GiB // 2
+NO_SPLIT = ["GPTJBlock"]
+OFFLOADED = ("cpu", "disk")
+
+
+@dataclass
+class DeviceUse:
+    """What one device holds. `staging` is room to bring in one offloaded block for its turn."""
+
+    name: str
+    weights: int
+    kv: int = 0
+    staging: int = 0
+    budget: int | None = None
+
+    @property
+    def need(self) -> int:
+        return self.weights + self.kv + self.staging
+
+
+@dataclass
+class Plan:
+    """Where each block goes (`blocks`: name, device, bytes) and what each device needs."""
+
+    dtype: str
+    quantize: str
+    tokens: int
+    device_map: dict
+    blocks: list[tuple[str, str, int]]
+    devices: list[DeviceUse]
+    problem: str | None = None
+    suggestions: list[str] = field(default_factory=list)
+
+    @property
+    def fits(self) -> bool:
+        return self.problem is None
+
+    def summary(self) -> str:
+        return ", ".join(f"{use.name} {gib(use.need)}" for use in self.devices)
+
+    def refusal(self) -> str:
+        """One line: why the model cannot be loaded this way, and what would fit instead."""
+        what = self.dtype if self.quantize == "none" else f"{self.quantize} ({self.dtype} compute)"
+        advice = f"would fit: {'; '.join(self.suggestions)}" if self.suggestions else "no smaller setup fits either"
+        return f"KoGPT in {what} does not fit: {self.problem}; {advice}"
+
+
+def gib(n: int | float) -> str:
+    return f"{n / GiB:.2f} GiB"
+
+
+def label(device: int | str) -> str:
+    return f"cuda:{device}" if isinstance(device, int) else str(device)
+
+
+def meta_model(config):
+    """The model with empty (meta) weights: shapes and module names, no memory."""
+    from accelerate import init_empty_weights
+    from transformers import AutoModelForCausalLM
+
+    with init_empty_weights():
+        return AutoModelForCausalLM.from_config(config)
+
+
+def block_names(config) -> list[str]:
+    return ["transformer.wte", *(f"transformer.h.{i}" for i in range(config.n_layer)), "transformer.ln_f", "lm_head"]
+
+
+def size_dtypes(model, dtype: torch.dtype, quantize: str):
+    """The (dtype, special_dtypes) accelerate sizes with: quantization shrinks the blocks' matrices only.
+
+    bitsandbytes keeps lm_head, embeddings, norms and biases in `dtype`, as transformers does.
+    """
+    if quantize == "none":
+        return dtype, None
+    from accelerate.utils import CustomDtype
+
+    packed = torch.int8 if quantize == "int8" else CustomDtype.INT4
+    special = {
+        name: dtype
+        for name, param in model.named_parameters()
+        if not (name.startswith("transformer.h.") and name.endswith(".weight") and param.dim() == 2)
+    }
+    return packed, special
+
+
+@contextmanager
+def quiet_accelerate():
+    """accelerate warns about GPUs this machine lacks; planning for injected GPUs is deliberate."""
+    logger = logging.getLogger("accelerate.utils.modeling")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def device_of(device_map: dict, name: str):
+    """The device of module `name` under `device_map` (the longest key that is a prefix of it)."""
+    keys = [key for key in device_map if key == "" or name == key or name.startswith(key + ".")]
+    return device_map[max(keys, key=len)]
+
+
+def main_device(device_map: dict):
+    """Where accelerate runs offloaded blocks (and keeps their KV cache): the first GPU, else the CPU."""
+    return next((device for device in device_map.values() if device not in OFFLOADED), "cpu")
+
+
+def kv_by_device(device_map: dict, n_layer: int, kv_layer: int) -> dict:
+    kv: dict = defaultdict(int)
+    main = main_device(device_map)
+    for i in range(n_layer):
+        device = device_of(device_map, f"transformer.h.{i}")
+        kv[main if device in OFFLOADED else device] += kv_layer
+    return kv
+
+
+def budgets(device: str, options: Options, hardware: Hardware) -> dict:
+    """Usable bytes per device: the user's --max-memory as given, else free memory less headroom."""
+    if options.max_memory:
+        return dict(options.max_memory)
+    gpus = {i: max(0, free - GPU_HEADROOM_BYTES) for i, free in enumerate(hardware.gpus)} if device == "cuda" else {}
+    cpu = max(0, hardware.cpu - CPU_HEADROOM_BYTES)
+    if options.strategy is None:
+        return {0: gpus.get(0, 0)} if device == "cuda" else {"cpu": cpu}
+    return {**gpus, "cpu": cpu}
+
+
+def infer_map(model, strategy: str, budget: dict, dtypes: tuple, n_layer: int, kv_layer: int) -> dict:
+    """accelerate's device map, re-run with each device's KV cache reserved until that settles."""
+    from accelerate.utils import get_balanced_memory, infer_auto_device_map
+
+    dtype, special = dtypes
+    reserve = dict.fromkeys(budget, 0)
+    for _ in range(8):
+        memory = {d: max(0, budget[d] - reserve[d]) for d in budget}
+        with quiet_accelerate():
+            if strategy != "sequential" and sum(isinstance(d, int) and memory[d] > 0 for d in memory) > 1:
+                memory = get_balanced_memory(model, memory, NO_SPLIT, dtype, special)
+            device_map = dict(infer_auto_device_map(model, memory, NO_SPLIT, dtype, special))
+        kv = kv_by_device(device_map, n_layer, kv_layer)
+        grown = {d: max(reserve[d], kv.get(d, 0)) for d in budget}
+        if grown == reserve:
+            break
+        reserve = grown
+    return device_map
+
+
+def make_plan(
+    config,
+    dtype: torch.dtype,
+    device: str,
+    options: Options,
+    hardware: Hardware,
+    tokens: int | None = None,
+    model=None,
+    suggest: bool = True,
+) -> Plan:
+    """Plan where each block goes for `device` (cpu or cuda) and check that every device has room.
+
+    `tokens` is the KV cache length (default: the model's full context, the most a prompt plus
+    completion can use); the KV cache is in `dtype`, the compute dtype.
+    """
+    from accelerate.utils import compute_module_sizes
+
+    model = model or meta_model(config)
+    tokens = tokens or config.n_positions
+    dtypes = size_dtypes(model, dtype, options.quantize)
+    sizes = compute_module_sizes(model, dtype=dtypes[0], special_dtypes=dtypes[1])
+    kv_layer = 2 * tokens * config.n_embd * dtype.itemsize  # keys and values, (T, n_embd) each
+    budget = budgets(device, options, hardware)
+    if options.strategy is None:
+        device_map = {"": next(iter(budget))}
+    else:
+        device_map = infer_map(model, options.strategy, budget, dtypes, config.n_layer, kv_layer)
+
+    uses: dict = {}
+    for key, where in device_map.items():
+        uses.setdefault(where, DeviceUse(label(where), 0, budget=budget.get(where)))
+        uses[where].weights += int(sizes[key])
+    main = main_device(device_map)
+    for where, kv in kv_by_device(device_map, config.n_layer, kv_layer).items():
+        uses.setdefault(where, DeviceUse(label(where), 0, budget=budget.get(where))).kv += kv
+    blocks = [(name, label(device_of(device_map, name)), int(sizes[name])) for name in block_names(config)]
+    offloaded = [size for name, where, size in blocks if where == "disk" or (where == "cpu" and main != "cpu")]
+    if offloaded:
+        uses[main].staging = max(offloaded)
+    order = sorted(uses, key=lambda d: (not isinstance(d, int), d == "disk", str(d)))
+    plan = Plan(
+        str(dtype).removeprefix("torch."),
+        options.quantize,
+        tokens,
+        device_map,
+        blocks,
+        [uses[d] for d in order],
+    )
+    plan.problem = find_problem(plan, options, hardware, sum(offloaded))
+    if suggest and plan.problem:
+        plan.suggestions = alternatives(config, dtype, device, options, hardware, tokens, model)
+    return plan
+
+
+def find_problem(plan: Plan, options: Options, hardware: Hardware, offloaded: int) -> str | None:
+    for use in plan.devices:
+        if use.name == "disk":
+            if not options.offload_dir:
+                return f"{gib(use.weights)} of weights find no room in memory and no --offload-dir is given"
+            if use.weights > hardware.disk:
+                return f"the offload directory needs {gib(use.weights)}, its disk has {gib(hardware.disk)} free"
+        elif use.budget is not None and use.need > use.budget:
+            return (
+                f"{use.name} needs {gib(use.need)} (weights {gib(use.weights)}, KV cache {gib(use.kv)} at "
+                f"{plan.tokens} tokens), {gib(use.budget)} is usable"
+            )
+    if options.quantize != "none" and offloaded:
+        return f"{options.quantize} weights cannot be offloaded, and {gib(offloaded)} would be"
+    return None
+
+
+def alternatives(config, dtype, device, options, hardware, tokens, model) -> list[str]:
+    """The setups, one flag away, that would fit this machine: smaller dtype, quantization, offload."""
+    half = torch.float16 if device == "cuda" else torch.bfloat16
+    small = half if dtype == torch.float32 else dtype
+    tries = []
+    if dtype == torch.float32:
+        tries.append((f"--dtype {str(half).removeprefix('torch.')}", half, options, hardware))
+    if options.quantize == "none" and not options.offload_dir:
+        tries.append(("--quantize int8", small, replace(options, quantize="int8"), hardware))
+        if device == "cuda":
+            tries.append(("--quantize int4", small, replace(options, quantize="int4"), hardware))
+    if device == "cuda" and options.strategy is None:
+        tries.append(("--device-map auto", dtype, replace(options, device_map="auto"), hardware))
+    if options.quantize == "none" and not options.offload_dir:
+        tries.append(("--offload-dir DIR", dtype, replace(options, offload_dir="DIR"), replace(hardware, disk=2**62)))
+    found = []
+    for flag, try_dtype, try_options, try_hardware in tries:
+        plan = make_plan(config, try_dtype, device, try_options, try_hardware, tokens, model, suggest=False)
+        uses_disk = any(use.name == "disk" for use in plan.devices)
+        if plan.fits and (uses_disk or not try_options.offload_dir):
+            found.append(f"{flag} ({plan.summary()})")
+    return found
+
+
+def plan_load(config, dtype: torch.dtype, device: str, options: Options, hardware: Hardware | None = None) -> Plan:
+    """Check the options and plan the load; raise KoGPTError, saying what would fit, when it cannot run."""
+    hardware = hardware or detect_hardware(device, options.offload_dir)
+    check_options(options, device, hardware)
+    plan = make_plan(config, dtype, device, options, hardware)
+    if not plan.fits:
+        raise KoGPTError(plan.refusal())
+    log.debug("placement: %s", plan.summary())
+    return plan
