@@ -34,9 +34,13 @@ class KoGPT:
         revision: str = DEFAULT_REVISION,
         device: str = "cuda",
         dtype: str = "auto",
+        quantize: str = "none",
+        device_map: str | None = None,
+        max_memory: str | dict | None = None,
+        offload_dir: str | None = None,
     ) -> KoGPT:
         """Load from a hub repo id or a local checkpoint directory; see `kogpt.model.load`."""
-        return cls(model_lib.load(model, revision, device, dtype))
+        return cls(model_lib.load(model, revision, device, dtype, quantize, device_map, max_memory, offload_dir))
 
     @property
     def context_length(self) -> int:

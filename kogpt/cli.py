@@ -7,7 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-from kogpt import __version__
+from kogpt import __version__, hwcli
 from kogpt.defaults import DEFAULT_MODEL, DEFAULT_REVISION, DEVICES, DTYPE_CHOICES, REVISIONS
 from kogpt.errors import KoGPTError
 
@@ -37,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=DTYPE_CHOICES,
         help="compute dtype (default:auto: float16 on GPUs, float32 or bfloat16 on CPUs by memory)",
     )
+    hwcli.add_arguments(parser)
     parser.add_argument("-d", "--debug", action="store_true", help="debug logging and full tracebacks")
     parser.add_argument("--version", action="version", version=f"kogpt {__version__}")
     return parser
@@ -86,8 +87,13 @@ def run(args: argparse.Namespace, renderer) -> int:
     if not args.debug:
         transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
+    hw = hwcli.options_from_args(args)
+    if args.plan:
+        return hwcli.show_plan(args, renderer.out)
     path = resolve_checkpoint(args.model, args.revision)  # a download shows its own progress bars
     with renderer.loading(args.model):
-        gpt = KoGPT.load(str(path), args.revision, args.device, args.dtype)
+        gpt = KoGPT.load(
+            str(path), args.revision, args.device, args.dtype, hw.quantize, hw.device_map, hw.max_memory, hw.offload_dir
+        )
     plain = None if sys.stdin.isatty() else PlainInput(sys.stdin, sys.stdout)
     return Repl(gpt, renderer, history_path(), plain).run()

@@ -20,6 +20,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
 from kogpt.defaults import DEFAULT_MAX_LENGTH, DEFAULT_TEMPERATURE
+from kogpt.placement import input_device
 from kogpt.textstream import IncrementalDecoder, StopMatcher
 
 log = logging.getLogger(__name__)
@@ -130,7 +131,7 @@ def stream(
         return
     tokens: queue.Queue = queue.Queue()
     stop_event = threading.Event()
-    device = model.device
+    device = input_device(model)  # not model.device: that is `meta` when the first block is on disk
     ids = torch.tensor([input_ids], device=device)
     kwargs = dict(
         input_ids=ids,

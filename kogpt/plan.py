@@ -14,8 +14,8 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from kogpt.errors import KoGPTError
-from kogpt.memory import CPU_HEADROOM_BYTES, GiB
+from kogpt import memory
+from kogpt.memory import CPU_HEADROOM_BYTES, DtypeChoice, GiB
 from kogpt.placement import Hardware, Options, check_options, detect_hardware
 
 log = logging.getLogger(__name__)
@@ -82,7 +82,8 @@ def meta_model(config):
     from transformers import AutoModelForCausalLM
 
     with init_empty_weights():
-        return AutoModelForCausalLM.from_config(config)
+        # float32, whatever the config says: accelerate sizes a weight by the smaller of its dtype and the plan's.
+        return AutoModelForCausalLM.from_config(config, dtype=torch.float32)
 
 
 def block_names(config) -> list[str]:
@@ -265,12 +266,20 @@ def alternatives(config, dtype, device, options, hardware, tokens, model) -> lis
     return found
 
 
-def plan_load(config, dtype: torch.dtype, device: str, options: Options, hardware: Hardware | None = None) -> Plan:
-    """Check the options and plan the load; raise KoGPTError, saying what would fit, when it cannot run."""
-    hardware = hardware or detect_hardware(device, options.offload_dir)
-    check_options(options, device, hardware)
-    plan = make_plan(config, dtype, device, options, hardware)
-    if not plan.fits:
-        raise KoGPTError(plan.refusal())
-    log.debug("placement: %s", plan.summary())
-    return plan
+def prepare(config, device: torch.device, dtype: str, options: Options, hardware: Hardware | None = None,
+            need_library: bool = True) -> tuple[DtypeChoice, Plan]:
+    """Check the options, choose the compute dtype and plan the placement, as `load` and `--plan` both do.
+
+    `hardware` defaults to this machine's free memory; tests inject other machines.
+    """
+    hardware = hardware or detect_hardware(device.type, options.offload_dir)
+    check_options(options, device.type, hardware, need_library)
+    n_params = memory.parameter_count(config)
+    kv16 = memory.kv_cache_bytes(config, config.n_positions, torch.float16)
+    free = (hardware.gpus[0] if hardware.gpus else 0) if device.type == "cuda" else hardware.cpu
+    stored = getattr(config, "dtype", None) or torch.float32
+    stored = memory.DTYPES.get(str(stored).removeprefix("torch."), torch.float32)
+    choice = memory.choose_dtype(dtype, device.type, stored, n_params, free, kv16)
+    plan = make_plan(config, choice.dtype, device.type, options, hardware)
+    log.debug("placement: %s%s", plan.summary(), "" if plan.fits else f" (does not fit: {plan.problem})")
+    return choice, plan
