@@ -88,6 +88,7 @@ def run(args: argparse.Namespace, renderer) -> int:
         transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     hw = hwcli.options_from_args(args)
+    hwcli.check_early(args, hw)
     if args.plan:
         return hwcli.show_plan(args, renderer.out)
     path = resolve_checkpoint(args.model, args.revision)  # a download shows its own progress bars

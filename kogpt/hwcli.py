@@ -51,6 +51,16 @@ def options_from_args(args: argparse.Namespace) -> Options:
     return Options(device_map, parse_max_memory(args.max_memory), args.offload_dir, args.quantize)
 
 
+def check_early(args: argparse.Namespace, options: Options) -> None:
+    """Refuse impossible flag combinations before anything is downloaded or loaded."""
+    import torch
+
+    from kogpt.placement import check_options, detect_hardware
+
+    device = "cuda" if args.device == "cuda" and torch.cuda.is_available() else "cpu"
+    check_options(options, device, detect_hardware(device), need_library=not args.plan)
+
+
 def plan_config(model: str, revision: str):
     """The model's config alone: a local directory's config.json, or the hub's (no weights fetched)."""
     from kogpt.model import load_config, looks_local
