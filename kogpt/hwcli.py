@@ -90,5 +90,5 @@ def show_plan(args: argparse.Namespace, console: Console, hardware=None) -> int:
     options = options_from_args(args)
     config = plan_config(args.model, args.revision)
     _choice, plan = prepare(config, resolve_device(args.device), args.dtype, options, hardware, need_library=False)
-    print_plan(console, plan, title=args.model)
+    print_plan(console, plan, title=Path(args.model).name or args.model)
     return 0

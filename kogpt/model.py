@@ -157,9 +157,9 @@ def load(
     context = config.n_positions
     options = placement.Options(device_map, placement.parse_max_memory(max_memory), offload_dir, quantize)
     choice, plan = plan_lib.prepare(config, target, dtype, options)
-    log.info("dtype %s on %s: %s", str(choice.dtype).removeprefix("torch."), target, choice.reason)
     if not plan.fits:
         raise KoGPTError(plan.refusal())
+    log.info("dtype %s on %s: %s", str(choice.dtype).removeprefix("torch."), target, choice.reason)
     if quantize != "none" and target.type == "cpu":  # the CPU int8 path is kogpt.quantize (speed branch)
         raise KoGPTError(f"--quantize {quantize} on the CPU is not available in this build")
 

@@ -69,7 +69,10 @@ class Plan:
 
 
 def gib(n: int | float) -> str:
-    return f"{n / GiB:.2f} GiB"
+    """Bytes for people: GiB with two decimals, KiB or MiB for what would show as 0.00 GiB."""
+    if n >= GiB / 100 or n == 0:
+        return f"{n / GiB:.2f} GiB"
+    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 2**10:.1f} KiB"
 
 
 def label(device: int | str) -> str:
@@ -233,9 +236,10 @@ def find_problem(plan: Plan, options: Options, hardware: Hardware, offloaded: in
             if use.weights > hardware.disk:
                 return f"the offload directory needs {gib(use.weights)}, its disk has {gib(hardware.disk)} free"
         elif use.budget is not None and use.need > use.budget:
+            staging = f", offload buffer {gib(use.staging)}" if use.staging else ""
             return (
                 f"{use.name} needs {gib(use.need)} (weights {gib(use.weights)}, KV cache {gib(use.kv)} at "
-                f"{plan.tokens} tokens), {gib(use.budget)} is usable"
+                f"{plan.tokens} tokens{staging}), {gib(use.budget)} is usable"
             )
     if options.quantize != "none" and offloaded:
         return f"{options.quantize} weights cannot be offloaded, and {gib(offloaded)} would be"

@@ -15,7 +15,11 @@ GiB = 1024**3
 
 
 def size(n: int) -> str:
-    return f"{n / GiB:.2f} GiB" if n else "-"
+    if not n:
+        return "-"
+    if n >= GiB / 100:
+        return f"{n / GiB:.2f} GiB"
+    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 2**10:.1f} KiB"
 
 
 def short(name: str) -> str:
