@@ -46,7 +46,9 @@ def options_from_args(args: argparse.Namespace) -> Options:
     device_map = args.device_map
     if args.model_parallel:
         if device_map not in (None, "balanced"):
-            raise KoGPTError(f"--model-parallel means --device-map balanced; it cannot be used with --device-map {device_map}")
+            raise KoGPTError(
+                f"--model-parallel means --device-map balanced; it cannot be used with --device-map {device_map}"
+            )
         device_map = "balanced"
     return Options(device_map, parse_max_memory(args.max_memory), args.offload_dir, args.quantize)
 
@@ -75,7 +77,9 @@ def plan_config(model: str, revision: str):
     try:
         config = AutoConfig.from_pretrained(model, revision=revision)
     except (OSError, ValueError) as exc:
-        raise KoGPTError(f"could not read the config of {model}@{revision}: {str(exc).strip().splitlines()[0]}") from exc
+        raise KoGPTError(
+            f"could not read the config of {model}@{revision}: {str(exc).strip().splitlines()[0]}"
+        ) from exc
     if config.model_type != "gptj":
         raise KoGPTError(f"{model} is a {config.model_type!r} model; KoGPT needs model_type 'gptj'")
     return config

@@ -107,9 +107,10 @@ def detect_hardware(device: str, offload_dir: str | None = None) -> Hardware:
 
 
 def has_bitsandbytes() -> bool:
-    import importlib.util
+    """Whether a bitsandbytes that transformers accepts (0.46.1 or newer) is installed."""
+    from transformers.utils import is_bitsandbytes_available
 
-    return importlib.util.find_spec("bitsandbytes") is not None
+    return is_bitsandbytes_available()
 
 
 def check_options(options: Options, device: str, hardware: Hardware, need_library: bool = True) -> None:
@@ -123,9 +124,7 @@ def check_options(options: Options, device: str, hardware: Hardware, need_librar
     if options.device_map is not None and options.device_map not in STRATEGIES:
         raise KoGPTError(f"unknown device map {options.device_map!r}: choose one of {', '.join(STRATEGIES)}")
     if quantize == "int4" and device == "cpu":
-        raise KoGPTError(
-            "--quantize int4 runs only on a CUDA GPU (bitsandbytes 4-bit); on the CPU use --quantize int8"
-        )
+        raise KoGPTError("--quantize int4 runs only on a CUDA GPU (bitsandbytes 4-bit); on the CPU use --quantize int8")
     if quantize != "none" and options.offload_dir:
         raise KoGPTError(f"--quantize {quantize} weights cannot be offloaded to disk: drop --offload-dir or --quantize")
     gpu_keys = sorted(key for key in options.max_memory or {} if isinstance(key, int))
@@ -139,7 +138,7 @@ def check_options(options: Options, device: str, hardware: Hardware, need_librar
     if options.offload_dir and Path(options.offload_dir).expanduser().is_file():
         raise KoGPTError(f"--offload-dir {options.offload_dir} is a file, not a directory")
     if need_library and quantize != "none" and device == "cuda" and not has_bitsandbytes():
-        raise KoGPTError(f"--quantize {quantize} on a GPU needs bitsandbytes: pip install kogpt[quant]")
+        raise KoGPTError(f"--quantize {quantize} on a GPU needs bitsandbytes>=0.46.1: pip install kogpt[quant]")
 
 
 def quantization_config(quantize: str, device: str, dtype: torch.dtype):

@@ -8,13 +8,20 @@ Made on the meta device with accelerate (`init_empty_weights`, `compute_module_s
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
-from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
 import torch
 
 from kogpt import memory
+from kogpt.devicemap import (
+    block_names,
+    device_of,
+    infer_map,
+    kv_by_device,
+    main_device,
+    meta_model,
+    size_dtypes,
+)
 from kogpt.memory import CPU_HEADROOM_BYTES, DtypeChoice, GiB
 from kogpt.placement import Hardware, Options, check_options, detect_hardware
 
@@ -22,8 +29,6 @@ log = logging.getLogger(__name__)
 
 # Left free on each GPU for the CUDA context, activations and attention workspace.
 GPU_HEADROOM_BYTES = GiB // 2
-NO_SPLIT = ["GPTJBlock"]
-OFFLOADED = ("cpu", "disk")
 
 
 @dataclass
@@ -79,70 +84,6 @@ def label(device: int | str) -> str:
     return f"cuda:{device}" if isinstance(device, int) else str(device)
 
 
-def meta_model(config):
-    """The model with empty (meta) weights: shapes and module names, no memory."""
-    from accelerate import init_empty_weights
-    from transformers import AutoModelForCausalLM
-
-    with init_empty_weights():
-        # float32, whatever the config says: accelerate sizes a weight by the smaller of its dtype and the plan's.
-        return AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-
-
-def block_names(config) -> list[str]:
-    return ["transformer.wte", *(f"transformer.h.{i}" for i in range(config.n_layer)), "transformer.ln_f", "lm_head"]
-
-
-def size_dtypes(model, dtype: torch.dtype, quantize: str):
-    """The (dtype, special_dtypes) accelerate sizes with: quantization shrinks the blocks' matrices only.
-
-    bitsandbytes keeps lm_head, embeddings, norms and biases in `dtype`, as transformers does.
-    """
-    if quantize == "none":
-        return dtype, None
-    from accelerate.utils import CustomDtype
-
-    packed = torch.int8 if quantize == "int8" else CustomDtype.INT4
-    special = {
-        name: dtype
-        for name, param in model.named_parameters()
-        if not (name.startswith("transformer.h.") and name.endswith(".weight") and param.dim() == 2)
-    }
-    return packed, special
-
-
-@contextmanager
-def quiet_accelerate():
-    """accelerate warns about GPUs this machine lacks; planning for injected GPUs is deliberate."""
-    logger = logging.getLogger("accelerate.utils.modeling")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
-
-
-def device_of(device_map: dict, name: str):
-    """The device of module `name` under `device_map` (the longest key that is a prefix of it)."""
-    keys = [key for key in device_map if key == "" or name == key or name.startswith(key + ".")]
-    return device_map[max(keys, key=len)]
-
-
-def main_device(device_map: dict):
-    """Where accelerate runs offloaded blocks (and keeps their KV cache): the first GPU, else the CPU."""
-    return next((device for device in device_map.values() if device not in OFFLOADED), "cpu")
-
-
-def kv_by_device(device_map: dict, n_layer: int, kv_layer: int) -> dict:
-    kv: dict = defaultdict(int)
-    main = main_device(device_map)
-    for i in range(n_layer):
-        device = device_of(device_map, f"transformer.h.{i}")
-        kv[main if device in OFFLOADED else device] += kv_layer
-    return kv
-
-
 def budgets(device: str, options: Options, hardware: Hardware) -> dict:
     """Usable bytes per device: the user's --max-memory as given, else free memory less headroom."""
     if options.max_memory:
@@ -152,26 +93,6 @@ def budgets(device: str, options: Options, hardware: Hardware) -> dict:
     if options.strategy is None:
         return {0: gpus.get(0, 0)} if device == "cuda" else {"cpu": cpu}
     return {**gpus, "cpu": cpu}
-
-
-def infer_map(model, strategy: str, budget: dict, dtypes: tuple, n_layer: int, kv_layer: int) -> dict:
-    """accelerate's device map, re-run with each device's KV cache reserved until that settles."""
-    from accelerate.utils import get_balanced_memory, infer_auto_device_map
-
-    dtype, special = dtypes
-    reserve = dict.fromkeys(budget, 0)
-    for _ in range(8):
-        memory = {d: max(0, budget[d] - reserve[d]) for d in budget}
-        with quiet_accelerate():
-            if strategy != "sequential" and sum(isinstance(d, int) and memory[d] > 0 for d in memory) > 1:
-                memory = get_balanced_memory(model, memory, NO_SPLIT, dtype, special)
-            device_map = dict(infer_auto_device_map(model, memory, NO_SPLIT, dtype, special))
-        kv = kv_by_device(device_map, n_layer, kv_layer)
-        grown = {d: max(reserve[d], kv.get(d, 0)) for d in budget}
-        if grown == reserve:
-            break
-        reserve = grown
-    return device_map
 
 
 def make_plan(
@@ -270,20 +191,27 @@ def alternatives(config, dtype, device, options, hardware, tokens, model) -> lis
     return found
 
 
-def prepare(config, device: torch.device, dtype: str, options: Options, hardware: Hardware | None = None,
-            need_library: bool = True) -> tuple[DtypeChoice, Plan]:
+def prepare(
+    config,
+    device: torch.device,
+    dtype: str,
+    options: Options,
+    hardware: Hardware | None = None,
+    need_library: bool = True,
+) -> tuple[DtypeChoice, Plan]:
     """Check the options, choose the compute dtype and plan the placement, as `load` and `--plan` both do.
 
     `hardware` defaults to this machine's free memory; tests inject other machines.
     """
     hardware = hardware or detect_hardware(device.type, options.offload_dir)
     check_options(options, device.type, hardware, need_library)
-    n_params = memory.parameter_count(config)
+    model = meta_model(config)
+    n_params = sum(param.numel() for param in model.parameters())
     kv16 = memory.kv_cache_bytes(config, config.n_positions, torch.float16)
     free = (hardware.gpus[0] if hardware.gpus else 0) if device.type == "cuda" else hardware.cpu
     stored = getattr(config, "dtype", None) or torch.float32
     stored = memory.DTYPES.get(str(stored).removeprefix("torch."), torch.float32)
     choice = memory.choose_dtype(dtype, device.type, stored, n_params, free, kv16)
-    plan = make_plan(config, choice.dtype, device.type, options, hardware)
+    plan = make_plan(config, choice.dtype, device.type, options, hardware, model=model)
     log.debug("placement: %s%s", plan.summary(), "" if plan.fits else f" (does not fit: {plan.problem})")
     return choice, plan

@@ -72,14 +72,16 @@ def test_impossible_flags_are_refused_in_one_line(flags, reason, tiny_dir, capsy
 
 def test_an_offload_dir_that_is_a_file_is_refused(tiny_dir, tmp_path, capsys, no_loading):
     (tmp_path / "file").write_text("x")
-    assert "is a file, not a directory" in refused(capsys, ["--model", str(tiny_dir), "--offload-dir", str(tmp_path / "file")])
+    assert "is a file, not a directory" in refused(
+        capsys, ["--model", str(tiny_dir), "--offload-dir", str(tmp_path / "file")]
+    )
 
 
 def test_gpu_quantization_without_bitsandbytes_names_the_extra(tiny_dir, monkeypatch, capsys, no_loading):
     fake_gpus(monkeypatch, 16 * GiB)
     monkeypatch.setattr(placement, "has_bitsandbytes", lambda: False)
     line = refused(capsys, ["--model", str(tiny_dir), "--device", "cuda", "--quantize", "int8"])
-    assert line == "error: --quantize int8 on a GPU needs bitsandbytes: pip install kogpt[quant]"
+    assert line == "error: --quantize int8 on a GPU needs bitsandbytes>=0.46.1: pip install kogpt[quant]"
 
 
 def test_max_memory_for_a_missing_gpu_is_refused(tiny_dir, monkeypatch, capsys, no_loading):
@@ -89,7 +91,9 @@ def test_max_memory_for_a_missing_gpu_is_refused(tiny_dir, monkeypatch, capsys, 
 
 
 def test_a_load_that_does_not_fit_is_refused_before_loading(tiny_dir, capsys, no_loading):
-    line = refused(capsys, ["--model", str(tiny_dir), "--device", "cpu", "--dtype", "float32", "--max-memory", "cpu=200KB"])
+    line = refused(
+        capsys, ["--model", str(tiny_dir), "--device", "cpu", "--dtype", "float32", "--max-memory", "cpu=200KB"]
+    )
     # With a budget every block may go to disk, but the CPU still needs the KV cache (2 layers x 2 x
     # 128 tokens x 64 x 4 B = 128 KiB) and room for one block in transit (198,400 B): > 200,000 B.
     assert line == (

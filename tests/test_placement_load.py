@@ -6,6 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import korean_lines
 
 from kogpt import KoGPT
 from kogpt import model as model_lib
@@ -13,8 +14,6 @@ from kogpt import plan as plan_lib
 from kogpt.errors import KoGPTError
 from kogpt.memory import CPU_HEADROOM_BYTES
 from kogpt.placement import Hardware, Options, input_device, load_kwargs, quantization_config
-
-from conftest import korean_lines
 
 # Tiny float32 checkpoint: wte 84,992 B, two blocks of 198,400 B, ln_f 512 B, lm_head 86,320 B;
 # KV cache 2 layers x 2 x 128 tokens x 64 x 4 B = 131,072 B.
@@ -69,7 +68,9 @@ def test_a_load_that_cannot_fit_stops_before_reading_weights(tiny_dir, monkeypat
 
 
 def test_input_device_is_where_the_first_block_runs():
-    assert input_device(SimpleNamespace(hf_device_map={"transformer.wte": "disk", "lm_head": "cpu"})) == torch.device("cpu")
+    assert input_device(SimpleNamespace(hf_device_map={"transformer.wte": "disk", "lm_head": "cpu"})) == torch.device(
+        "cpu"
+    )
     assert input_device(SimpleNamespace(hf_device_map={"transformer.wte": "cpu", "transformer.h": 1})) == torch.device(
         "cuda", 1
     )

@@ -25,8 +25,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from kogpt.devicemap import kv_by_device, meta_model
 from kogpt.placement import Hardware, Options
-from kogpt.plan import kv_by_device, make_plan, meta_model, prepare
+from kogpt.plan import make_plan, prepare
 
 GiB = 1024**3
 BLOCK = 402_710_528
@@ -105,13 +106,27 @@ def test_two_8gib_gpus_split_the_blocks(config, model):
     #   528,611,328) = 6,141,410,304. wte + 13 blocks = 5,763,719,168 fits; wte + 14 = 6,166,429,696 does not.
     assert blocks_on(result, "cuda:0") == ["transformer.wte", *(f"transformer.h.{i}" for i in range(13))]
     assert blocks_on(result, "cuda:1") == [
-        *(f"transformer.h.{i}" for i in range(13, 28)), "transformer.ln_f", "lm_head"
+        *(f"transformer.h.{i}" for i in range(13, 28)),
+        "transformer.ln_f",
+        "lm_head",
     ]
     first, second = devices(result)["cuda:0"], devices(result)["cuda:1"]
     assert (first.weights, first.kv) == (WTE + 13 * BLOCK, 13 * KV_LAYER)
     assert (second.weights, second.kv) == (15 * BLOCK + LN_F + LM_HEAD + ROTARY, 15 * KV_LAYER)
     assert result.fits and "cpu" not in devices(result)
     assert plan(config, model, torch.float16, "cuda", hardware, device_map="auto").device_map == result.device_map
+
+
+def test_two_8gib_gpus_sequential_fills_gpu_0_first(config, model):
+    result = plan(config, model, torch.float16, "cuda", Hardware((8 * GiB, 8 * GiB), 32 * GiB), device_map="sequential")
+    # GPU 0 has 8,053,063,680 usable; accelerate keeps room for lm_head (528,611,328). First pass:
+    # wte + 17 blocks (7,374,561,280) fit. Reserving those 17 layers' KV (570,425,344) leaves
+    # 6,954,027,008: wte + 15 blocks (6,569,140,224) fit, 16 (6,971,850,752) do not; that settles.
+    assert blocks_on(result, "cuda:0") == ["transformer.wte", *(f"transformer.h.{i}" for i in range(15))]
+    first, second = devices(result)["cuda:0"], devices(result)["cuda:1"]
+    assert (first.weights, first.kv) == (WTE + 15 * BLOCK, 15 * KV_LAYER)
+    assert (second.weights, second.kv) == (13 * BLOCK + LN_F + LM_HEAD + ROTARY, 13 * KV_LAYER)
+    assert result.fits
 
 
 def test_two_8gib_gpus_without_a_device_map_refuse_and_suggest_one(config, model):
@@ -134,9 +149,13 @@ def test_one_8gib_gpu_offloads_the_rest_to_the_cpu(config, model):
 
 
 def test_one_8gib_gpu_refuses_quantized_weights_that_would_be_offloaded(config, model):
-    result = plan(config, model, torch.float16, "cuda", Hardware((4 * GiB,), 24 * GiB), device_map="auto", quantize="int8")
+    result = plan(
+        config, model, torch.float16, "cuda", Hardware((4 * GiB,), 24 * GiB), device_map="auto", quantize="int8"
+    )
     assert not result.fits and result.problem.startswith("int8 weights cannot be offloaded")
-    whole = plan(config, model, torch.float16, "cuda", Hardware((8 * GiB,), 24 * GiB), device_map="auto", quantize="int8")
+    whole = plan(
+        config, model, torch.float16, "cuda", Hardware((8 * GiB,), 24 * GiB), device_map="auto", quantize="int8"
+    )
     assert whole.fits and set(devices(whole)) == {"cuda:0"}  # 7.11 GiB of 7.5
 
 
