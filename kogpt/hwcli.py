@@ -55,12 +55,20 @@ def options_from_args(args: argparse.Namespace) -> Options:
 
 def check_early(args: argparse.Namespace, options: Options) -> None:
     """Refuse impossible flag combinations before anything is downloaded or loaded."""
-    import torch
-
     from kogpt.placement import check_options, detect_hardware
 
-    device = "cuda" if args.device == "cuda" and torch.cuda.is_available() else "cpu"
-    check_options(options, device, detect_hardware(device), need_library=not args.plan)
+    device = compute_device(args, options)
+    check_options(options, device, detect_hardware(device), planning=args.plan)
+
+
+def compute_device(args: argparse.Namespace, options: Options) -> str:
+    """cuda or cpu: cuda falls back to the CPU without CUDA, unless --plan is for GPUs --max-memory names."""
+    import torch
+
+    if args.device == "cpu":
+        return "cpu"
+    hypothetical = args.plan and any(isinstance(key, int) for key in options.max_memory or {})
+    return "cuda" if hypothetical or torch.cuda.is_available() else "cpu"
 
 
 def plan_config(model: str, revision: str):
@@ -86,13 +94,21 @@ def plan_config(model: str, revision: str):
 
 
 def show_plan(args: argparse.Namespace, console: Console, hardware=None) -> int:
-    """`--plan`: print the placement for the flags' setup without loading weights; return the exit code."""
+    """`--plan`: print the placement for the flags' setup without loading weights; return the exit code.
+
+    `hardware` (free memory figures) defaults to this machine's.
+    """
+    import torch
+
     from kogpt.model import resolve_device
     from kogpt.plan import prepare
     from kogpt.planview import print_plan
 
     options = options_from_args(args)
     config = plan_config(args.model, args.revision)
-    _choice, plan = prepare(config, resolve_device(args.device), args.dtype, options, hardware, need_library=False)
+    device = compute_device(args, options)
+    if device != args.device:
+        resolve_device(args.device)  # says that CUDA is missing
+    _choice, plan = prepare(config, torch.device(device), args.dtype, options, hardware, planning=True)
     print_plan(console, plan, title=Path(args.model).name or args.model)
     return 0

@@ -113,10 +113,11 @@ def has_bitsandbytes() -> bool:
     return is_bitsandbytes_available()
 
 
-def check_options(options: Options, device: str, hardware: Hardware, need_library: bool = True) -> None:
+def check_options(options: Options, device: str, hardware: Hardware, planning: bool = False) -> None:
     """Refuse, with a one-line reason, combinations that cannot work on `device` (cpu or cuda).
 
-    `need_library` is False for `--plan`, which loads nothing and so needs no bitsandbytes.
+    `planning` (for `--plan`, which loads nothing) needs neither bitsandbytes nor the GPUs that
+    `--max-memory` names, so a plan can be made for another machine.
     """
     quantize = options.quantize
     if quantize not in QUANTIZE_CHOICES:
@@ -133,11 +134,11 @@ def check_options(options: Options, device: str, hardware: Hardware, need_librar
             f"--max-memory gives memory to GPU {gpu_keys[0]} but the model runs on the CPU: "
             "use --device cuda, or give only cpu=SIZE"
         )
-    if gpu_keys and gpu_keys[-1] >= len(hardware.gpus):
+    if gpu_keys and gpu_keys[-1] >= len(hardware.gpus) and not planning:
         raise KoGPTError(f"--max-memory names GPU {gpu_keys[-1]} but this machine has {len(hardware.gpus)} GPU(s)")
     if options.offload_dir and Path(options.offload_dir).expanduser().is_file():
         raise KoGPTError(f"--offload-dir {options.offload_dir} is a file, not a directory")
-    if need_library and quantize != "none" and device == "cuda" and not has_bitsandbytes():
+    if not planning and quantize != "none" and device == "cuda" and not has_bitsandbytes():
         raise KoGPTError(f"--quantize {quantize} on a GPU needs bitsandbytes>=0.46.1: pip install kogpt[quant]")
 
 

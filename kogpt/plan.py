@@ -197,14 +197,14 @@ def prepare(
     dtype: str,
     options: Options,
     hardware: Hardware | None = None,
-    need_library: bool = True,
+    planning: bool = False,
 ) -> tuple[DtypeChoice, Plan]:
     """Check the options, choose the compute dtype and plan the placement, as `load` and `--plan` both do.
 
     `hardware` defaults to this machine's free memory; tests inject other machines.
     """
     hardware = hardware or detect_hardware(device.type, options.offload_dir)
-    check_options(options, device.type, hardware, need_library)
+    check_options(options, device.type, hardware, planning)
     model = meta_model(config)
     n_params = sum(param.numel() for param in model.parameters())
     kv16 = memory.kv_cache_bytes(config, config.n_positions, torch.float16)

@@ -135,6 +135,16 @@ def test_plan_for_two_gpus_with_the_original_flag(kogpt6b, monkeypatch, capsys):
     assert "fits: cuda:0 5.77 GiB, cuda:1 6.59 GiB" in out
 
 
+def test_plan_for_gpus_this_machine_lacks(kogpt6b, monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    argv = ["--model", kogpt6b, "--plan", "--device", "cuda", "--max-memory", "0=5GiB,1=5GiB,2=5GiB,cpu=8GiB"]
+    assert main(argv) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "│ cuda:2 │" in out and "│ cpu │" not in out and "fits: cuda:0" in out
+    assert main(["--model", kogpt6b, "--device", "cuda", "--max-memory", "0=4GiB"]) == 1
+    assert "gives memory to GPU 0 but the model runs on the CPU" in capsys.readouterr().err
+
+
 def test_plan_for_int4_needs_no_bitsandbytes(kogpt6b, monkeypatch, capsys):
     fake_gpus(monkeypatch, 8 * GiB)
     monkeypatch.setattr(placement, "has_bitsandbytes", lambda: False)
