@@ -27,6 +27,7 @@ def meta_model(config):
 
 
 def block_names(config) -> list[str]:
+    """The units the plan places, in order: embedding, the n_layer blocks, final norm, lm_head."""
     return ["transformer.wte", *(f"transformer.h.{i}" for i in range(config.n_layer)), "transformer.ln_f", "lm_head"]
 
 
@@ -72,6 +73,7 @@ def main_device(device_map: dict):
 
 
 def kv_by_device(device_map: dict, n_layer: int, kv_layer: int) -> dict:
+    """KV-cache bytes per device: each layer's cache lives where the layer runs."""
     kv: dict = defaultdict(int)
     main = main_device(device_map)
     for i in range(n_layer):

@@ -64,6 +64,7 @@ class Plan:
         return self.problem is None
 
     def summary(self) -> str:
+        """What each device needs, in one line: 'cuda:0 5.77 GiB, cuda:1 6.59 GiB'."""
         return ", ".join(f"{use.name} {gib(use.need)}" for use in self.devices)
 
     def refusal(self) -> str:
@@ -81,6 +82,7 @@ def gib(n: int | float) -> str:
 
 
 def label(device: int | str) -> str:
+    """accelerate's device key as people write it: 0 -> cuda:0."""
     return f"cuda:{device}" if isinstance(device, int) else str(device)
 
 
@@ -150,6 +152,7 @@ def make_plan(
 
 
 def find_problem(plan: Plan, options: Options, hardware: Hardware, offloaded: int) -> str | None:
+    """Why `plan` cannot run (a device over its budget, disk without --offload-dir, ...), or None."""
     for use in plan.devices:
         if use.name == "disk":
             if not options.offload_dir:

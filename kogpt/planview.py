@@ -15,6 +15,7 @@ GiB = 1024**3
 
 
 def size(n: int) -> str:
+    """Bytes in GiB, or KiB/MiB when small; '-' for nothing."""
     if not n:
         return "-"
     if n >= GiB / 100:
