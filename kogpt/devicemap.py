@@ -50,9 +50,13 @@ def size_dtypes(model, dtype: torch.dtype, quantize: str):
 
 
 @contextmanager
-def quiet_accelerate():
-    """accelerate warns about GPUs this machine lacks; planning for injected GPUs is deliberate."""
-    logger = logging.getLogger("accelerate.utils.modeling")
+def quiet_accelerate(name: str = "accelerate.utils.modeling"):
+    """Silence the warnings of accelerate's logger `name` for a while.
+
+    Planning warns about GPUs this machine lacks (injected on purpose); loading an offloaded model
+    warns that "parameters are on the meta device", which the plan has already said.
+    """
+    logger = logging.getLogger(name)
     level = logger.level
     logger.setLevel(logging.ERROR)
     try:

@@ -12,6 +12,7 @@ import torch
 from kogpt import memory, placement
 from kogpt import plan as plan_lib
 from kogpt.defaults import DEFAULT_MODEL, DEFAULT_REVISION
+from kogpt.devicemap import quiet_accelerate
 from kogpt.errors import KoGPTError
 
 log = logging.getLogger(__name__)
@@ -164,7 +165,10 @@ def load(
         raise KoGPTError(f"--quantize {quantize} on the CPU is not available in this build")
 
     placed = placement.load_kwargs(plan.device_map, target, options, choice.dtype)
-    weights = load_weights(path, choice.dtype, target, tokenizer.eos_token_id, placed)
+    with quiet_accelerate("accelerate.big_modeling"):
+        weights = load_weights(path, choice.dtype, target, tokenizer.eos_token_id, placed)
+    if options.strategy:
+        log.info("placement: %s", plan.summary())
     log.debug(
         "loaded %d parameters from %s in %.1f s", n_params, path, time.perf_counter() - started
     )
