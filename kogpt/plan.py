@@ -201,10 +201,12 @@ def prepare(
     options: Options,
     hardware: Hardware | None = None,
     planning: bool = False,
+    tokens: int | None = None,
 ) -> tuple[DtypeChoice, Plan]:
     """Check the options, choose the compute dtype and plan the placement, as `load` and `--plan` both do.
 
-    `hardware` defaults to this machine's free memory; tests inject other machines.
+    `hardware` defaults to this machine's free memory; tests inject other machines. `tokens` is the
+    KV-cache length planned for (default: the full context).
     """
     hardware = hardware or detect_hardware(device.type, options.offload_dir)
     check_options(options, device.type, hardware, planning)
@@ -215,6 +217,6 @@ def prepare(
     stored = getattr(config, "dtype", None) or torch.float32
     stored = memory.DTYPES.get(str(stored).removeprefix("torch."), torch.float32)
     choice = memory.choose_dtype(dtype, device.type, stored, n_params, free, kv16)
-    plan = make_plan(config, choice.dtype, device.type, options, hardware, model=model)
+    plan = make_plan(config, choice.dtype, device.type, options, hardware, tokens, model=model)
     log.debug("placement: %s%s", plan.summary(), "" if plan.fits else f" (does not fit: {plan.problem})")
     return choice, plan
