@@ -9,7 +9,7 @@ _EXPORTS = {
     "KoGPT": "kogpt.api",
     "KoGPTError": "kogpt.errors",
     "Chunk": "kogpt.generate",
-    "SamplingSettings": "kogpt.generate",
+    "SamplingSettings": "kogpt.settings",
 }
 
 

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import random
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from kogpt import model as model_lib
 from kogpt.defaults import DEFAULT_MODEL, DEFAULT_REVISION
-from kogpt.errors import KoGPTError
-from kogpt.generate import Chunk, SamplingSettings, stream
+from kogpt.errors import Interrupted, KoGPTError
+from kogpt.generate import Chunk, stream
+from kogpt.settings import SamplingSettings
+from kogpt.transcript import Record
 
 log = logging.getLogger(__name__)
 
@@ -59,13 +62,61 @@ class KoGPT:
         `overrides` are `SamplingSettings` fields (temperature=0.5, max_length=64, ...).
         """
         settings = dataclasses.replace(settings or SamplingSettings(), **overrides)
-        ids = self.encode(prompt)
-        if not ids:
-            raise KoGPTError("the prompt is empty")
+        ids = self.fit_context(self.encode(prompt), settings)
         log.debug("prompt: %d tokens; settings %s", len(ids), settings.as_dict())
         return stream(self.model, self.tokenizer, ids, settings, self.context_length)
+
+    def fit_context(self, ids: list[int], settings: SamplingSettings) -> list[int]:
+        """Check the prompt fits the context with room to generate; with `truncate`, keep its end."""
+        if not ids:
+            raise KoGPTError("the prompt is empty")
+        context = self.context_length
+        room = settings.max_new_tokens if settings.max_new_tokens is not None else settings.max_length - len(ids)
+        room = min(max(room, 1), context - 1)
+        if len(ids) + room <= context:
+            return ids
+        if settings.truncate:
+            log.info("the prompt is %d tokens; keeping its last %d", len(ids), context - room)
+            return ids[len(ids) - (context - room) :]
+        raise KoGPTError(
+            f"the prompt is {len(ids)} tokens and the context is {context}: shorten it, "
+            "or `/set truncate on` (--truncate) to keep its end"
+        )
 
     def generate(self, prompt: str, temperature: float = 0.8, max_length: int = 128, **overrides) -> str:
         """The completion of `prompt` (without the prompt), as one string."""
         chunks = self.stream(prompt, temperature=temperature, max_length=max_length, **overrides)
         return "".join(chunk.text for chunk in chunks)
+
+    def complete(
+        self,
+        prompt: str,
+        settings: SamplingSettings,
+        on_text: Callable[[int, str], None] | None = None,
+    ) -> list[Record]:
+        """All `settings.num_return_sequences` completions of `prompt`, one after another.
+
+        Sequence i uses seed `settings.seed + i` (a fresh random base seed when unset), so every
+        record can be reproduced. `on_text(i, text)` receives the text as it streams. Ctrl-C raises
+        `Interrupted`, which carries the finished records and the partial one.
+        """
+        base = settings.seed if settings.seed is not None else random.randrange(2**31)
+        prompt_tokens = len(self.fit_context(self.encode(prompt), settings))
+        records: list[Record] = []
+        for index in range(settings.num_return_sequences):
+            seed = base + index
+            record = Record(prompt, settings=settings.as_dict(), seed=seed, index=index, prompt_tokens=prompt_tokens)
+            records.append(record)
+            try:
+                for chunk in self.stream(prompt, dataclasses.replace(settings, seed=seed)):
+                    record.completion += chunk.text
+                    record.completion_tokens = chunk.tokens
+                    record.seconds = chunk.seconds
+                    record.first_token_seconds = chunk.first_token_seconds
+                    record.finish_reason = chunk.finish_reason
+                    if on_text and chunk.text:
+                        on_text(index, chunk.text)
+            except KeyboardInterrupt:
+                record.finish_reason = "interrupted"
+                raise Interrupted(records) from None
+        return records

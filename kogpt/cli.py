@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -14,13 +15,43 @@ from kogpt.errors import KoGPTError
 log = logging.getLogger("kogpt")
 
 DEBUG_FORMAT = "[%(asctime)s] [%(levelname)s] %(name)s: %(message)s"
+SAMPLING_FLAGS = {  # flag -> metavar; each flag's dest is its setting's name
+    "--temperature": "T",
+    "--max-length": "N",
+    "--max-new-tokens": "N",
+    "--top-p": "P",
+    "--top-k": "K",
+    "--repetition-penalty": "R",
+    "--no-repeat-ngram-size": "N",
+    "--seed": "S",
+    "--num-return-sequences": "N",
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="KoGPT inference",
-        description="KakaoBrain Korean(hangul) Generative Pre-Training Model",
-    )
+def setting_type(name: str):
+    """An argparse type that validates a flag exactly as `/set name` does."""
+    from kogpt.settings import InputError, parse_setting
+
+    def parse(text: str):
+        try:
+            return parse_setting(name, text)
+        except InputError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return parse
+
+
+def escaped(text: str) -> str:
+    from kogpt.settings import InputError, decode_escapes
+
+    try:
+        return decode_escapes(text)
+    except InputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags that choose and place the model (shared by every command)."""
     parser.add_argument(
         "--model", default=DEFAULT_MODEL, help=f"huggingface repo or local directory (default:{DEFAULT_MODEL})"
     )
@@ -39,8 +70,42 @@ def build_parser() -> argparse.ArgumentParser:
     )
     hwcli.add_arguments(parser)
     parser.add_argument("-d", "--debug", action="store_true", help="debug logging and full tracebacks")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="KoGPT inference",
+        description="KakaoBrain Korean(hangul) Generative Pre-Training Model",
+    )
+    add_model_arguments(parser)
     parser.add_argument("--version", action="version", version=f"kogpt {__version__}")
+
+    sampling = parser.add_argument_group("sampling (in the REPL: /set NAME VALUE)")
+    for flag, metavar in SAMPLING_FLAGS.items():
+        name = flag[2:].replace("-", "_")
+        sampling.add_argument(flag, dest=name, metavar=metavar, type=setting_type(name), help=setting_help(name))
+    sampling.add_argument(
+        "--stop", action="append", metavar="TEXT", type=escaped, help="stop sequence, escapes allowed (\\n); repeatable"
+    )
+    sampling.add_argument("--truncate", action="store_true", default=None, help=setting_help("truncate"))
+
+    repl = parser.add_argument_group("interactive session")
+    repl.add_argument("--quick", action="store_true", help="skip the temperature and max_length questions")
+    repl.add_argument("--no-transcript", action="store_true", help="do not append completions to the transcript")
+
+    script = parser.add_argument_group("scripting (generate, print to stdout, exit)")
+    source = script.add_mutually_exclusive_group()
+    source.add_argument("-p", "--prompt", metavar="TEXT", help="complete TEXT once; - reads standard input")
+    source.add_argument("--prompt-file", metavar="FILE", help="complete the whole FILE once; - reads standard input")
+    source.add_argument("--prompts-file", metavar="FILE", help="one prompt per line, or JSON Lines with a prompt field")
+    script.add_argument("--json", action="store_true", help="print JSON Lines: prompt, completion, settings, figures")
     return parser
+
+
+def setting_help(name: str) -> str:
+    from kogpt.settings import HELP
+
+    return HELP[name]
 
 
 def setup_logging(debug: bool) -> None:
@@ -54,10 +119,13 @@ def setup_logging(debug: bool) -> None:
         logging.getLogger("transformers").setLevel(logging.INFO)
 
 
-def history_path() -> Path:
-    from platformdirs import user_state_dir
+def sampling_settings(args: argparse.Namespace):
+    from dataclasses import fields
 
-    return Path(user_state_dir("kogpt")) / "history"
+    from kogpt.settings import SamplingSettings
+
+    given = {f.name: getattr(args, f.name) for f in fields(SamplingSettings) if getattr(args, f.name, None) is not None}
+    return SamplingSettings(**given)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,6 +143,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `kogpt -p ... | head -1`: the reader left; end quietly
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
 
 
 def run(args: argparse.Namespace, renderer) -> int:
@@ -82,7 +154,6 @@ def run(args: argparse.Namespace, renderer) -> int:
 
     from kogpt.api import KoGPT
     from kogpt.model import resolve_checkpoint
-    from kogpt.repl import PlainInput, Repl
 
     if not args.debug:
         transformers.utils.logging.set_verbosity_error()
@@ -91,10 +162,49 @@ def run(args: argparse.Namespace, renderer) -> int:
     hwcli.check_early(args, hw)
     if args.plan:
         return hwcli.show_plan(args, renderer.out)
-    path = resolve_checkpoint(args.model, args.revision)  # a download shows its own progress bars
+    settings = sampling_settings(args)
+    prompts = scripted_prompts(args, settings)  # read (and check) input before the slow load
+    resolve_checkpoint(args.model, args.revision)  # a download shows its own progress bars
     with renderer.loading(args.model):
         gpt = KoGPT.load(
-            str(path), args.revision, args.device, args.dtype, hw.quantize, hw.device_map, hw.max_memory, hw.offload_dir
+            args.model, args.revision, args.device, args.dtype, hw.quantize, hw.device_map, hw.max_memory, hw.offload_dir
         )
+    if prompts is not None:
+        from kogpt.scripting import run_batch
+
+        return run_batch(gpt, prompts, renderer, args.json)
+    return interactive(args, gpt, renderer, settings)
+
+
+def scripted_prompts(args: argparse.Namespace, settings):
+    """The (label, prompt, settings) list of a scripting mode, or None for the interactive REPL."""
+    from kogpt.scripting import parse_prompts_file, read_text
+
+    if args.prompt is not None:
+        return [("", read_text("-") if args.prompt == "-" else args.prompt, settings)]
+    if args.prompt_file is not None:
+        return [("", read_text(args.prompt_file), settings)]
+    if args.prompts_file is not None:
+        name = args.prompts_file
+        return [(f"{name}:{n}", p, s) for n, p, s in parse_prompts_file(read_text(name), name, settings)]
+    return None
+
+
+def interactive(args: argparse.Namespace, gpt, renderer, settings) -> int:
+    from platformdirs import user_data_dir, user_state_dir
+
+    from kogpt.repl import PlainInput, Repl
+    from kogpt.transcript import Transcript
+
+    transcript_path = None if args.no_transcript else Path(user_data_dir("kogpt")) / "transcript.jsonl"
     plain = None if sys.stdin.isatty() else PlainInput(sys.stdin, sys.stdout)
-    return Repl(gpt, renderer, history_path(), plain).run()
+    repl = Repl(
+        gpt,
+        renderer,
+        settings,
+        quick=args.quick,
+        history_path=Path(user_state_dir("kogpt")) / "history",
+        transcript=Transcript(transcript_path, renderer.warning),
+        plain=plain,
+    )
+    return repl.run()

@@ -5,3 +5,11 @@ from __future__ import annotations
 
 class KoGPTError(Exception):
     """A failure the user can act on. `cli.main` prints it as one line and exits 1."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during `KoGPT.complete`: carries the records finished so far and the interrupted one."""
+
+    def __init__(self, records: list) -> None:
+        super().__init__()
+        self.records = records

@@ -10,62 +10,23 @@ from __future__ import annotations
 import logging
 import math
 import queue
+import random
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
-from kogpt.defaults import DEFAULT_MAX_LENGTH, DEFAULT_TEMPERATURE
+from kogpt.errors import KoGPTError
 from kogpt.placement import input_device
+from kogpt.settings import SamplingSettings
 from kogpt.textstream import IncrementalDecoder, StopMatcher
 
 log = logging.getLogger(__name__)
 
-
-
-@dataclass
-class SamplingSettings:
-    """How to sample one completion. `temperature == 0` means greedy decoding.
-
-    `max_length` counts the prompt's tokens, as in the original KoGPT CLI; `max_new_tokens`, when
-    set, counts the completion alone and wins over `max_length`.
-    """
-
-    temperature: float = DEFAULT_TEMPERATURE
-    max_length: int = DEFAULT_MAX_LENGTH
-    max_new_tokens: int | None = None
-    top_p: float = 1.0
-    top_k: int = 0
-    repetition_penalty: float = 1.0
-    no_repeat_ngram_size: int = 0
-    seed: int | None = None
-    stop: list[str] = field(default_factory=list)
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-    def new_tokens(self, prompt_tokens: int, context: int) -> int:
-        """How many tokens to generate for a prompt of `prompt_tokens` within `context` positions."""
-        if self.max_new_tokens is not None:
-            wanted = self.max_new_tokens
-        else:
-            wanted = self.max_length - prompt_tokens
-        return max(0, min(wanted, context - prompt_tokens))
-
-    def generate_kwargs(self) -> dict:
-        greedy = self.temperature == 0
-        kwargs: dict = {"do_sample": not greedy}
-        if not greedy:
-            kwargs.update(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k)
-        if self.repetition_penalty != 1.0:
-            kwargs["repetition_penalty"] = self.repetition_penalty
-        if self.no_repeat_ngram_size:
-            kwargs["no_repeat_ngram_size"] = self.no_repeat_ngram_size
-        return kwargs
 
 
 @dataclass
@@ -79,6 +40,7 @@ class Chunk:
     text: str
     tokens: int
     seconds: float
+    seed: int
     first_token_seconds: float | None = None
     finish_reason: str | None = None
 
@@ -125,9 +87,10 @@ def stream(
 ) -> Iterator[Chunk]:
     """Generate a completion of `input_ids` and yield it as text chunks as tokens arrive."""
     budget = settings.new_tokens(len(input_ids), context)
+    seed = settings.seed if settings.seed is not None else random.randrange(2**31)
     started = time.perf_counter()
     if budget == 0:
-        yield Chunk("", 0, 0.0, finish_reason="length")
+        yield Chunk("", 0, 0.0, seed, finish_reason="length")
         return
     tokens: queue.Queue = queue.Queue()
     stop_event = threading.Event()
@@ -143,12 +106,11 @@ def stream(
         eos_token_id=tokenizer.eos_token_id,
         **settings.generate_kwargs(),
     )
-    log.debug("generating up to %d tokens after %d prompt tokens", budget, len(input_ids))
+    log.debug("generating up to %d tokens after %d prompt tokens, seed %d", budget, len(input_ids), seed)
 
     def work() -> None:
         try:
-            if settings.seed is not None:
-                torch.manual_seed(settings.seed)
+            torch.manual_seed(seed)
             with torch.inference_mode():
                 model.generate(**kwargs)
         except BaseException as exc:  # handed to the caller, who re-raises it
@@ -166,6 +128,8 @@ def stream(
             item = _get(tokens)
             if item is _DONE:
                 break
+            if isinstance(item, (MemoryError, torch.OutOfMemoryError)):
+                raise _out_of_memory(item, len(input_ids) + budget) from item
             if isinstance(item, BaseException):
                 raise item
             count += 1
@@ -176,7 +140,7 @@ def stream(
             if stops.stopped:
                 stop_event.set()
             if text:
-                yield Chunk(text, count, time.perf_counter() - started, first)
+                yield Chunk(text, count, time.perf_counter() - started, seed, first)
         tail = stops.feed(decoder.flush()) + stops.flush()
         if stops.stopped:
             reason = "stop"
@@ -186,7 +150,7 @@ def stream(
             reason = "length"
         elapsed = time.perf_counter() - started
         log.debug("%d tokens in %.2f s, finished by %s", count, elapsed, reason)
-        yield Chunk(tail, count, elapsed, first, reason)
+        yield Chunk(tail, count, elapsed, seed, first, reason)
     finally:
         stop_event.set()
         worker.join()
@@ -199,3 +163,16 @@ def _get(q: queue.Queue):
             return q.get(timeout=0.1)
         except queue.Empty:
             continue
+
+
+def _out_of_memory(exc: BaseException, tokens: int) -> KoGPTError:
+    """Free what the failed generation held and say what to try."""
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return KoGPTError(
+        f"out of memory generating up to {tokens} tokens; try a smaller max_length or "
+        "max_new_tokens, fewer num_return_sequences, or --quantize int8"
+    )

@@ -41,7 +41,7 @@ class Loaded:
     tokenizer: object
     device: torch.device
     dtype: torch.dtype
-    source: str
+    source: str  # what was asked for: a hub repo id or a directory
     n_params: int
     context_length: int
 
@@ -172,7 +172,7 @@ def load(
     log.debug(
         "loaded %d parameters from %s in %.1f s", n_params, path, time.perf_counter() - started
     )
-    return Loaded(weights, tokenizer, target, choice.dtype, str(path), n_params, context)
+    return Loaded(weights, tokenizer, target, choice.dtype, model, n_params, context)
 
 
 def load_weights(path: Path, dtype: torch.dtype, device: torch.device, pad_token_id: int, placed: dict | None = None):

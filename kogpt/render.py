@@ -7,7 +7,9 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 
+from rich import box
 from rich.console import Console
+from rich.table import Table
 from rich.text import Text
 from rich.theme import Theme
 
@@ -39,10 +41,29 @@ class Renderer:
     def end_completion(self, tokens: int, seconds: float, reason: str | None) -> None:
         """Close the streamed text and show one dim line of figures."""
         self.out.print()
+        self.stats(tokens, seconds, reason)
+        self.out.print()
+
+    def stats(self, tokens: int, seconds: float, reason: str | None) -> None:
+        """One dim line on stderr: new tokens, seconds, tokens/s, and why it ended if not by length."""
         rate = f"{tokens / seconds:.2f} tokens/s" if seconds > 0 else "- tokens/s"
         ended = {"eos": ", ended by the model", "stop": ", stop sequence"}.get(reason or "", "")
         self.err.print(Text(f"[{tokens} tokens, {seconds:.2f} s, {rate}{ended}]", style="stats"))
-        self.out.print()
+
+    def sequence_header(self, index: int, total: int) -> None:
+        self.err.print(Text(f"[{index + 1}/{total}]", style="stats"))
+
+    def settings_table(self, rows: list[tuple[str, str, str, str]]) -> None:
+        table = Table("setting", "value", "default", "meaning", box=box.SIMPLE_HEAD)
+        for name, value, default, meaning in rows:
+            table.add_row(name, Text(value, style="bold" if value != default else ""), default, meaning)
+        self.out.print(table)
+
+    def help_table(self, rows: list[tuple[str, str]]) -> None:
+        table = Table("command", "what it does", box=box.SIMPLE_HEAD)
+        for command, meaning in rows:
+            table.add_row(command, meaning)
+        self.out.print(table)
 
     def interrupted(self) -> None:
         self.out.print()

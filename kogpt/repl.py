@@ -1,21 +1,28 @@
-"""The interactive loop: the seed's three questions per turn, streamed completions, Ctrl-C/Ctrl-D policy."""
+"""The interactive loop: the seed's three questions per turn, slash commands, streamed completions.
+
+Enter submits; Meta+Enter (Esc, Enter) inserts a newline; a bracketed paste arrives whole.
+Ctrl-C stops a generation or abandons a turn; Ctrl-D (or /quit) leaves.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import TextIO, TypeVar
+from typing import Any, TextIO, TypeVar
 
 from prompt_toolkit import PromptSession
+from prompt_toolkit.application import get_app
 from prompt_toolkit.history import FileHistory, History, InMemoryHistory
+from prompt_toolkit.key_binding import KeyBindings
 
 from kogpt.api import KoGPT
-from kogpt.errors import KoGPTError
-from kogpt.defaults import DEFAULT_MAX_LENGTH, DEFAULT_TEMPERATURE
-from kogpt.generate import SamplingSettings
+from kogpt.commands import CommandCompleter, Quit, Turn, run_command
+from kogpt.errors import Interrupted, KoGPTError
 from kogpt.render import Renderer
+from kogpt.settings import InputError, SamplingSettings, format_value, parse_max_length_answer, parse_setting
+from kogpt.transcript import Record, Transcript
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -23,49 +30,31 @@ T = TypeVar("T")
 GOODBYE = "terminate KakaoBrain Korean(hangul) Generative Pre-Training Model"
 
 
-class InputError(ValueError):
-    """An answer that cannot be used; its message is shown and the question is asked again."""
-
-
-def parse_temperature(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise InputError(f"temperature must be a number, not {text!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise InputError(f"temperature must be a positive finite number, not {text}")
-    return value
-
-
-def parse_max_length(text: str, prompt_tokens: int, context: int) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise InputError(f"max_length must be a whole number, not {text!r}") from None
-    if value <= prompt_tokens:
-        raise InputError(
-            f"max_length counts the prompt's {prompt_tokens} tokens: give more than {prompt_tokens}"
-        )
-    if value > context:
-        raise InputError(f"max_length can be at most the model's context of {context} tokens")
-    return value
-
-
 class SafeFileHistory(FileHistory):
-    """A FileHistory that warns once, through `on_error`, when it cannot write, and goes on."""
+    """A FileHistory that warns once, through `on_error`, when it cannot read or write, and goes on."""
 
     def __init__(self, filename: str, on_error: Callable[[str], None]) -> None:
         super().__init__(filename)
         self._on_error = on_error
         self._warned = False
 
+    def _warn(self, exc: OSError) -> None:
+        if not self._warned:
+            self._warned = True
+            self._on_error(f"cannot save the prompt history to {self.filename}: {exc.strerror or exc}")
+
+    def load_history_strings(self) -> Iterable[str]:
+        try:
+            return list(super().load_history_strings())
+        except OSError as exc:
+            self._warn(exc)
+            return []
+
     def store_string(self, string: str) -> None:
         try:
             super().store_string(string)
         except OSError as exc:
-            if not self._warned:
-                self._warned = True
-                self._on_error(f"cannot save the prompt history to {self.filename}: {exc.strerror or exc}")
+            self._warn(exc)
 
 
 def open_history(path: Path | None, on_error: Callable[[str], None]) -> History:
@@ -79,6 +68,16 @@ def open_history(path: Path | None, on_error: Callable[[str], None]) -> History:
     return SafeFileHistory(str(path), on_error)
 
 
+def key_bindings() -> KeyBindings:
+    bindings = KeyBindings()
+
+    @bindings.add("escape", "enter")
+    def _newline(event) -> None:
+        event.current_buffer.insert_text("\n")
+
+    return bindings
+
+
 class PlainInput:
     """Questions answered line by line from a pipe (stdin is not a terminal): no editing, no echo."""
 
@@ -86,7 +85,7 @@ class PlainInput:
         self._in = stream
         self._out = out
 
-    def prompt(self, message: str) -> str:
+    def prompt(self, message: str, **_: Any) -> str:
         self._out.write(message)
         self._out.flush()
         line = self._in.readline()
@@ -99,53 +98,98 @@ class PlainInput:
 class Repl:
     """Ask `prompt>`, `temperature(0.8)>`, `max_length(128)>`; stream the completion; repeat.
 
-    With `plain` (a PlainInput), questions are read from a pipe instead of a prompt_toolkit session.
+    `settings` are the session's starting settings (what /reset returns to); `quick` skips the
+    temperature and max_length questions. With `plain`, questions are read from a pipe.
     """
 
     def __init__(
         self,
         gpt: KoGPT,
         renderer: Renderer,
+        settings: SamplingSettings | None = None,
+        *,
+        quick: bool = False,
         history_path: Path | None = None,
+        transcript: Transcript | None = None,
         plain: PlainInput | None = None,
     ) -> None:
         self.gpt = gpt
         self.renderer = renderer
+        self.defaults = settings or SamplingSettings()
+        self.settings = dataclasses.replace(self.defaults)
+        self.default_quick = self.quick = quick
+        self.transcript = transcript or Transcript(None, renderer.warning)
+        self.records: list[Record] = []
+        self.last: Record | None = None
         if plain is not None:
             self.prompts = self.answers = plain
         else:
-            self.prompts = PromptSession(history=open_history(history_path, renderer.warning))
+            self.prompts = PromptSession(
+                history=open_history(history_path, renderer.warning),
+                completer=CommandCompleter(),
+                key_bindings=key_bindings(),
+                bottom_toolbar=self.toolbar,
+                enable_open_in_editor=True,
+            )
             self.answers = PromptSession()  # the number questions keep out of the prompt history
 
+    def setting(self, name: str) -> Any:
+        return self.quick if name == "quick" else getattr(self.settings, name)
+
+    def default(self, name: str) -> Any:
+        return self.default_quick if name == "quick" else getattr(self.defaults, name)
+
+    def require_last(self) -> Record:
+        if self.last is None:
+            raise InputError("nothing generated yet in this session")
+        return self.last
+
     def run(self) -> int:
-        """Loop until Ctrl-D. Returns the exit code."""
+        """Loop until Ctrl-D or /quit. Returns the exit code."""
         while True:
             try:
-                turn = self.ask_turn()
+                turn = self.next_turn()
+                if turn is not None:
+                    self.complete(turn)
             except KeyboardInterrupt:  # Ctrl-C at a question abandons the turn
                 continue
-            except EOFError:
+            except (EOFError, Quit):
                 self.renderer.notice(GOODBYE)
                 return 0
-            if turn is not None:
-                self.complete(*turn)
 
-    def ask_turn(self) -> tuple[str, SamplingSettings] | None:
-        prompt = self.prompts.prompt("prompt> ")
-        if not prompt.strip():
+    def next_turn(self) -> Turn | None:
+        line = self.prompts.prompt("prompt> ")
+        if line.startswith("/") and not line.startswith("//"):
+            try:
+                turn = run_command(self, line.strip())
+            except InputError as exc:
+                self.renderer.error(str(exc))
+                return None
+        elif not line.strip():
             return None
-        prompt_tokens = len(self.gpt.encode(prompt))
-        context = self.gpt.context_length
-        if prompt_tokens >= context:
-            self.renderer.error(f"the prompt is {prompt_tokens} tokens; the model's context is {context}")
+        else:
+            turn = Turn(line[1:] if line.startswith("//") else line, self.settings, ask=not self.quick)
+        if turn is not None and turn.ask:
+            return self.ask_settings(turn)
+        return turn
+
+    def ask_settings(self, turn: Turn) -> Turn | None:
+        """The seed's temperature and max_length questions, defaults from the current settings."""
+        try:
+            prompt_tokens = len(self.gpt.fit_context(self.gpt.encode(turn.prompt), turn.settings))
+        except KoGPTError as exc:
+            self.renderer.error(str(exc))
             return None
-        temperature = self.ask(f"temperature({DEFAULT_TEMPERATURE})> ", str(DEFAULT_TEMPERATURE), parse_temperature)
-        max_length = self.ask(
-            f"max_length({DEFAULT_MAX_LENGTH})> ",
-            str(DEFAULT_MAX_LENGTH),
-            lambda text: parse_max_length(text, prompt_tokens, context),
-        )
-        return prompt, SamplingSettings(temperature=temperature, max_length=max_length)
+        settings = turn.settings
+        temperature = self.ask(f"temperature({format_value(settings.temperature)})> ", str(settings.temperature),
+                               lambda text: parse_setting("temperature", text))
+        settings = dataclasses.replace(settings, temperature=temperature)
+        if settings.max_new_tokens is None:  # when set, max_new_tokens wins: no question
+            context = self.gpt.context_length
+            max_length = self.ask(f"max_length({settings.max_length})> ", str(settings.max_length),
+                                  lambda text: parse_max_length_answer(text, prompt_tokens, context))
+            settings = dataclasses.replace(settings, max_length=max_length)
+        return dataclasses.replace(turn, settings=settings)
 
     def ask(self, question: str, default: str, parse: Callable[[str], T]) -> T:
         """Ask until the answer parses; an empty answer takes `default`."""
@@ -156,20 +200,56 @@ class Repl:
             except InputError as exc:
                 self.renderer.error(str(exc))
 
-    def complete(self, prompt: str, settings: SamplingSettings) -> None:
-        """Echo the prompt and stream its completion; Ctrl-C stops the generation, not the REPL."""
-        self.renderer.prompt_echo(prompt)
-        last = None
+    def complete(self, turn: Turn) -> None:
+        """Stream every completion of the turn; Ctrl-C stops the generation, not the REPL."""
+        shown = [-1]
+
+        def on_text(index: int, text: str) -> None:
+            if index != shown[0]:
+                if index > 0:
+                    self.renderer.out.print()
+                    self.renderer.sequence_header(index, turn.settings.num_return_sequences)
+                if turn.echo:
+                    self.renderer.prompt_echo(turn.prompt)
+                shown[0] = index
+            self.renderer.completion(text)
+
         try:
-            for chunk in self.gpt.stream(prompt, settings):
-                self.renderer.completion(chunk.text)
-                last = chunk
-        except KeyboardInterrupt:
+            records = self.gpt.complete(turn.prompt, turn.settings, on_text)
+        except Interrupted as stop:
+            self.finish(stop.records)
             self.renderer.interrupted()
             return
         except KoGPTError as exc:
-            self.renderer.out.print()
+            if shown[0] >= 0:
+                self.renderer.out.print()
             self.renderer.error(str(exc))
             return
-        if last is not None:
-            self.renderer.end_completion(last.tokens, last.seconds, last.finish_reason)
+        if shown[0] < 0 and turn.echo:  # nothing was generated at all
+            self.renderer.prompt_echo(turn.prompt)
+        self.finish(records)
+        last = records[-1]
+        self.renderer.end_completion(sum(r.completion_tokens for r in records),
+                                     sum(r.seconds for r in records), last.finish_reason)
+
+    def finish(self, records: list[Record]) -> None:
+        self.records.extend(records)
+        self.transcript.add(records)
+        if records:
+            self.last = records[-1]
+
+    def toolbar(self) -> list[tuple[str, str]]:
+        """Bottom toolbar: model, device, dtype, the settings that differ from the defaults, live tokens."""
+        loaded = self.gpt.loaded
+        text = get_app().current_buffer.text
+        tokens = len(self.gpt.encode(text)) if text and not text.startswith("/") else 0
+        s = self.settings
+        length = f"max_new_tokens={s.max_new_tokens}" if s.max_new_tokens is not None else f"max_length={s.max_length}"
+        changed = [f"{k}={format_value(v)}" for k, v in s.as_dict().items()
+                   if k not in {"temperature", "max_length", "max_new_tokens"} and v != getattr(self.defaults, k)]
+        parts = [Path(loaded.source).name, f"{loaded.device.type} {str(loaded.dtype).removeprefix('torch.')}",
+                 f"temperature={format_value(s.temperature)} {length}", *changed]
+        if self.quick:
+            parts.append("quick")
+        parts.append(f"{tokens}/{self.gpt.context_length} tokens")
+        return [("class:bottom-toolbar", " " + " · ".join(parts) + " ")]

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import korean_lines
+from tests.conftest import korean_lines
 
 from kogpt import KoGPT
 from kogpt import model as model_lib

@@ -1,0 +1,114 @@
+"""Loading: the real loader on tiny checkpoints, and its one-line failures."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+
+import pytest
+import torch
+
+from kogpt import KoGPT, KoGPTError
+from kogpt.model import SPECIAL_TOKENS
+
+
+def copy_ckpt(src, dst):
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_hub_style_float16_bin_loads_as_float32_on_cpu(tiny_bin_dir):
+    gpt = KoGPT.load(str(tiny_bin_dir), device="cpu")
+    assert gpt.loaded.dtype == torch.float32
+    assert all(p.dtype == torch.float32 for p in gpt.model.parameters())
+    assert not gpt.model.training
+    assert gpt.model.config.pad_token_id == gpt.tokenizer.eos_token_id == 1
+    assert gpt.generate("서울의", temperature=0, max_new_tokens=5) is not None
+
+
+def test_special_tokens_are_kogpts(gpt):
+    tok = gpt.tokenizer
+    for attr, token in SPECIAL_TOKENS.items():
+        assert getattr(tok, attr) == token
+    assert (tok.bos_token_id, tok.eos_token_id) == (0, 1)
+    assert tok.encode("안녕", add_special_tokens=True)[0] != tok.bos_token_id  # no [BOS] added
+
+
+def test_explicit_dtype_wins(tiny_dir):
+    gpt = KoGPT.load(str(tiny_dir), device="cpu", dtype="bfloat16")
+    assert {p.dtype for p in gpt.model.parameters()} == {torch.bfloat16}
+    assert gpt.generate("서울", temperature=0, max_new_tokens=3) is not None
+
+
+def test_cuda_without_a_gpu_says_so_and_uses_the_cpu(tiny_dir, caplog, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with caplog.at_level(logging.WARNING, logger="kogpt"):
+        gpt = KoGPT.load(str(tiny_dir), device="cuda")
+    assert gpt.model.device.type == "cpu"
+    assert "CUDA is not available" in caplog.text
+
+
+def test_missing_directory(tmp_path):
+    with pytest.raises(KoGPTError, match="no such model directory"):
+        KoGPT.load(str(tmp_path / "nope"), device="cpu")
+
+
+def test_directory_without_config(tiny_dir, tmp_path):
+    d = copy_ckpt(tiny_dir, tmp_path / "c")
+    (d / "config.json").unlink()
+    with pytest.raises(KoGPTError, match="has no config.json"):
+        KoGPT.load(str(d), device="cpu")
+
+
+def test_directory_without_weights(tiny_dir, tmp_path):
+    d = copy_ckpt(tiny_dir, tmp_path / "c")
+    (d / "model.safetensors").unlink()
+    with pytest.raises(KoGPTError, match="has no weights"):
+        KoGPT.load(str(d), device="cpu")
+
+
+def test_truncated_weights_name_the_directory(tiny_dir, tmp_path):
+    d = copy_ckpt(tiny_dir, tmp_path / "c")
+    weights = d / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(KoGPTError, match="could not load the weights in .*c"):
+        KoGPT.load(str(d), device="cpu")
+
+
+def test_config_that_is_not_gptj(tiny_dir, tmp_path):
+    d = copy_ckpt(tiny_dir, tmp_path / "c")
+    config = json.loads((d / "config.json").read_text())
+    config["model_type"] = "bert"
+    (d / "config.json").write_text(json.dumps(config))
+    with pytest.raises(KoGPTError, match="'bert' model; KoGPT needs model_type 'gptj'"):
+        KoGPT.load(str(d), device="cpu")
+
+
+def test_tokenizer_without_a_special_token(tiny_dir, tmp_path):
+    d = copy_ckpt(tiny_dir, tmp_path / "c")
+    data = json.loads((d / "tokenizer.json").read_text())
+    data["added_tokens"] = [t for t in data["added_tokens"] if t["content"] != "[MASK]"]
+    data["model"]["vocab"].pop("[MASK]")
+    (d / "tokenizer.json").write_text(json.dumps(data, ensure_ascii=False))
+    with pytest.raises(KoGPTError, match=r"has no \[MASK\] token"):
+        KoGPT.load(str(d), device="cpu")
+
+
+def test_offline_with_nothing_cached(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    import huggingface_hub.constants as hub
+
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    with pytest.raises(KoGPTError, match="not in the local cache.*--model DIR"):
+        KoGPT.load("kakaobrain/kogpt", device="cpu")
+
+
+def test_not_enough_memory_stops_before_loading(tiny_dir, monkeypatch):
+    from kogpt import memory
+
+    monkeypatch.setattr(memory, "free_memory", lambda device: 1000)
+    with pytest.raises(KoGPTError, match="not enough memory on cpu"):
+        KoGPT.load(str(tiny_dir), device="cpu", dtype="float32")
