@@ -92,7 +92,7 @@ def parse_max_memory(text: str | dict | None) -> MaxMemory | None:
 
 def detect_hardware(device: str, offload_dir: str | None = None) -> Hardware:
     """Free memory of this machine's GPUs (when `device` is cuda), its RAM and the offload disk."""
-    import psutil
+    from kogpt import memory
 
     gpus: tuple[int, ...] = ()
     if device == "cuda" and torch.cuda.is_available():
@@ -103,7 +103,7 @@ def detect_hardware(device: str, offload_dir: str | None = None) -> Hardware:
         while not existing.exists():
             existing = existing.parent
         disk = shutil.disk_usage(existing).free
-    return Hardware(gpus, psutil.virtual_memory().available, disk)
+    return Hardware(gpus, memory.free_memory("cpu"), disk)
 
 
 def has_bitsandbytes() -> bool:

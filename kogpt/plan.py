@@ -63,15 +63,19 @@ class Plan:
     def fits(self) -> bool:
         return self.problem is None
 
+    @property
+    def what(self) -> str:
+        """The setup in words: 'float16', or 'int8 (float16 compute)'."""
+        return self.dtype if self.quantize == "none" else f"{self.quantize} ({self.dtype} compute)"
+
     def summary(self) -> str:
         """What each device needs, in one line: 'cuda:0 5.77 GiB, cuda:1 6.59 GiB'."""
         return ", ".join(f"{use.name} {gib(use.need)}" for use in self.devices)
 
     def refusal(self) -> str:
         """One line: why the model cannot be loaded this way, and what would fit instead."""
-        what = self.dtype if self.quantize == "none" else f"{self.quantize} ({self.dtype} compute)"
         advice = f"would fit: {'; '.join(self.suggestions)}" if self.suggestions else "no smaller setup fits either"
-        return f"KoGPT in {what} does not fit: {self.problem}; {advice}"
+        return f"{self.problem}; {advice}"
 
 
 def gib(n: int | float) -> str:
@@ -153,20 +157,22 @@ def make_plan(
 
 def find_problem(plan: Plan, options: Options, hardware: Hardware, offloaded: int) -> str | None:
     """Why `plan` cannot run (a device over its budget, disk without --offload-dir, ...), or None."""
+    what = f"KoGPT in {plan.what}"
     for use in plan.devices:
         if use.name == "disk":
             if not options.offload_dir:
-                return f"{gib(use.weights)} of weights find no room in memory and no --offload-dir is given"
+                lost = gib(use.weights)
+                return f"not enough memory for {what}: {lost} of weights fit nowhere and no --offload-dir is given"
             if use.weights > hardware.disk:
-                return f"the offload directory needs {gib(use.weights)}, its disk has {gib(hardware.disk)} free"
+                return f"not enough disk for {what}: the offload needs {gib(use.weights)}, {gib(hardware.disk)} is free"
         elif use.budget is not None and use.need > use.budget:
             staging = f", offload buffer {gib(use.staging)}" if use.staging else ""
             return (
-                f"{use.name} needs {gib(use.need)} (weights {gib(use.weights)}, KV cache {gib(use.kv)} at "
-                f"{plan.tokens} tokens{staging}), {gib(use.budget)} is usable"
+                f"not enough memory on {use.name} for {what}: it needs {gib(use.need)} (weights {gib(use.weights)}, "
+                f"KV cache {gib(use.kv)} at {plan.tokens} tokens{staging}), {gib(use.budget)} is usable"
             )
     if options.quantize != "none" and offloaded:
-        return f"{options.quantize} weights cannot be offloaded, and {gib(offloaded)} would be"
+        return f"not enough GPU memory for {what}: {gib(offloaded)} would be offloaded, and quantized weights cannot be"
     return None
 
 

@@ -97,8 +97,8 @@ def test_a_load_that_does_not_fit_is_refused_before_loading(tiny_dir, capsys, no
     # With a budget every block may go to disk, but the CPU still needs the KV cache (2 layers x 2 x
     # 128 tokens x 64 x 4 B = 128 KiB) and room for one block in transit (198,400 B): > 200,000 B.
     assert line == (
-        "error: KoGPT in float32 does not fit: cpu needs 321.8 KiB (weights 0.00 GiB, KV cache 128.0 KiB at "
-        "128 tokens, offload buffer 193.8 KiB), 195.3 KiB is usable; no smaller setup fits either"
+        "error: not enough memory on cpu for KoGPT in float32: it needs 321.8 KiB (weights 0.00 GiB, KV cache "
+        "128.0 KiB at 128 tokens, offload buffer 193.8 KiB), 195.3 KiB is usable; no smaller setup fits either"
     )
 
 
@@ -121,7 +121,7 @@ def test_plan_prints_the_split_and_exits_without_weights(kogpt6b, tmp_path, caps
 def test_plan_that_does_not_fit_says_what_would(kogpt6b, capsys):
     assert main(["--model", kogpt6b, "--plan", "--device", "cpu", "--max-memory", "cpu=8GiB"]) == 0
     out = " ".join(capsys.readouterr().out.split())
-    assert "does not fit: 4.99 GiB of weights find no room in memory" in out
+    assert "not enough memory for KoGPT in bfloat16: 4.99 GiB of weights fit nowhere and no --offload-dir" in out
     assert "would fit: --quantize int8 (cpu 7.11 GiB); --offload-dir DIR (cpu 7.86 GiB, disk 4.99 GiB)" in out
 
 

@@ -58,7 +58,11 @@ def test_a_load_that_cannot_fit_stops_before_reading_weights(tiny_dir, monkeypat
         KoGPT.load(str(tiny_dir), device="cpu", dtype="float32")
     message = str(info.value)
     # 572,720 B of weights + 131,072 B of KV cache > 400,000 usable
-    assert "does not fit: cpu needs" in message and "would fit:" in message and "--offload-dir DIR" in message
+    assert (
+        "not enough memory on cpu for KoGPT in float32: it needs" in message
+        and "would fit:" in message
+        and "--offload-dir DIR" in message
+    )
     assert "\n" not in message
 
     monkeypatch.setattr(model_lib, "load_weights", real_load_weights)

@@ -91,7 +91,10 @@ def test_one_16gib_gpu_refuses_float32_and_names_what_fits(config, model):
     result = plan(config, model, torch.float32, "cuda", Hardware((16 * GiB,), 24 * GiB))
     # 24,666,533,888 + 1,879,048,192 = 24.72 GiB > 15.50 GiB
     assert not result.fits
-    assert "cuda:0 needs 24.72 GiB" in result.problem and "15.50 GiB is usable" in result.problem
+    assert (
+        "not enough memory on cuda:0 for KoGPT in float32: it needs 24.72 GiB" in result.problem
+        and "15.50 GiB is usable" in result.problem
+    )
     advice = result.refusal()
     assert "--dtype float16 (cuda:0 12.36 GiB)" in advice
     assert "--quantize int8 (cuda:0 7.11 GiB)" in advice  # 6,695,991,296 + KV 939,524,096
@@ -131,7 +134,11 @@ def test_two_8gib_gpus_sequential_fills_gpu_0_first(config, model):
 
 def test_two_8gib_gpus_without_a_device_map_refuse_and_suggest_one(config, model):
     result = plan(config, model, torch.float16, "cuda", Hardware((8 * GiB, 8 * GiB), 32 * GiB))
-    assert not result.fits and "cuda:0 needs 12.36 GiB" in result.problem and "7.50 GiB is usable" in result.problem
+    assert (
+        not result.fits
+        and "on cuda:0 for KoGPT in float16: it needs 12.36 GiB" in result.problem
+        and "7.50 GiB is usable" in result.problem
+    )
     assert "--device-map auto (cuda:0 5.77 GiB, cuda:1 6.59 GiB)" in result.refusal()
 
 
@@ -148,15 +155,21 @@ def test_one_8gib_gpu_offloads_the_rest_to_the_cpu(config, model):
     assert result.fits
 
 
-def test_one_8gib_gpu_refuses_quantized_weights_that_would_be_offloaded(config, model):
+def test_quantized_weights_are_not_offloaded(config, model):
+    # A 4 GiB GPU: 3,758,096,384 usable - KV 939,524,096 - room for lm_head 528,611,328 = 2,289,960,960
+    # for wte (528,482,304) + 8 int8 blocks of 201,383,936; the other 20 blocks, ln_f and lm_head
+    # (4,027,678,720 + 16,384 + 528,611,328 = 4,556,306,432 B = 4.24 GiB) would go to the CPU.
     result = plan(
         config, model, torch.float16, "cuda", Hardware((4 * GiB,), 24 * GiB), device_map="auto", quantize="int8"
     )
-    assert not result.fits and result.problem.startswith("int8 weights cannot be offloaded")
+    assert not result.fits and result.problem == (
+        "not enough GPU memory for KoGPT in int8 (float16 compute): 4.24 GiB would be offloaded, "
+        "and quantized weights cannot be"
+    )
     whole = plan(
         config, model, torch.float16, "cuda", Hardware((8 * GiB,), 24 * GiB), device_map="auto", quantize="int8"
     )
-    assert whole.fits and set(devices(whole)) == {"cuda:0"}  # 7.11 GiB of 7.5
+    assert whole.fits and set(devices(whole)) == {"cuda:0"}  # one 8 GiB GPU: 7.11 GiB of 7.5
 
 
 def test_cpu_24gib_runs_bfloat16_but_not_float32(config, model):
@@ -165,14 +178,22 @@ def test_cpu_24gib_runs_bfloat16_but_not_float32(config, model):
     assert choice.dtype == torch.bfloat16
     assert result.fits and devices(result)["cpu"].need == FP16 + KV  # 12.36 GiB of 23 usable
     fp32 = plan(config, model, torch.float32, "cpu", Hardware((), 24 * GiB))
-    assert not fp32.fits and "cpu needs 24.72 GiB" in fp32.problem and "23.00 GiB is usable" in fp32.problem
+    assert (
+        not fp32.fits
+        and "on cpu for KoGPT in float32: it needs 24.72 GiB" in fp32.problem
+        and "23.00 GiB is usable" in fp32.problem
+    )
     assert "--dtype bfloat16 (cpu 12.36 GiB)" in fp32.refusal()
     assert "--quantize int4" not in fp32.refusal()  # GPU only
 
 
 def test_cpu_8gib_refuses_and_only_disk_offload_fits(config, model):
     result = plan(config, model, torch.bfloat16, "cpu", Hardware((), 8 * GiB))
-    assert not result.fits and "cpu needs 12.36 GiB" in result.problem and "7.00 GiB is usable" in result.problem
+    assert (
+        not result.fits
+        and "on cpu for KoGPT in bfloat16: it needs 12.36 GiB" in result.problem
+        and "7.00 GiB is usable" in result.problem
+    )
     # int8 needs 6,695,991,296 + 939,524,096 = 7.11 GiB > 7.00: not offered
     assert "--quantize int8" not in result.refusal()
     assert "--offload-dir DIR (cpu 6.74 GiB, disk 6.12 GiB)" in result.refusal()
@@ -189,7 +210,9 @@ def test_cpu_8gib_with_an_offload_dir_puts_the_tail_on_disk(config, model):
     assert disk.weights == 15 * BLOCK + LN_F + LM_HEAD + ROTARY and disk.kv == 0
     assert result.fits
     full_disk = plan(config, model, torch.bfloat16, "cpu", Hardware((), 8 * GiB, disk=GiB), offload_dir="/tmp/o")
-    assert not full_disk.fits and "its disk has 1.00 GiB free" in full_disk.problem
+    assert not full_disk.fits and full_disk.problem == (
+        "not enough disk for KoGPT in bfloat16: the offload needs 6.12 GiB, 1.00 GiB is free"
+    )
 
 
 def test_max_memory_caps_the_devices(config, model):
