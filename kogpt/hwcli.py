@@ -55,10 +55,13 @@ def options_from_args(args: argparse.Namespace) -> Options:
 
 def check_early(args: argparse.Namespace, options: Options) -> None:
     """Refuse impossible flag combinations before anything is downloaded or loaded."""
-    from kogpt.placement import check_options, detect_hardware
+    import torch
+
+    from kogpt.placement import check_options
 
     device = compute_device(args, options)
-    check_options(options, device, detect_hardware(device), planning=args.plan)
+    gpu_count = torch.cuda.device_count() if device == "cuda" and torch.cuda.is_available() else 0
+    check_options(options, device, gpu_count, planning=args.plan)
 
 
 def compute_device(args: argparse.Namespace, options: Options) -> str:

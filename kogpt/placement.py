@@ -90,13 +90,17 @@ def parse_max_memory(text: str | dict | None) -> MaxMemory | None:
     return budget
 
 
-def detect_hardware(device: str, offload_dir: str | None = None) -> Hardware:
-    """Free memory of this machine's GPUs (when `device` is cuda), its RAM and the offload disk."""
+def detect_hardware(device: str, offload_dir: str | None = None, every_gpu: bool = True) -> Hardware:
+    """Free memory of this machine's GPUs (when `device` is cuda), its RAM and the offload disk.
+
+    Asking a GPU starts a CUDA context on it, so a one-device load asks GPU 0 alone (`every_gpu`).
+    """
     from kogpt import memory
 
     gpus: tuple[int, ...] = ()
     if device == "cuda" and torch.cuda.is_available():
-        gpus = tuple(torch.cuda.mem_get_info(i)[0] for i in range(torch.cuda.device_count()))
+        count = torch.cuda.device_count() if every_gpu else 1
+        gpus = tuple(torch.cuda.mem_get_info(i)[0] for i in range(count))
     disk = 0
     if offload_dir:
         existing = Path(offload_dir).expanduser().absolute()
@@ -113,7 +117,7 @@ def has_bitsandbytes() -> bool:
     return is_bitsandbytes_available()
 
 
-def check_options(options: Options, device: str, hardware: Hardware, planning: bool = False) -> None:
+def check_options(options: Options, device: str, gpu_count: int, planning: bool = False) -> None:
     """Refuse, with a one-line reason, combinations that cannot work on `device` (cpu or cuda).
 
     `planning` (for `--plan`, which loads nothing) needs neither bitsandbytes nor the GPUs that
@@ -134,8 +138,8 @@ def check_options(options: Options, device: str, hardware: Hardware, planning: b
             f"--max-memory gives memory to GPU {gpu_keys[0]} but the model runs on the CPU: "
             "use --device cuda, or give only cpu=SIZE"
         )
-    if gpu_keys and gpu_keys[-1] >= len(hardware.gpus) and not planning:
-        raise KoGPTError(f"--max-memory names GPU {gpu_keys[-1]} but this machine has {len(hardware.gpus)} GPU(s)")
+    if gpu_keys and gpu_keys[-1] >= gpu_count and not planning:
+        raise KoGPTError(f"--max-memory names GPU {gpu_keys[-1]} but this machine has {gpu_count} GPU(s)")
     if options.offload_dir and Path(options.offload_dir).expanduser().is_file():
         raise KoGPTError(f"--offload-dir {options.offload_dir} is a file, not a directory")
     if not planning and quantize != "none" and device == "cuda" and not has_bitsandbytes():

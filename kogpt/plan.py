@@ -214,8 +214,8 @@ def prepare(
     `hardware` defaults to this machine's free memory; tests inject other machines. `tokens` is the
     KV-cache length planned for (default: the full context).
     """
-    hardware = hardware or detect_hardware(device.type, options.offload_dir)
-    check_options(options, device.type, hardware, planning)
+    hardware = hardware or detect_hardware(device.type, options.offload_dir, every_gpu=options.strategy is not None)
+    check_options(options, device.type, len(hardware.gpus), planning)
     model = meta_model(config)
     n_params = sum(param.numel() for param in model.parameters())
     kv16 = memory.kv_cache_bytes(config, config.n_positions, torch.float16)

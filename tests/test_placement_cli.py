@@ -41,8 +41,9 @@ def fake_gpus(monkeypatch, *sizes: int) -> None:
     """Pretend this machine has CUDA GPUs with `sizes` bytes free and 32 GiB of RAM."""
     machine = Hardware(tuple(sizes), 32 * GiB, 100 * GiB)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(placement, "detect_hardware", lambda device, offload_dir=None: machine)
-    monkeypatch.setattr(plan_lib, "detect_hardware", lambda device, offload_dir=None: machine)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: len(sizes))
+    monkeypatch.setattr(placement, "detect_hardware", lambda *args, **kwargs: machine)
+    monkeypatch.setattr(plan_lib, "detect_hardware", lambda *args, **kwargs: machine)
 
 
 def refused(capsys, argv: list[str]) -> str:
