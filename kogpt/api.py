@@ -37,13 +37,15 @@ class KoGPT:
         revision: str = DEFAULT_REVISION,
         device: str = "cuda",
         dtype: str = "auto",
+        trust_remote_code: bool = False,
         quantize: str = "none",
         device_map: str | None = None,
         max_memory: str | dict | None = None,
         offload_dir: str | None = None,
     ) -> KoGPT:
         """Load from a hub repo id or a local checkpoint directory; see `kogpt.model.load`."""
-        return cls(model_lib.load(model, revision, device, dtype, quantize, device_map, max_memory, offload_dir))
+        placement = dict(quantize=quantize, device_map=device_map, max_memory=max_memory, offload_dir=offload_dir)
+        return cls(model_lib.load(model, revision, device, dtype, trust_remote_code, **placement))
 
     @property
     def context_length(self) -> int:
@@ -109,13 +111,13 @@ class KoGPT:
             records.append(record)
             try:
                 for chunk in self.stream(prompt, dataclasses.replace(settings, seed=seed)):
-                    record.completion += chunk.text
+                    if on_text and chunk.text:
+                        on_text(index, chunk.text)
+                    record.completion += chunk.text  # after it was shown: the record is what was seen
                     record.completion_tokens = chunk.tokens
                     record.seconds = chunk.seconds
                     record.first_token_seconds = chunk.first_token_seconds
                     record.finish_reason = chunk.finish_reason
-                    if on_text and chunk.text:
-                        on_text(index, chunk.text)
             except KeyboardInterrupt:
                 record.finish_reason = "interrupted"
                 raise Interrupted(records) from None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -70,6 +71,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     )
     hwcli.add_arguments(parser)
     parser.add_argument("-d", "--debug", action="store_true", help="debug logging and full tracebacks")
+    parser.add_argument(
+        "--trust-remote-code", action="store_true", help="let a checkpoint run its own Python code (off: never)"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -134,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     from kogpt.render import Renderer
 
     renderer = Renderer()
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         return run(args, renderer)
     except KoGPTError as exc:
@@ -143,10 +148,20 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except Terminated:
+        return 143
     except BrokenPipeError:  # `kogpt -p ... | head -1`: the reader left; end quietly
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 141
+
+
+class Terminated(BaseException):
+    """SIGTERM: unwinds like Ctrl-C (the generation stops, files are closed) and exits 143."""
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated
 
 
 def run(args: argparse.Namespace, renderer) -> int:
@@ -167,7 +182,15 @@ def run(args: argparse.Namespace, renderer) -> int:
     resolve_checkpoint(args.model, args.revision)  # a download shows its own progress bars
     with renderer.loading(args.model):
         gpt = KoGPT.load(
-            args.model, args.revision, args.device, args.dtype, hw.quantize, hw.device_map, hw.max_memory, hw.offload_dir
+            args.model,
+            args.revision,
+            args.device,
+            args.dtype,
+            args.trust_remote_code,
+            quantize=hw.quantize,
+            device_map=hw.device_map,
+            max_memory=hw.max_memory,
+            offload_dir=hw.offload_dir,
         )
     if prompts is not None:
         from kogpt.scripting import run_batch

@@ -21,6 +21,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
 from kogpt.errors import KoGPTError
+from kogpt.model import first_line
 from kogpt.placement import input_device
 from kogpt.settings import SamplingSettings
 from kogpt.textstream import IncrementalDecoder, StopMatcher
@@ -130,6 +131,11 @@ def stream(
                 break
             if isinstance(item, (MemoryError, torch.OutOfMemoryError)):
                 raise _out_of_memory(item, len(input_ids) + budget) from item
+            if isinstance(item, KoGPTError):
+                raise item
+            if isinstance(item, Exception):
+                log.debug("the generation worker failed", exc_info=item)
+                raise KoGPTError(f"generation failed: {type(item).__name__}: {first_line(item)}") from item
             if isinstance(item, BaseException):
                 raise item
             count += 1
@@ -153,7 +159,16 @@ def stream(
         yield Chunk(tail, count, elapsed, seed, first, reason)
     finally:
         stop_event.set()
-        worker.join()
+        _join(worker)
+
+
+def _join(worker: threading.Thread) -> None:
+    """Wait for the worker to finish its current step; a second Ctrl-C does not abandon it running."""
+    while worker.is_alive():
+        try:
+            worker.join(timeout=0.1)
+        except KeyboardInterrupt:
+            log.info("stopping the generation ...")
 
 
 def _get(q: queue.Queue):

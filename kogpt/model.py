@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,17 +89,19 @@ def resolve_checkpoint(model: str, revision: str) -> Path:
 def check_directory(path: Path) -> None:
     if not path.is_dir():
         raise KoGPTError(f"no such model directory: {path}")
+    if not os.access(path, os.R_OK | os.X_OK):
+        raise KoGPTError(f"cannot read the model directory {path}: permission denied")
     if not (path / "config.json").is_file():
         raise KoGPTError(f"{path} has no config.json: is it a Hugging Face checkpoint directory?")
     if not any((path / name).is_file() for name in WEIGHT_FILES):
         raise KoGPTError(f"{path} has no weights ({' or '.join(WEIGHT_FILES[::2])})")
 
 
-def load_config(path: Path):
+def load_config(path: Path, trust_remote_code: bool = False):
     from transformers import AutoConfig
 
     try:
-        config = AutoConfig.from_pretrained(path)
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
         raise KoGPTError(f"{path / 'config.json'} is not a valid model config: {first_line(exc)}") from exc
     if config.model_type != "gptj":
@@ -106,12 +109,12 @@ def load_config(path: Path):
     return config
 
 
-def load_tokenizer(path: Path, vocab_size: int):
+def load_tokenizer(path: Path, vocab_size: int, trust_remote_code: bool = False):
     """The tokenizer with KoGPT's special tokens, checked to exist in the model's vocabulary."""
     from transformers import AutoTokenizer
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
         raise KoGPTError(f"could not load the tokenizer from {path}: {first_line(exc)}") from exc
     vocab = tokenizer.get_vocab()
@@ -135,6 +138,7 @@ def load(
     revision: str = DEFAULT_REVISION,
     device: str = "cuda",
     dtype: str = "auto",
+    trust_remote_code: bool = False,
     quantize: str = "none",
     device_map: str | None = None,
     max_memory: str | dict | None = None,
@@ -142,15 +146,18 @@ def load(
 ) -> Loaded:
     """Load tokenizer and weights, choose the dtype, and place the model on `device`.
 
+    Code shipped inside a checkpoint never runs unless `trust_remote_code` is set.
     `device_map` (auto, balanced, sequential) splits the model over the GPUs and the CPU within
     `max_memory` ("0=10GiB,cpu=30GiB" or a dict), putting what is left in `offload_dir`;
     `quantize` (none, int8, int4) shrinks the weights. The placement is planned on the meta device
     first, and nothing is loaded when the plan does not fit.
     """
     started = time.perf_counter()
+    if trust_remote_code:
+        log.warning("--trust-remote-code: Python code inside %s will run on this machine", model)
     path = resolve_checkpoint(model, revision)
-    config = load_config(path)
-    tokenizer = load_tokenizer(path, config.vocab_size)
+    config = load_config(path, trust_remote_code)
+    tokenizer = load_tokenizer(path, config.vocab_size, trust_remote_code)
     log.debug("loaded the tokenizer from %s (%d tokens)", path, len(tokenizer))
 
     target = resolve_device(device)
@@ -166,7 +173,7 @@ def load(
 
     placed = placement.load_kwargs(plan.device_map, target, options, choice.dtype)
     with quiet_accelerate("accelerate.big_modeling"):
-        weights = load_weights(path, choice.dtype, target, tokenizer.eos_token_id, placed)
+        weights = load_weights(path, choice.dtype, target, tokenizer.eos_token_id, trust_remote_code, placed)
     if options.strategy:
         log.info("placement: %s", plan.summary())
     log.debug(
@@ -175,14 +182,25 @@ def load(
     return Loaded(weights, tokenizer, target, choice.dtype, model, n_params, context)
 
 
-def load_weights(path: Path, dtype: torch.dtype, device: torch.device, pad_token_id: int, placed: dict | None = None):
-    """The weights in `dtype`, placed by `placed` (device_map, offload and quantization keywords)."""
+def load_weights(
+    path: Path,
+    dtype: torch.dtype,
+    device: torch.device,
+    pad_token_id: int,
+    trust_remote_code: bool,
+    placed: dict | None = None,
+):
+    """The weights in `dtype`, placed by `placed` (device_map, offload and quantization keywords).
+
+    Pickled `.bin` files go through torch's weights-only loader.
+    """
     from transformers import AutoModelForCausalLM
 
     placed = placed or {"device_map": str(device)}
     try:
         model = AutoModelForCausalLM.from_pretrained(
             path,
+            trust_remote_code=trust_remote_code,
             dtype=dtype,
             attn_implementation="sdpa",
             pad_token_id=pad_token_id,

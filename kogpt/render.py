@@ -25,6 +25,17 @@ THEME = Theme(
 )
 
 
+# C0 controls but tab and newline, DEL, and C1 controls: shown as visible symbols on a terminal, so
+# model text can never move the cursor, clear the screen or retitle the window.
+_CONTROL = {c: chr(0x2400 + c) for c in range(0x20) if chr(c) not in "\t\n"}
+_CONTROL.update({0x7F: "\u2421", **{c: "\ufffd" for c in range(0x80, 0xA0)}})
+
+
+def printable(text: str) -> str:
+    """`text` with terminal control characters replaced by visible symbols (U+2400 block)."""
+    return text.translate(_CONTROL)
+
+
 class Renderer:
     """Output of the REPL. `out` carries model text; `err` carries status, stats and errors."""
 
@@ -33,10 +44,10 @@ class Renderer:
         self.err = err or Console(theme=THEME, highlight=False, stderr=True)
 
     def prompt_echo(self, text: str) -> None:
-        self.out.print(Text(text, style="prompt.echo"), end="", soft_wrap=True)
+        self.out.print(Text(printable(text), style="prompt.echo"), end="", soft_wrap=True)
 
     def completion(self, text: str) -> None:
-        self.out.print(Text(text, style="completion"), end="", soft_wrap=True)
+        self.out.print(Text(printable(text), style="completion"), end="", soft_wrap=True)
 
     def end_completion(self, tokens: int, seconds: float, reason: str | None) -> None:
         """Close the streamed text and show one dim line of figures."""

@@ -27,6 +27,7 @@ from kogpt.transcript import Record, Transcript
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+TOOLBAR_COUNT_LIMIT = 20_000
 GOODBYE = "terminate KakaoBrain Korean(hangul) Generative Pre-Training Model"
 
 
@@ -220,10 +221,12 @@ class Repl:
             self.finish(stop.records)
             self.renderer.interrupted()
             return
-        except KoGPTError as exc:
+        except Exception as exc:  # one line and the session goes on, whatever failed
             if shown[0] >= 0:
                 self.renderer.out.print()
-            self.renderer.error(str(exc))
+            if not isinstance(exc, KoGPTError):
+                log.debug("generation failed", exc_info=exc)
+            self.renderer.error(str(exc) if isinstance(exc, KoGPTError) else f"error: {type(exc).__name__}: {exc}")
             return
         if shown[0] < 0 and turn.echo:  # nothing was generated at all
             self.renderer.prompt_echo(turn.prompt)
@@ -242,7 +245,11 @@ class Repl:
         """Bottom toolbar: model, device, dtype, the settings that differ from the defaults, live tokens."""
         loaded = self.gpt.loaded
         text = get_app().current_buffer.text
-        tokens = len(self.gpt.encode(text)) if text and not text.startswith("/") else 0
+        if len(text) > TOOLBAR_COUNT_LIMIT:  # a huge paste: do not tokenise it on every key press
+            count = f"{len(text)} characters, over {self.gpt.context_length} tokens"
+        else:
+            tokens = len(self.gpt.encode(text)) if text and not text.startswith("/") else 0
+            count = f"{tokens}/{self.gpt.context_length} tokens"
         s = self.settings
         length = f"max_new_tokens={s.max_new_tokens}" if s.max_new_tokens is not None else f"max_length={s.max_length}"
         changed = [f"{k}={format_value(v)}" for k, v in s.as_dict().items()
@@ -251,5 +258,5 @@ class Repl:
                  f"temperature={format_value(s.temperature)} {length}", *changed]
         if self.quick:
             parts.append("quick")
-        parts.append(f"{tokens}/{self.gpt.context_length} tokens")
+        parts.append(count)
         return [("class:bottom-toolbar", " " + " · ".join(parts) + " ")]

@@ -14,7 +14,7 @@ from typing import TextIO
 
 from kogpt.api import KoGPT
 from kogpt.errors import KoGPTError
-from kogpt.render import Renderer
+from kogpt.render import Renderer, printable
 from kogpt.settings import InputError, SamplingSettings, parse_setting
 
 
@@ -69,6 +69,7 @@ def run_batch(
 ) -> int:
     """Complete each (label, prompt, settings) in order; return 1 if any prompt failed, else 0."""
     out = out or sys.stdout
+    show = printable if out.isatty() else str  # raw text into pipes and files
     failed = False
     for label, prompt, settings in prompts:
         current = [0]
@@ -79,7 +80,7 @@ def run_batch(
             if index != current[0]:  # the next of several sequences starts on a new line
                 out.write("\n")
                 current[0] = index
-            out.write(text)
+            out.write(show(text))
             out.flush()
 
         try:

@@ -7,7 +7,7 @@ import threading
 import pytest
 import torch
 
-from kogpt import SamplingSettings
+from kogpt import KoGPTError, SamplingSettings
 from kogpt.textstream import REPLACEMENT
 
 PROMPT = "오늘은 날씨가"
@@ -96,9 +96,24 @@ def test_closing_the_stream_stops_the_worker(gpt):
     assert not workers_alive()
 
 
-def test_an_exception_in_the_worker_reaches_the_caller(gpt):
-    with pytest.raises(ValueError):
+def test_an_exception_in_the_worker_reaches_the_caller_as_one_line(gpt):
+    with pytest.raises(KoGPTError, match="generation failed: ValueError: ") as info:
         gpt.generate(PROMPT, repetition_penalty=-1.0)
+    assert isinstance(info.value.__cause__, ValueError)
+    assert "\n" not in str(info.value)
+    assert not workers_alive()
+
+
+def test_out_of_memory_in_the_worker_suggests_what_to_try(gpt, monkeypatch):
+    def oom(**kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(gpt.model, "generate", oom)
+    with pytest.raises(KoGPTError, match="out of memory generating up to .* smaller max_length"):
+        gpt.generate(PROMPT)
+    monkeypatch.setattr(gpt.model, "generate", lambda **kw: (_ for _ in ()).throw(MemoryError()))
+    with pytest.raises(KoGPTError, match="out of memory"):
+        gpt.generate(PROMPT)
     assert not workers_alive()
 
 
