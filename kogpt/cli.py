@@ -112,8 +112,21 @@ def setting_help(name: str) -> str:
     return HELP[name]
 
 
+class _CurrentStderr(logging.StreamHandler):
+    """Writes to whatever `sys.stderr` is at the time, so that while rich's loading spinner has
+    redirected it, log lines are printed above the spinner instead of through it."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def setup_logging(debug: bool) -> None:
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _CurrentStderr()
     handler.setFormatter(logging.Formatter(DEBUG_FORMAT if debug else "%(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]

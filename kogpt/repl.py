@@ -8,18 +8,18 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO, TypeVar
 
 from prompt_toolkit import PromptSession
 from prompt_toolkit.application import get_app
-from prompt_toolkit.history import FileHistory, History, InMemoryHistory
 from prompt_toolkit.key_binding import KeyBindings
 
 from kogpt.api import KoGPT
 from kogpt.commands import CommandCompleter, Quit, Turn, run_command
 from kogpt.errors import Interrupted, KoGPTError
+from kogpt.history import open_history
 from kogpt.render import Renderer
 from kogpt.settings import InputError, SamplingSettings, format_value, parse_max_length_answer, parse_setting
 from kogpt.transcript import Record, Transcript
@@ -29,44 +29,6 @@ T = TypeVar("T")
 
 TOOLBAR_COUNT_LIMIT = 20_000
 GOODBYE = "terminate KakaoBrain Korean(hangul) Generative Pre-Training Model"
-
-
-class SafeFileHistory(FileHistory):
-    """A FileHistory that warns once, through `on_error`, when it cannot read or write, and goes on."""
-
-    def __init__(self, filename: str, on_error: Callable[[str], None]) -> None:
-        super().__init__(filename)
-        self._on_error = on_error
-        self._warned = False
-
-    def _warn(self, exc: OSError) -> None:
-        if not self._warned:
-            self._warned = True
-            self._on_error(f"cannot save the prompt history to {self.filename}: {exc.strerror or exc}")
-
-    def load_history_strings(self) -> Iterable[str]:
-        try:
-            return list(super().load_history_strings())
-        except OSError as exc:
-            self._warn(exc)
-            return []
-
-    def store_string(self, string: str) -> None:
-        try:
-            super().store_string(string)
-        except OSError as exc:
-            self._warn(exc)
-
-
-def open_history(path: Path | None, on_error: Callable[[str], None]) -> History:
-    if path is None:
-        return InMemoryHistory()
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        on_error(f"cannot save the prompt history in {path.parent}: {exc.strerror or exc}")
-        return InMemoryHistory()
-    return SafeFileHistory(str(path), on_error)
 
 
 def key_bindings() -> KeyBindings:

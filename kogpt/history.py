@@ -1,0 +1,46 @@
+"""The prompt history file: kept across runs, and never a reason for the session to fail."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from prompt_toolkit.history import FileHistory, History, InMemoryHistory
+
+
+class SafeFileHistory(FileHistory):
+    """A FileHistory that warns once, through `on_error`, when it cannot read or write, and goes on."""
+
+    def __init__(self, filename: str, on_error: Callable[[str], None]) -> None:
+        super().__init__(filename)
+        self._on_error = on_error
+        self._warned = False
+
+    def _warn(self, exc: OSError) -> None:
+        if not self._warned:
+            self._warned = True
+            self._on_error(f"cannot save the prompt history to {self.filename}: {exc.strerror or exc}")
+
+    def load_history_strings(self) -> Iterable[str]:
+        try:
+            return list(super().load_history_strings())
+        except OSError as exc:
+            self._warn(exc)
+            return []
+
+    def store_string(self, string: str) -> None:
+        try:
+            super().store_string(string)
+        except OSError as exc:
+            self._warn(exc)
+
+
+def open_history(path: Path | None, on_error: Callable[[str], None]) -> History:
+    if path is None:
+        return InMemoryHistory()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        on_error(f"cannot save the prompt history in {path.parent}: {exc.strerror or exc}")
+        return InMemoryHistory()
+    return SafeFileHistory(str(path), on_error)
