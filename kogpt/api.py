@@ -38,9 +38,14 @@ class KoGPT:
         device: str = "cuda",
         dtype: str = "auto",
         trust_remote_code: bool = False,
+        quantize: str = "none",
+        device_map: str | None = None,
+        max_memory: str | dict | None = None,
+        offload_dir: str | None = None,
     ) -> KoGPT:
         """Load from a hub repo id or a local checkpoint directory; see `kogpt.model.load`."""
-        return cls(model_lib.load(model, revision, device, dtype, trust_remote_code))
+        placement = dict(quantize=quantize, device_map=device_map, max_memory=max_memory, offload_dir=offload_dir)
+        return cls(model_lib.load(model, revision, device, dtype, trust_remote_code, **placement))
 
     @property
     def context_length(self) -> int:

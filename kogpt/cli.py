@@ -9,7 +9,7 @@ import signal
 import sys
 from pathlib import Path
 
-from kogpt import __version__
+from kogpt import __version__, hwcli
 from kogpt.defaults import DEFAULT_MODEL, DEFAULT_REVISION, DEVICES, DTYPE_CHOICES, REVISIONS
 from kogpt.errors import KoGPTError
 
@@ -69,6 +69,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         choices=DTYPE_CHOICES,
         help="compute dtype (default:auto: float16 on GPUs, float32 or bfloat16 on CPUs by memory)",
     )
+    hwcli.add_arguments(parser)
     parser.add_argument("-d", "--debug", action="store_true", help="debug logging and full tracebacks")
     parser.add_argument(
         "--trust-remote-code", action="store_true", help="let a checkpoint run its own Python code (off: never)"
@@ -184,6 +185,9 @@ def _terminate(signum, frame) -> None:
 
 
 def run(args: argparse.Namespace, renderer) -> int:
+    if args.plan:
+        hwcli.check_early(args, hwcli.options_from_args(args))
+        return hwcli.show_plan(args, renderer.out)
     settings = sampling_settings(args)
     prompts = scripted_prompts(args, settings)  # read (and check) input before the slow load
     gpt = load_model(args, renderer)
@@ -204,9 +208,21 @@ def load_model(args: argparse.Namespace, renderer):
     if not args.debug:
         transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
+    hw = hwcli.options_from_args(args)
+    hwcli.check_early(args, hw)  # impossible flag combinations, before any download
     resolve_checkpoint(args.model, args.revision)  # a download shows its own progress bars
     with renderer.loading(args.model):
-        return KoGPT.load(args.model, args.revision, args.device, args.dtype, args.trust_remote_code)
+        return KoGPT.load(
+            args.model,
+            args.revision,
+            args.device,
+            args.dtype,
+            args.trust_remote_code,
+            quantize=hw.quantize,
+            device_map=hw.device_map,
+            max_memory=hw.max_memory,
+            offload_dir=hw.offload_dir,
+        )
 
 
 def scripted_prompts(args: argparse.Namespace, settings):

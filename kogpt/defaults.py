@@ -7,3 +7,5 @@ DEVICES = ("cpu", "cuda")
 DTYPE_CHOICES = ("auto", "float16", "bfloat16", "float32")
 DEFAULT_TEMPERATURE = 0.8
 DEFAULT_MAX_LENGTH = 128
+DEVICE_MAP_STRATEGIES = ("auto", "balanced", "sequential")
+QUANTIZE_CHOICES = ("none", "int8", "int4")

@@ -22,6 +22,7 @@ from transformers.generation.streamers import BaseStreamer
 
 from kogpt.errors import KoGPTError
 from kogpt.model import first_line
+from kogpt.placement import input_device
 from kogpt.settings import SamplingSettings
 from kogpt.textstream import IncrementalDecoder, StopMatcher
 
@@ -94,7 +95,7 @@ def stream(
         return
     tokens: queue.Queue = queue.Queue()
     stop_event = threading.Event()
-    device = model.device
+    device = input_device(model)  # not model.device: that is `meta` when the first block is on disk
     ids = torch.tensor([input_ids], device=device)
     kwargs = dict(
         input_ids=ids,

@@ -10,8 +10,10 @@ from pathlib import Path
 
 import torch
 
-from kogpt import memory
+from kogpt import memory, placement
+from kogpt import plan as plan_lib
 from kogpt.defaults import DEFAULT_MODEL, DEFAULT_REVISION
+from kogpt.devicemap import quiet_accelerate
 from kogpt.errors import KoGPTError
 
 log = logging.getLogger(__name__)
@@ -137,10 +139,18 @@ def load(
     device: str = "cuda",
     dtype: str = "auto",
     trust_remote_code: bool = False,
+    quantize: str = "none",
+    device_map: str | None = None,
+    max_memory: str | dict | None = None,
+    offload_dir: str | None = None,
 ) -> Loaded:
     """Load tokenizer and weights, choose the dtype, and place the model on `device`.
 
     Code shipped inside a checkpoint never runs unless `trust_remote_code` is set.
+    `device_map` (auto, balanced, sequential) splits the model over the GPUs and the CPU within
+    `max_memory` ("0=10GiB,cpu=30GiB" or a dict), putting what is left in `offload_dir`;
+    `quantize` (none, int8, int4) shrinks the weights. The placement is planned on the meta device
+    first, and nothing is loaded when the plan does not fit.
     """
     started = time.perf_counter()
     if trust_remote_code:
@@ -153,33 +163,48 @@ def load(
     target = resolve_device(device)
     n_params = memory.parameter_count(config)
     context = config.n_positions
-    kv16 = memory.kv_cache_bytes(config, context, torch.float16)
-    free = memory.free_memory(target.type)
-    stored = getattr(config, "dtype", None) or torch.float32
-    stored = memory.DTYPES.get(str(stored).removeprefix("torch."), torch.float32)
-    choice = memory.choose_dtype(dtype, target.type, stored, n_params, free, kv16)
+    options = placement.Options(device_map, placement.parse_max_memory(max_memory), offload_dir, quantize)
+    choice, plan = plan_lib.prepare(config, target, dtype, options)
+    if not plan.fits:
+        raise KoGPTError(plan.refusal())
     log.info("dtype %s on %s: %s", str(choice.dtype).removeprefix("torch."), target, choice.reason)
-    memory.check_fits(n_params, choice.dtype, kv16 * choice.dtype.itemsize // 2, free, target.type)
+    if quantize != "none" and target.type == "cpu":  # the CPU int8 path is kogpt.quantize (speed branch)
+        raise KoGPTError(f"--quantize {quantize} on the CPU is not available in this build")
 
-    weights = load_weights(path, choice.dtype, target, tokenizer.eos_token_id, trust_remote_code)
+    placed = placement.load_kwargs(plan.device_map, target, options, choice.dtype)
+    with quiet_accelerate("accelerate.big_modeling"):
+        weights = load_weights(path, choice.dtype, target, tokenizer.eos_token_id, trust_remote_code, placed)
+    if options.strategy:
+        log.info("placement: %s", plan.summary())
     log.debug(
         "loaded %d parameters from %s in %.1f s", n_params, path, time.perf_counter() - started
     )
     return Loaded(weights, tokenizer, target, choice.dtype, model, n_params, context)
 
 
-def load_weights(path: Path, dtype: torch.dtype, device: torch.device, pad_token_id: int, trust_remote_code: bool):
-    """The weights in `dtype` on `device`; pickled `.bin` files go through torch's weights-only loader."""
+def load_weights(
+    path: Path,
+    dtype: torch.dtype,
+    device: torch.device,
+    pad_token_id: int,
+    trust_remote_code: bool,
+    placed: dict | None = None,
+):
+    """The weights in `dtype`, placed by `placed` (device_map, offload and quantization keywords).
+
+    Pickled `.bin` files go through torch's weights-only loader.
+    """
     from transformers import AutoModelForCausalLM
 
+    placed = placed or {"device_map": str(device)}
     try:
         model = AutoModelForCausalLM.from_pretrained(
             path,
             trust_remote_code=trust_remote_code,
             dtype=dtype,
-            device_map=str(device),
             attn_implementation="sdpa",
             pad_token_id=pad_token_id,
+            **placed,
         )
     except (MemoryError, torch.OutOfMemoryError) as exc:
         raise KoGPTError(f"ran out of memory loading {path} in {dtype}; try --dtype bfloat16 or more memory") from exc

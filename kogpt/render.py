@@ -82,7 +82,7 @@ class Renderer:
         self.out.print()
 
     def error(self, message: str) -> None:
-        self.err.print(Text(message, style="error"))
+        self.err.print(Text(message, style="error"), soft_wrap=True)  # one line, even when piped
 
     def warning(self, message: str) -> None:
         self.err.print(Text(message, style="warning"))

@@ -1,0 +1,123 @@
+"""The command line's hardware flags (--device-map, --max-memory, --offload-dir, --quantize, --plan)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from rich.console import Console
+
+from kogpt.errors import KoGPTError
+from kogpt.defaults import DEVICE_MAP_STRATEGIES, QUANTIZE_CHOICES
+
+if TYPE_CHECKING:
+    from kogpt.placement import Options
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the placement and quantization flags to `parser`."""
+    group = parser.add_argument_group("smaller hardware")
+    group.add_argument(
+        "--device-map",
+        choices=DEVICE_MAP_STRATEGIES,
+        help="split the model over the GPUs, then the CPU, then --offload-dir (auto = balanced over GPUs)",
+    )
+    group.add_argument(
+        "--model-parallel",
+        action="store_true",
+        help="same as --device-map balanced (the original KoGPT's flag, kept for compatibility)",
+    )
+    group.add_argument(
+        "--max-memory",
+        metavar="SPEC",
+        help="memory each device may use for weights and KV cache, e.g. 0=10GiB,1=10GiB,cpu=30GiB",
+    )
+    group.add_argument("--offload-dir", metavar="DIR", help="put the weights that fit nowhere in memory here (slow)")
+    group.add_argument(
+        "--quantize",
+        default="none",
+        choices=QUANTIZE_CHOICES,
+        help="weight quantization: int8 (GPU: bitsandbytes; CPU: weight-only), int4 (GPU only); default none",
+    )
+    group.add_argument(
+        "--plan", action="store_true", help="print where each block would go and the memory it needs, then exit"
+    )
+
+
+def options_from_args(args: argparse.Namespace) -> Options:
+    """The placement `Options` the flags ask for; conflicting flags raise KoGPTError."""
+    from kogpt.placement import Options, parse_max_memory
+
+    device_map = args.device_map
+    if args.model_parallel:
+        if device_map not in (None, "balanced"):
+            raise KoGPTError(
+                f"--model-parallel means --device-map balanced; it cannot be used with --device-map {device_map}"
+            )
+        device_map = "balanced"
+    return Options(device_map, parse_max_memory(args.max_memory), args.offload_dir, args.quantize)
+
+
+def check_early(args: argparse.Namespace, options: Options) -> None:
+    """Refuse impossible flag combinations before anything is downloaded or loaded."""
+    import torch
+
+    from kogpt.placement import check_options
+
+    device = compute_device(args, options)
+    gpu_count = torch.cuda.device_count() if device == "cuda" and torch.cuda.is_available() else 0
+    check_options(options, device, gpu_count, planning=args.plan)
+
+
+def compute_device(args: argparse.Namespace, options: Options) -> str:
+    """cuda or cpu: cuda falls back to the CPU without CUDA, unless --plan is for GPUs --max-memory names."""
+    import torch
+
+    if args.device == "cpu":
+        return "cpu"
+    hypothetical = args.plan and any(isinstance(key, int) for key in options.max_memory or {})
+    return "cuda" if hypothetical or torch.cuda.is_available() else "cpu"
+
+
+def plan_config(model: str, revision: str):
+    """The model's config alone: a local directory's config.json, or the hub's (no weights fetched)."""
+    from kogpt.model import load_config, looks_local
+
+    if looks_local(model):
+        path = Path(model).expanduser()
+        if not (path / "config.json").is_file():
+            raise KoGPTError(f"{path} has no config.json: is it a Hugging Face checkpoint directory?")
+        return load_config(path)
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(model, revision=revision)
+    except (OSError, ValueError) as exc:
+        raise KoGPTError(
+            f"could not read the config of {model}@{revision}: {str(exc).strip().splitlines()[0]}"
+        ) from exc
+    if config.model_type != "gptj":
+        raise KoGPTError(f"{model} is a {config.model_type!r} model; KoGPT needs model_type 'gptj'")
+    return config
+
+
+def show_plan(args: argparse.Namespace, console: Console, hardware=None) -> int:
+    """`--plan`: print the placement for the flags' setup without loading weights; return the exit code.
+
+    `hardware` (free memory figures) defaults to this machine's.
+    """
+    import torch
+
+    from kogpt.model import resolve_device
+    from kogpt.plan import prepare
+    from kogpt.planview import print_plan
+
+    options = options_from_args(args)
+    config = plan_config(args.model, args.revision)
+    device = compute_device(args, options)
+    if device != args.device:
+        resolve_device(args.device)  # says that CUDA is missing
+    _choice, plan = prepare(config, torch.device(device), args.dtype, options, hardware, planning=True)
+    print_plan(console, plan, title=Path(args.model).name or args.model)
+    return 0
