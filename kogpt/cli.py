@@ -186,6 +186,7 @@ def _terminate(signum, frame) -> None:
 
 def run(args: argparse.Namespace, renderer) -> int:
     if args.plan:
+        quiet_libraries(args.debug)
         hwcli.check_early(args, hwcli.options_from_args(args))
         return hwcli.show_plan(args, renderer.out)
     settings = sampling_settings(args)
@@ -198,16 +199,23 @@ def run(args: argparse.Namespace, renderer) -> int:
     return interactive(args, gpt, renderer, settings)
 
 
-def load_model(args: argparse.Namespace, renderer):
-    """The model the `add_model_arguments` flags ask for, with a spinner while it loads."""
+def quiet_libraries(debug: bool) -> None:
+    """Library warnings (hub retries, generation notes) only with --debug; our own lines say what failed."""
+    import huggingface_hub
     import transformers
 
+    if not debug:
+        transformers.utils.logging.set_verbosity_error()
+        huggingface_hub.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def load_model(args: argparse.Namespace, renderer):
+    """The model the `add_model_arguments` flags ask for, with a spinner while it loads."""
     from kogpt.api import KoGPT
     from kogpt.model import resolve_checkpoint
 
-    if not args.debug:
-        transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
+    quiet_libraries(args.debug)
     hw = hwcli.options_from_args(args)
     hwcli.check_early(args, hw)  # impossible flag combinations, before any download
     resolve_checkpoint(args.model, args.revision)  # a download shows its own progress bars

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rich.console import Console
 
 from kogpt.errors import KoGPTError
+
+log = logging.getLogger(__name__)
 from kogpt.defaults import DEVICE_MAP_STRATEGIES, QUANTIZE_CHOICES
 
 if TYPE_CHECKING:
@@ -82,7 +85,8 @@ def compute_device(args: argparse.Namespace, options: Options) -> str:
 
 def plan_config(model: str, revision: str):
     """The model's config alone: a local directory's config.json, or the hub's (no weights fetched)."""
-    from kogpt.model import load_config, looks_local
+    from kogpt.defaults import DEFAULT_MODEL
+    from kogpt.model import load_config, looks_local, published_config
 
     if looks_local(model):
         path = Path(model).expanduser()
@@ -94,6 +98,9 @@ def plan_config(model: str, revision: str):
     try:
         config = AutoConfig.from_pretrained(model, revision=revision)
     except (OSError, ValueError) as exc:
+        if model == DEFAULT_MODEL:  # offline: KoGPT's own config is known
+            log.info("the hub is out of reach; planning with KoGPT 6B's published config")
+            return published_config(revision)
         raise KoGPTError(
             f"could not read the config of {model}@{revision}: {str(exc).strip().splitlines()[0]}"
         ) from exc

@@ -47,6 +47,26 @@ class Loaded:
     context_length: int
 
 
+def published_config(revision: str = DEFAULT_REVISION):
+    """KoGPT 6B's config.json as published on the hub, for planning without a network."""
+    from transformers import GPTJConfig
+
+    return GPTJConfig(
+        vocab_size=64512,
+        n_positions=2048,
+        n_embd=4096,
+        n_layer=28,
+        n_head=16,
+        rotary_dim=64,
+        activation_function="gelu_new",
+        layer_norm_epsilon=1e-5,
+        tie_word_embeddings=False,
+        bos_token_id=0,
+        eos_token_id=1,
+        dtype="float32" if revision == "KoGPT6B-ryan1.5b" else "float16",
+    )
+
+
 def looks_local(model: str) -> bool:
     return Path(model).expanduser().exists() or model.startswith((".", "/", "~")) or model.count("/") > 1
 

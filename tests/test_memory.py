@@ -65,3 +65,11 @@ def test_check_fits_says_how_much_is_needed():
     memory.check_fits(N6B, torch.bfloat16, KV16, 20 * GiB, "cpu")
     with pytest.raises(KoGPTError, match=r"need 24\.\d GiB.*--dtype bfloat16"):
         memory.check_fits(N6B, torch.float32, 2 * KV16, 20 * GiB, "cpu")
+
+
+def test_the_published_config_is_kogpts():
+    from kogpt.model import published_config
+
+    assert published_config().to_dict() | {"dtype": None} == kogpt_config().to_dict() | {"dtype": None}
+    assert str(published_config("KoGPT6B-ryan1.5b").dtype).endswith("float32")
+    assert memory.parameter_count(published_config()) == N6B
