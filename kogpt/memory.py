@@ -88,20 +88,6 @@ def choose_dtype(
     )
 
 
-def check_fits(n_params: int, dtype: torch.dtype, kv_bytes: int, free_bytes: int, device: str) -> None:
-    """Raise before loading when the weights and a full KV cache cannot fit on `device`."""
-    from kogpt.errors import KoGPTError
-
-    need = weight_bytes(n_params, dtype) + kv_bytes
-    if need > free_bytes:
-        name = str(dtype).removeprefix("torch.")
-        hint = "try --dtype bfloat16 or a GPU" if dtype == torch.float32 else "try a machine with more memory"
-        raise KoGPTError(
-            f"not enough memory on {device}: {name} weights and KV cache need {format_bytes(need)}, "
-            f"{format_bytes(free_bytes)} is free; {hint}"
-        )
-
-
 def free_memory(device: str) -> int:
     """Free bytes on `device`: available RAM for the CPU, free memory of the current GPU for CUDA."""
     if device == "cuda":

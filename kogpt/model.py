@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from kogpt import memory, placement
+from kogpt import placement
 from kogpt import plan as plan_lib
 from kogpt.defaults import DEFAULT_MODEL, DEFAULT_REVISION
 from kogpt.devicemap import quiet_accelerate
@@ -181,7 +181,6 @@ def load(
     log.debug("loaded the tokenizer from %s (%d tokens)", path, len(tokenizer))
 
     target = resolve_device(device)
-    n_params = memory.parameter_count(config)
     context = config.n_positions
     options = placement.Options(device_map, placement.parse_max_memory(max_memory), offload_dir, quantize)
     choice, plan = plan_lib.prepare(config, target, dtype, options)
@@ -196,10 +195,8 @@ def load(
         weights = load_weights(path, choice.dtype, target, tokenizer.eos_token_id, trust_remote_code, placed)
     if options.strategy:
         log.info("placement: %s", plan.summary())
-    log.debug(
-        "loaded %d parameters from %s in %.1f s", n_params, path, time.perf_counter() - started
-    )
-    return Loaded(weights, tokenizer, target, choice.dtype, model, n_params, context)
+    log.debug("loaded %d parameters from %s in %.1f s", plan.n_params, path, time.perf_counter() - started)
+    return Loaded(weights, tokenizer, target, choice.dtype, model, plan.n_params, context)
 
 
 def load_weights(

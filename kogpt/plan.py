@@ -58,6 +58,7 @@ class Plan:
     devices: list[DeviceUse]
     problem: str | None = None
     suggestions: list[str] = field(default_factory=list)
+    n_params: int = 0
 
     @property
     def fits(self) -> bool:
@@ -148,6 +149,7 @@ def make_plan(
         device_map,
         blocks,
         [uses[d] for d in order],
+        n_params=sum(param.numel() for param in model.parameters()),
     )
     plan.problem = find_problem(plan, options, hardware, sum(offloaded))
     if suggest and plan.problem:

@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from kogpt import memory
-from kogpt.errors import KoGPTError
 
 GiB = memory.GiB
 N6B = 6_166_502_400
@@ -59,12 +58,6 @@ def test_explicit_dtype_always_wins():
     for name, dtype in memory.DTYPES.items():
         assert memory.choose_dtype(name, "cpu", torch.float16, N6B, 1 * GiB, KV16).dtype == dtype
         assert memory.choose_dtype(name, "cuda", torch.float32, N6B, 1 * GiB, KV16).dtype == dtype
-
-
-def test_check_fits_says_how_much_is_needed():
-    memory.check_fits(N6B, torch.bfloat16, KV16, 20 * GiB, "cpu")
-    with pytest.raises(KoGPTError, match=r"need 24\.\d GiB.*--dtype bfloat16"):
-        memory.check_fits(N6B, torch.float32, 2 * KV16, 20 * GiB, "cpu")
 
 
 def test_the_published_config_is_kogpts():
