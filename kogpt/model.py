@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from kogpt import memory
+from kogpt import quantize as quantize_lib
 from kogpt.defaults import DEFAULT_MODEL, DEFAULT_REVISION
 from kogpt.errors import KoGPTError
 
@@ -133,26 +134,43 @@ def load(
     revision: str = DEFAULT_REVISION,
     device: str = "cuda",
     dtype: str = "auto",
+    quantize: str = "none",
 ) -> Loaded:
-    """Load tokenizer and weights, choose the dtype, and place the model on `device`."""
+    """Load tokenizer and weights, choose the dtype, and place the model on `device`.
+
+    `quantize="int8"` (CPU only) stores the Linear weights in int8 and computes in bfloat16;
+    see `kogpt.quantize`.
+    """
     started = time.perf_counter()
+    target = resolve_device(device)
+    if quantize != "none":
+        try:
+            quantize_lib.check_method(quantize, target.type)
+        except ValueError as exc:
+            raise KoGPTError(str(exc)) from exc
     path = resolve_checkpoint(model, revision)
     config = load_config(path)
     tokenizer = load_tokenizer(path, config.vocab_size)
     log.debug("loaded the tokenizer from %s (%d tokens)", path, len(tokenizer))
 
-    target = resolve_device(device)
     n_params = memory.parameter_count(config)
     context = config.n_positions
     kv16 = memory.kv_cache_bytes(config, context, torch.float16)
     free = memory.free_memory(target.type)
     stored = getattr(config, "dtype", None) or torch.float32
     stored = memory.DTYPES.get(str(stored).removeprefix("torch."), torch.float32)
-    choice = memory.choose_dtype(dtype, target.type, stored, n_params, free, kv16)
+    if quantize != "none":
+        choice = memory.DtypeChoice(quantize_lib.COMPUTE_DTYPE, f"--quantize {quantize} computes in bfloat16")
+        memory.check_fits(n_params, torch.int8, kv16, free, target.type)
+    else:
+        choice = memory.choose_dtype(dtype, target.type, stored, n_params, free, kv16)
+        memory.check_fits(n_params, choice.dtype, kv16 * choice.dtype.itemsize // 2, free, target.type)
     log.info("dtype %s on %s: %s", str(choice.dtype).removeprefix("torch."), target, choice.reason)
-    memory.check_fits(n_params, choice.dtype, kv16 * choice.dtype.itemsize // 2, free, target.type)
 
-    weights = load_weights(path, choice.dtype, target, tokenizer.eos_token_id)
+    if quantize != "none":
+        weights = load_quantized_weights(path, config, quantize, tokenizer.eos_token_id)
+    else:
+        weights = load_weights(path, choice.dtype, target, tokenizer.eos_token_id)
     log.debug(
         "loaded %d parameters from %s in %.1f s", n_params, path, time.perf_counter() - started
     )
@@ -176,6 +194,16 @@ def load_weights(path: Path, dtype: torch.dtype, device: torch.device, pad_token
         raise KoGPTError(f"could not load the weights in {path}: {first_line(exc)}") from exc
     model.eval()
     return model
+
+
+def load_quantized_weights(path: Path, config, method: str, pad_token_id: int):
+    config.pad_token_id = pad_token_id
+    try:
+        return quantize_lib.load_quantized(path, config, method, attn_implementation="sdpa")
+    except (MemoryError, torch.OutOfMemoryError) as exc:
+        raise KoGPTError(f"ran out of memory loading {path} with --quantize {method}") from exc
+    except Exception as exc:  # as in load_weights: name the file and go
+        raise KoGPTError(f"could not load the weights in {path}: {first_line(exc)}") from exc
 
 
 def first_line(exc: BaseException) -> str:
