@@ -41,12 +41,21 @@ def config_for(preset: str):
     return config
 
 
-def save_tokenizer(path: Path) -> None:
-    """The test suite's byte-level BPE; the model's 64,512-token vocabulary is padding past it."""
+def save_tokenizer(path: Path, vocab_size: int) -> None:
+    """The test suite's byte-level BPE, its vocabulary padded to the model's 64,512 entries.
+
+    The padding entries have no merges that produce them, so they never appear when encoding;
+    they exist so that tools that check vocabulary size against the model (CTranslate2) accept it.
+    """
     sys.path.insert(0, str(REPO / "tests"))
     from conftest import train_tokenizer
 
     train_tokenizer().save_pretrained(path)
+    spec = json.loads((path / "tokenizer.json").read_text(encoding="utf-8"))
+    vocab = spec["model"]["vocab"]
+    for i in range(len(vocab), vocab_size):
+        vocab[f"[unused{i}]"] = i
+    (path / "tokenizer.json").write_text(json.dumps(spec, ensure_ascii=False), encoding="utf-8")
 
 
 def shapes(config) -> dict[str, torch.Size]:
@@ -80,10 +89,10 @@ def build(path: Path, preset: str, seed: int = 0) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     weights = path / "pytorch_model.bin"
     config = config_for(preset)
+    save_tokenizer(path, config.vocab_size)
     if weights.exists() and json.loads((path / "config.json").read_text()).get("n_layer") == config.n_layer:
         return path
     started = time.perf_counter()
-    save_tokenizer(path)
     config.save_pretrained(path)
     # torch.empty reserves address space but touches no page, and skip_data never reads it.
     named = shapes(config)
