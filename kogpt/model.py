@@ -11,6 +11,7 @@ import torch
 
 from kogpt import memory
 from kogpt import quantize as quantize_lib
+from kogpt import weights as weights_lib
 from kogpt.defaults import DEFAULT_MODEL, DEFAULT_REVISION
 from kogpt.errors import KoGPTError
 
@@ -167,8 +168,8 @@ def load(
         memory.check_fits(n_params, choice.dtype, kv16 * choice.dtype.itemsize // 2, free, target.type)
     log.info("dtype %s on %s: %s", str(choice.dtype).removeprefix("torch."), target, choice.reason)
 
-    if quantize != "none":
-        weights = load_quantized_weights(path, config, quantize, tokenizer.eos_token_id)
+    if target.type == "cpu":  # tensor by tensor: peak memory is the model plus one tensor
+        weights = load_streamed_weights(path, config, choice.dtype, quantize, tokenizer.eos_token_id)
     else:
         weights = load_weights(path, choice.dtype, target, tokenizer.eos_token_id)
     log.debug(
@@ -196,12 +197,15 @@ def load_weights(path: Path, dtype: torch.dtype, device: torch.device, pad_token
     return model
 
 
-def load_quantized_weights(path: Path, config, method: str, pad_token_id: int):
+def load_streamed_weights(path: Path, config, dtype: torch.dtype, quantize: str, pad_token_id: int):
+    """The CPU loader: `kogpt.weights.load_streaming`, quantizing on the way when asked."""
     config.pad_token_id = pad_token_id
     try:
-        return quantize_lib.load_quantized(path, config, method, attn_implementation="sdpa")
+        if quantize != "none":
+            return quantize_lib.load_quantized(path, config, quantize, attn_implementation="sdpa")
+        return weights_lib.load_streaming(path, config, dtype, attn_implementation="sdpa")
     except (MemoryError, torch.OutOfMemoryError) as exc:
-        raise KoGPTError(f"ran out of memory loading {path} with --quantize {method}") from exc
+        raise KoGPTError(f"ran out of memory loading {path} in {dtype} (--quantize {quantize})") from exc
     except Exception as exc:  # as in load_weights: name the file and go
         raise KoGPTError(f"could not load the weights in {path}: {first_line(exc)}") from exc
 
