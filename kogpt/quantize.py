@@ -36,12 +36,12 @@ class Int8Linear(nn.Module):
     def set_weight(self, weight: torch.Tensor) -> None:
         """Quantize a float weight (out, in): symmetric, scale = max |w| of the row / 127.
 
-        Rows go in blocks of about 1 MiB of float32, so the arithmetic stays in the CPU's caches.
+        Rows go in blocks of about 4 MiB of float32, so the arithmetic stays in the CPU's caches.
         """
         out, n_in = weight.shape
         quantized = torch.empty(out, n_in, dtype=torch.int8)
         scales = torch.empty(out)
-        step = max(1, (1 << 18) // n_in)
+        step = max(1, (1 << 20) // n_in)
         for start in range(0, out, step):
             w = weight[start : start + step].to(torch.float32, copy=True)  # (rows, in)
             scale = w.abs().amax(dim=1).clamp(min=1e-8) / 127  # (rows,)
