@@ -90,8 +90,10 @@ def measure_overhead(checkpoint: str, n_prompt: int, n_new: int) -> dict:
 
 
 def read_once(checkpoint: str) -> float:
+    from kogpt.weights import weight_files
+
     started = time.perf_counter()
-    for file in sorted(Path(checkpoint).iterdir()):
+    for file in weight_files(Path(checkpoint)):
         with open(file, "rb", buffering=0) as handle:
             while handle.read(1 << 24):
                 pass
