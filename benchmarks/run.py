@@ -123,7 +123,7 @@ def extra_lines(results: dict) -> list[str]:
             f"the {first['read_weights_s']:.1f} s it takes to read the weight files once"
         )
     convert = results.get("ct2-convert", {})
-    if "convert_s" in convert:
+    if convert.get("convert_s", 0) > 1:  # below that it was already converted by an earlier run
         lines.append(
             f"- CTranslate2 conversion (its own process, not counted as load): {convert['convert_s']:.0f} s, "
             f"peak RSS {convert['peak_rss_gib']:.1f} GiB"
