@@ -25,10 +25,12 @@ class KoGPT:
     >>> print(gpt.generate("인간처럼 생각하고,", max_length=64))  # doctest: +SKIP
     """
 
-    def __init__(self, loaded: model_lib.Loaded) -> None:
+    def __init__(self, loaded: model_lib.Loaded, static_cache: bool | None = None) -> None:
         self.loaded = loaded
         self.model = loaded.model
         self.tokenizer = loaded.tokenizer
+        # The static cache (compiled decoding) is the fast path on a GPU; on the CPU it gains nothing.
+        self.static_cache = loaded.device.type == "cuda" if static_cache is None else static_cache
 
     @classmethod
     def load(
@@ -42,10 +44,20 @@ class KoGPT:
         device_map: str | None = None,
         max_memory: str | dict | None = None,
         offload_dir: str | None = None,
+        static_cache: bool | None = None,
     ) -> KoGPT:
-        """Load from a hub repo id or a local checkpoint directory; see `kogpt.model.load`."""
+        """Load from a hub repo id or a local checkpoint directory; see `kogpt.model.load`.
+
+        `quantize="int8"` keeps int8 weights (on the CPU: kogpt's weight-only kernels, half the
+        memory of bfloat16 and faster; on a GPU: bitsandbytes). `static_cache` (default: on CUDA
+        only) generates with a static KV cache, which transformers compiles with `torch.compile`.
+        """
         placement = dict(quantize=quantize, device_map=device_map, max_memory=max_memory, offload_dir=offload_dir)
-        return cls(model_lib.load(model, revision, device, dtype, trust_remote_code, **placement))
+        loaded = model_lib.load(model, revision, device, dtype, trust_remote_code, **placement)
+        if static_cache is None:  # compiled static caches are for one plain GPU, not split or bitsandbytes models
+            plain = quantize == "none" and not (device_map or max_memory or offload_dir)
+            static_cache = loaded.device.type == "cuda" and plain
+        return cls(loaded, static_cache)
 
     @property
     def context_length(self) -> int:
@@ -66,7 +78,7 @@ class KoGPT:
         settings = dataclasses.replace(settings or SamplingSettings(), **overrides)
         ids = self.fit_context(self.encode(prompt), settings)
         log.debug("prompt: %d tokens; settings %s", len(ids), settings.as_dict())
-        return stream(self.model, self.tokenizer, ids, settings, self.context_length)
+        return stream(self.model, self.tokenizer, ids, settings, self.context_length, self.static_cache)
 
     def fit_context(self, ids: list[int], settings: SamplingSettings) -> list[int]:
         """Check the prompt fits the context with room to generate; with `truncate`, keep its end."""

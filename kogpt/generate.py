@@ -29,7 +29,6 @@ from kogpt.textstream import IncrementalDecoder, StopMatcher
 log = logging.getLogger(__name__)
 
 
-
 @dataclass
 class Chunk:
     """A piece of streamed completion text, with the running totals.
@@ -77,6 +76,26 @@ class _StopOnEvent(StoppingCriteria):
 
 
 _DONE = object()
+MIN_STATIC_CACHE = 256
+
+
+def static_cache_length(needed: int, context: int) -> int:
+    """Positions to allocate for a static KV cache: a power of two from 256, at most `context`.
+
+    Few distinct sizes mean few `torch.compile` recompilations across prompts of varying length.
+    """
+    length = MIN_STATIC_CACHE
+    while length < needed:
+        length *= 2
+    return max(needed, min(length, context))
+
+
+def cache_kwargs(static_cache: bool, needed: int, context: int) -> dict:
+    """`generate()` arguments for the KV cache: transformers' static cache, which `generate`
+    compiles on CUDA (`torch.compile`, CUDA graphs), or nothing for the default dynamic cache."""
+    if not static_cache:
+        return {}
+    return {"cache_implementation": "static", "max_cache_len": static_cache_length(needed, context)}
 
 
 def stream(
@@ -85,8 +104,13 @@ def stream(
     input_ids: list[int],
     settings: SamplingSettings,
     context: int,
+    static_cache: bool = False,
 ) -> Iterator[Chunk]:
-    """Generate a completion of `input_ids` and yield it as text chunks as tokens arrive."""
+    """Generate a completion of `input_ids` and yield it as text chunks as tokens arrive.
+
+    `static_cache` uses a preallocated KV cache (see `cache_kwargs`); it pays off on CUDA, where
+    `generate` then compiles the decoding step.
+    """
     budget = settings.new_tokens(len(input_ids), context)
     seed = settings.seed if settings.seed is not None else random.randrange(2**31)
     started = time.perf_counter()
@@ -106,6 +130,7 @@ def stream(
         pad_token_id=tokenizer.eos_token_id,  # as the seed: KoGPT pads with [EOS]
         eos_token_id=tokenizer.eos_token_id,
         **settings.generate_kwargs(),
+        **cache_kwargs(static_cache, len(input_ids) + budget, context),
     )
     log.debug("generating up to %d tokens after %d prompt tokens, seed %d", budget, len(input_ids), seed)
 

@@ -10,8 +10,10 @@ from pathlib import Path
 
 import torch
 
-from kogpt import placement
+from kogpt import memory, placement
 from kogpt import plan as plan_lib
+from kogpt import quantize as quantize_lib
+from kogpt import weights as weights_lib
 from kogpt.defaults import DEFAULT_MODEL, DEFAULT_REVISION
 from kogpt.devicemap import quiet_accelerate
 from kogpt.errors import KoGPTError
@@ -186,13 +188,17 @@ def load(
     choice, plan = plan_lib.prepare(config, target, dtype, options)
     if not plan.fits:
         raise KoGPTError(plan.refusal())
+    streamed = target.type == "cpu" and not options.strategy and offload_dir is None
+    if quantize != "none" and streamed:
+        choice = memory.DtypeChoice(quantize_lib.COMPUTE_DTYPE, f"--quantize {quantize} computes in bfloat16")
     log.info("dtype %s on %s: %s", str(choice.dtype).removeprefix("torch."), target, choice.reason)
-    if quantize != "none" and target.type == "cpu":  # the CPU int8 path is kogpt.quantize (speed branch)
-        raise KoGPTError(f"--quantize {quantize} on the CPU is not available in this build")
 
-    placed = placement.load_kwargs(plan.device_map, target, options, choice.dtype)
-    with quiet_accelerate("accelerate.big_modeling"):
-        weights = load_weights(path, choice.dtype, target, tokenizer.eos_token_id, trust_remote_code, placed)
+    if streamed:  # tensor by tensor: peak memory is the model plus one tensor
+        weights = load_streamed_weights(path, config, choice.dtype, quantize, tokenizer.eos_token_id)
+    else:
+        placed = placement.load_kwargs(plan.device_map, target, options, choice.dtype)
+        with quiet_accelerate("accelerate.big_modeling"):
+            weights = load_weights(path, choice.dtype, target, tokenizer.eos_token_id, trust_remote_code, placed)
     if options.strategy:
         log.info("placement: %s", plan.summary())
     log.debug("loaded %d parameters from %s in %.1f s", plan.n_params, path, time.perf_counter() - started)
@@ -229,6 +235,19 @@ def load_weights(
         raise KoGPTError(f"could not load the weights in {path}: {first_line(exc)}") from exc
     model.eval()
     return model
+
+
+def load_streamed_weights(path: Path, config, dtype: torch.dtype, quantize: str, pad_token_id: int):
+    """The CPU loader: `kogpt.weights.load_streaming`, quantizing on the way when asked."""
+    config.pad_token_id = pad_token_id
+    try:
+        if quantize != "none":
+            return quantize_lib.load_quantized(path, config, quantize, attn_implementation="sdpa")
+        return weights_lib.load_streaming(path, config, dtype, attn_implementation="sdpa")
+    except (MemoryError, torch.OutOfMemoryError) as exc:
+        raise KoGPTError(f"ran out of memory loading {path} in {dtype} (--quantize {quantize})") from exc
+    except Exception as exc:  # as in load_weights: name the file and go
+        raise KoGPTError(f"could not load the weights in {path}: {first_line(exc)}") from exc
 
 
 def first_line(exc: BaseException) -> str:

@@ -132,6 +132,8 @@ def check_options(options: Options, device: str, gpu_count: int, planning: bool 
         raise KoGPTError("--quantize int4 runs only on a CUDA GPU (bitsandbytes 4-bit); on the CPU use --quantize int8")
     if quantize != "none" and options.offload_dir:
         raise KoGPTError(f"--quantize {quantize} weights cannot be offloaded to disk: drop --offload-dir or --quantize")
+    if quantize != "none" and device == "cpu" and options.strategy:
+        raise KoGPTError(f"--quantize {quantize} on the CPU keeps the whole model in RAM: drop --device-map/--max-memory")
     gpu_keys = sorted(key for key in options.max_memory or {} if isinstance(key, int))
     if gpu_keys and device == "cpu":
         raise KoGPTError(

@@ -1,0 +1,182 @@
+"""One measured path per process, so that each path's peak RSS is its own.
+
+`python benchmarks/paths.py PATH CHECKPOINT --prompt-tokens 20 --new-tokens 16` prints one JSON
+object: load_s (to a ready model), first_token_s (from the call to the first new token),
+decode_tok_s (new tokens after the first, per second), tokens, peak_rss_gib.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+PROMPT_TEXT = "인간처럼 생각하고, 행동하는 '지능'을 통해 인류가 이제까지 풀지 못했던 문제의 해답을 찾을 수 있을 것이다. " * 4
+
+
+def peak_rss_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+
+
+def prompt_ids(tokenizer, n: int) -> list[int]:
+    ids = tokenizer.encode(PROMPT_TEXT, add_special_tokens=False)
+    assert len(ids) >= n, f"the benchmark prompt has only {len(ids)} tokens"
+    return ids[:n]
+
+
+def rates(started: float, stamps: list[float]) -> dict:
+    first = stamps[0] - started
+    decode = (len(stamps) - 1) / (stamps[-1] - stamps[0]) if len(stamps) > 1 else float("nan")
+    return {"first_token_s": first, "decode_tok_s": decode, "tokens": len(stamps), "total_s": stamps[-1] - started}
+
+
+def seed_snippet(checkpoint: str, n_prompt: int, n_new: int) -> dict:
+    """The model card's snippet, on the CPU: fp16 weights as stored, HF generate, temperature 0.8."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.generation.streamers import BaseStreamer
+
+    started = time.perf_counter()
+    tokenizer = AutoTokenizer.from_pretrained(
+        checkpoint, bos_token="[BOS]", eos_token="[EOS]", unk_token="[UNK]", pad_token="[PAD]", mask_token="[MASK]"
+    )
+    model = AutoModelForCausalLM.from_pretrained(
+        checkpoint, torch_dtype="auto", pad_token_id=tokenizer.eos_token_id, low_cpu_mem_usage=True
+    ).eval()
+    load_s = time.perf_counter() - started
+
+    class Stamps(BaseStreamer):  # only to time the tokens; the seed itself does not stream
+        def __init__(self) -> None:
+            self.stamps: list[float] = []
+            self.prompt_seen = False
+
+        def put(self, value) -> None:
+            if self.prompt_seen:
+                self.stamps.append(time.perf_counter())
+            self.prompt_seen = True
+
+        def end(self) -> None:
+            pass
+
+    tokens = torch.tensor([prompt_ids(tokenizer, n_prompt)])
+    stamps = Stamps()
+    torch.manual_seed(0)
+    started = time.perf_counter()
+    with torch.no_grad():
+        model.generate(tokens, do_sample=True, temperature=0.8, max_length=n_prompt + n_new, streamer=stamps)
+    return {"load_s": load_s, "dtype": str(model.dtype), **rates(started, stamps.stamps)}
+
+
+def package(checkpoint: str, n_prompt: int, n_new: int, quantize: str = "none") -> dict:
+    """`KoGPT.load(device='cpu')` and the package's streaming `stream()`."""
+    from kogpt import KoGPT, SamplingSettings
+    from kogpt.generate import stream
+
+    started = time.perf_counter()
+    gpt = KoGPT.load(checkpoint, device="cpu", quantize=quantize)
+    load_s = time.perf_counter() - started
+    ids = prompt_ids(gpt.tokenizer, n_prompt)
+    settings = SamplingSettings(temperature=0.8, max_new_tokens=n_new, seed=0)
+    started = time.perf_counter()
+    stamps = []
+    last = None
+    for chunk in stream(gpt.model, gpt.tokenizer, ids, settings, gpt.context_length):
+        last = chunk
+        stamps.append(time.perf_counter())
+    # Random weights mostly sample ids past the tokenizer's vocabulary, which decode to no text,
+    # so the chunks do not mark every token: take the first-token time and count from the last chunk.
+    total = stamps[-1] - started
+    first = last.first_token_seconds
+    decode = (last.tokens - 1) / (total - first) if last.tokens > 1 else float("nan")
+    return {
+        "load_s": load_s,
+        "dtype": str(gpt.loaded.dtype),
+        "first_token_s": first,
+        "decode_tok_s": decode,
+        "tokens": last.tokens,
+        "total_s": total,
+    }
+
+
+def ctranslate2_convert(checkpoint: str, converted: str) -> dict:
+    """Convert the checkpoint to CTranslate2 int8 once (its own process: conversion holds the fp16 model)."""
+    from ctranslate2.converters import TransformersConverter
+
+    started = time.perf_counter()
+    if not (Path(converted) / "model.bin").exists():
+        TransformersConverter(checkpoint, low_cpu_mem_usage=True).convert(converted, quantization="int8", force=True)
+        # KoGPT's tokenizer config names no special tokens (the seed passes them at load time).
+        config_file = Path(converted) / "config.json"
+        config = json.loads(config_file.read_text())
+        config.update(bos_token="[BOS]", eos_token="[EOS]", unk_token="[UNK]", layer_norm_epsilon=1e-5)
+        config_file.write_text(json.dumps(config, indent=2))
+    return {"convert_s": time.perf_counter() - started}
+
+
+def ctranslate2_int8(checkpoint: str, n_prompt: int, n_new: int, converted: str) -> dict:
+    """CTranslate2 int8, converted from the same checkpoint by `ctranslate2_convert`."""
+    import ctranslate2
+    from transformers import AutoTokenizer
+
+    started = time.perf_counter()
+    generator = ctranslate2.Generator(converted, device="cpu", compute_type="int8")
+    load_s = time.perf_counter() - started
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    tokens = tokenizer.convert_ids_to_tokens(prompt_ids(tokenizer, n_prompt))
+    stamps = []
+    started = time.perf_counter()
+    for _step in generator.generate_tokens(
+        tokens, max_length=n_new, sampling_temperature=0.8, sampling_topk=0, end_token=[]
+    ):
+        stamps.append(time.perf_counter())
+    return {"load_s": load_s, "dtype": "int8", **rates(started, stamps)}
+
+
+def bandwidth(_checkpoint: str, _n_prompt: int, _n_new: int, gib: float = 2.0) -> dict:
+    """Memory read bandwidth: the best of several full reads of a buffer far larger than the caches."""
+    import torch
+
+    buffer = torch.ones(int(gib * 1024**3) // 4)
+    best = float("inf")
+    for _ in range(6):
+        started = time.perf_counter()
+        buffer.sum()
+        best = min(best, time.perf_counter() - started)
+    return {"read_gb_s": buffer.numel() * 4 / best / 1e9, "threads": torch.get_num_threads()}
+
+
+PATHS = {"seed": seed_snippet, "default": package, "int8": package, "ct2": ctranslate2_int8, "bandwidth": bandwidth}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("path", choices=[*PATHS, "ct2-convert", "overhead", "first-prompt"])
+    parser.add_argument("checkpoint")
+    parser.add_argument("--prompt-tokens", type=int, default=20)
+    parser.add_argument("--new-tokens", type=int, default=16)
+    parser.add_argument("--converted", default="")
+    args = parser.parse_args()
+    common = (args.checkpoint, args.prompt_tokens, args.new_tokens)
+    if args.path == "int8":
+        result = package(*common, quantize="int8")
+    elif args.path == "ct2":
+        result = ctranslate2_int8(*common, args.converted)
+    elif args.path == "ct2-convert":
+        result = ctranslate2_convert(args.checkpoint, args.converted)
+    elif args.path in ("overhead", "first-prompt"):
+        import overhead
+
+        result = overhead.main(args.path, *common)
+    else:
+        result = PATHS[args.path](*common)
+    result["peak_rss_gib"] = peak_rss_gib()
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
