@@ -47,6 +47,7 @@ class Loaded:
     source: str  # what was asked for: a hub repo id or a directory
     n_params: int
     context_length: int
+    quantize: str = "none"
 
 
 def published_config(revision: str = DEFAULT_REVISION):
@@ -202,7 +203,7 @@ def load(
     if options.strategy:
         log.info("placement: %s", plan.summary())
     log.debug("loaded %d parameters from %s in %.1f s", plan.n_params, path, time.perf_counter() - started)
-    return Loaded(weights, tokenizer, target, choice.dtype, model, plan.n_params, context)
+    return Loaded(weights, tokenizer, target, choice.dtype, model, plan.n_params, context, quantize)
 
 
 def load_weights(

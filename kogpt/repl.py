@@ -216,7 +216,10 @@ class Repl:
         length = f"max_new_tokens={s.max_new_tokens}" if s.max_new_tokens is not None else f"max_length={s.max_length}"
         changed = [f"{k}={format_value(v)}" for k, v in s.as_dict().items()
                    if k not in {"temperature", "max_length", "max_new_tokens"} and v != getattr(self.defaults, k)]
-        parts = [Path(loaded.source).name, f"{loaded.device.type} {str(loaded.dtype).removeprefix('torch.')}",
+        dtype = str(loaded.dtype).removeprefix("torch.")
+        if loaded.quantize != "none":
+            dtype = f"{loaded.quantize} ({dtype})"
+        parts = [Path(loaded.source).name, f"{loaded.device.type} {dtype}",
                  f"temperature={format_value(s.temperature)} {length}", *changed]
         if self.quick:
             parts.append("quick")

@@ -156,3 +156,27 @@ def test_ctrl_c_at_the_prompt_keeps_the_session(gpt, tmp_path):
     turns = []
     run_repl(gpt, "반쯤 쓴" + CTRL_C + "봄" + ENTER + ENTER + ENTER + CTRL_D, tmp_path, repl_hook=prompts_seen(turns))
     assert [t.prompt for t in turns] == ["봄"]
+
+
+def toolbar_text(gpt, tmp_path, monkeypatch, typed: str, keys: str = CTRL_D) -> str:
+    from types import SimpleNamespace
+
+    import kogpt.repl
+
+    holder = []
+    run_repl(gpt, keys, tmp_path, repl_hook=holder.append)
+    app = SimpleNamespace(current_buffer=SimpleNamespace(text=typed))
+    monkeypatch.setattr(kogpt.repl, "get_app", lambda: app)
+    return "".join(text for _, text in holder[0].toolbar())
+
+
+def test_toolbar_shows_model_device_settings_and_live_tokens(gpt, tmp_path, monkeypatch):
+    text = toolbar_text(gpt, tmp_path, monkeypatch, "오늘은 날씨가", "/set top_k 40" + ENTER + "/set quick on" + ENTER + CTRL_D)
+    assert text.strip().startswith(gpt.loaded.source.rstrip("/").split("/")[-1])
+    assert "cpu float32" in text and "temperature=0.8 max_length=128" in text and "top_k=40" in text
+    assert "quick" in text and f"{len(gpt.encode('오늘은 날씨가'))}/128 tokens" in text
+
+
+def test_toolbar_does_not_tokenise_a_huge_paste(gpt, tmp_path, monkeypatch):
+    text = toolbar_text(gpt, tmp_path, monkeypatch, "가" * 50_000)
+    assert "50000 characters, over 128 tokens" in text
