@@ -25,12 +25,11 @@ class KoGPT:
     >>> print(gpt.generate("인간처럼 생각하고,", max_length=64))  # doctest: +SKIP
     """
 
-    def __init__(self, loaded: model_lib.Loaded, static_cache: bool | None = None) -> None:
+    def __init__(self, loaded: model_lib.Loaded, static_cache: bool = False) -> None:
         self.loaded = loaded
         self.model = loaded.model
         self.tokenizer = loaded.tokenizer
-        # The static cache (compiled decoding) is the fast path on a GPU; on the CPU it gains nothing.
-        self.static_cache = loaded.device.type == "cuda" if static_cache is None else static_cache
+        self.static_cache = static_cache
 
     @classmethod
     def load(
@@ -54,7 +53,9 @@ class KoGPT:
         """
         placement = dict(quantize=quantize, device_map=device_map, max_memory=max_memory, offload_dir=offload_dir)
         loaded = model_lib.load(model, revision, device, dtype, trust_remote_code, **placement)
-        if static_cache is None:  # compiled static caches are for one plain GPU, not split or bitsandbytes models
+        # The static cache (compiled decoding) is the fast path on one plain GPU; on the CPU it gains
+        # nothing, and split or bitsandbytes models are not what transformers compiles.
+        if static_cache is None:
             plain = quantize == "none" and not (device_map or max_memory or offload_dir)
             static_cache = loaded.device.type == "cuda" and plain
         return cls(loaded, static_cache)
