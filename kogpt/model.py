@@ -12,6 +12,7 @@ import torch
 
 from kogpt import memory, placement
 from kogpt import plan as plan_lib
+from kogpt import prefill
 from kogpt import quantize as quantize_lib
 from kogpt import weights as weights_lib
 from kogpt.defaults import DEFAULT_MODEL, DEFAULT_REVISION
@@ -196,6 +197,8 @@ def load(
 
     if streamed:  # tensor by tensor: peak memory is the model plus one tensor
         weights = load_streamed_weights(path, config, choice.dtype, quantize, tokenizer.eos_token_id)
+        if choice.dtype == torch.bfloat16 and quantize == "none" and prefill.needs_upcast():
+            log.debug("prompts computed in float32 (no fast bfloat16 GEMM): %d layers", prefill.apply(weights))
     else:
         placed = placement.load_kwargs(plan.device_map, target, options, choice.dtype)
         with quiet_accelerate("accelerate.big_modeling"):
