@@ -112,5 +112,8 @@ def release(mapped: torch.Tensor) -> None:
     storage = mapped.untyped_storage()
     start = storage.data_ptr() & ~(mmap.PAGESIZE - 1)
     end = storage.data_ptr() + storage.nbytes()
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), 4)  # MADV_DONTNEED
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), 4)  # MADV_DONTNEED
+    except (OSError, AttributeError, TypeError):  # no POSIX madvise (Windows): only the peak is higher
+        pass
