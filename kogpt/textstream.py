@@ -62,11 +62,13 @@ class StopMatcher:
         if not self._stops or self.stopped:
             return "" if self.stopped else text
         buf = self._held + text
-        hits = [i for i in (buf.find(s) for s in self._stops) if i >= 0]
+        # The stop that completes first wins (generation cannot wait for a longer one); on a tie,
+        # the one that starts earlier.
+        hits = [(i + len(s), i) for s, i in ((s, buf.find(s)) for s in self._stops) if i >= 0]
         if hits:
             self.stopped = True
             self._held = ""
-            return buf[: min(hits)]
+            return buf[: min(hits)[1]]
         keep = self._partial_suffix(buf)
         self._held = buf[len(buf) - keep :]
         return buf[: len(buf) - keep]

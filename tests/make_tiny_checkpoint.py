@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.conftest import build_checkpoint  # noqa: E402
+from tests.tiny import build_checkpoint  # noqa: E402
 
 if __name__ == "__main__":
     if len(sys.argv) != 2:

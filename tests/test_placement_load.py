@@ -13,7 +13,7 @@ from kogpt import plan as plan_lib
 from kogpt.errors import KoGPTError
 from kogpt.memory import CPU_HEADROOM_BYTES
 from kogpt.placement import Hardware, Options, input_device, load_kwargs, quantization_config
-from tests.conftest import korean_lines
+from tests.tiny import korean_lines
 
 # Tiny float32 checkpoint: wte 84,992 B, two blocks of 198,400 B, ln_f 512 B, lm_head 86,320 B;
 # KV cache 2 layers x 2 x 128 tokens x 64 x 4 B = 131,072 B.

@@ -10,7 +10,7 @@ from kogpt.errors import KoGPTError
 from kogpt.scripting import parse_prompts_file
 from kogpt.settings import PARSERS, InputError, SamplingSettings, parse_setting
 from kogpt.textstream import REPLACEMENT, IncrementalDecoder, StopMatcher
-from tests.conftest import train_tokenizer
+from tests.tiny import train_tokenizer
 
 TOKENIZER = train_tokenizer()
 VOCAB = len(TOKENIZER)
@@ -69,6 +69,7 @@ def test_stop_matcher_shows_exactly_the_text_before_the_first_stop(pieces, stops
     matcher = StopMatcher(stops)
     shown = "".join(matcher.feed(p) for p in pieces) + matcher.flush()
     full = "".join(pieces)
-    hits = [full.find(s) for s in stops if s in full]
-    assert shown == (full[: min(hits)] if hits else full)
+    # The stop that completes first in the text wins; on a tie, the one that starts first.
+    hits = [(full.find(s) + len(s), full.find(s)) for s in stops if s in full]
+    assert shown == (full[: min(hits)[1]] if hits else full)
     assert matcher.stopped == bool(hits)

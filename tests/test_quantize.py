@@ -58,7 +58,7 @@ def greedy_agreement(float_model, int8_model, sequences: list[torch.Tensor]) -> 
 
 
 def test_int8_greedy_tokens_agree_with_the_float_path(gpt, tiny_dir):
-    from tests.conftest import korean_lines
+    from tests.tiny import korean_lines
 
     int8 = KoGPT.load(str(tiny_dir), device="cpu", quantize="int8")
     sequences = []

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from kogpt.textstream import REPLACEMENT, IncrementalDecoder, StopMatcher
-from tests.conftest import korean_lines, train_tokenizer
+from tests.tiny import korean_lines, train_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -81,6 +81,11 @@ def test_text_that_may_start_a_stop_sequence_is_held_back():
 def test_the_earliest_of_several_stops_wins():
     matcher = StopMatcher(["BB", "A"])
     assert feed_all(matcher, ["xxBBxA"]) == "xx"
+
+
+def test_a_short_stop_that_completes_first_wins_over_a_longer_one_still_open():
+    matcher = StopMatcher(["b", "\nb가"])
+    assert feed_all(matcher, ["\n", "b", "가"]) == "\n"
 
 
 def test_no_stops_passes_text_through():
