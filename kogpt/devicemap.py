@@ -26,6 +26,10 @@ def meta_model(config):
         return AutoModelForCausalLM.from_config(config, dtype=torch.float32)
 
 
+def count_parameters(model) -> int:
+    return sum(param.numel() for param in model.parameters())
+
+
 def block_names(config) -> list[str]:
     """The units the plan places, in order: embedding, the n_layer blocks, final norm, lm_head."""
     return ["transformer.wte", *(f"transformer.h.{i}" for i in range(config.n_layer)), "transformer.ln_f", "lm_head"]

@@ -86,7 +86,7 @@ def compute_device(args: argparse.Namespace, options: Options) -> str:
 def plan_config(model: str, revision: str):
     """The model's config alone: a local directory's config.json, or the hub's (no weights fetched)."""
     from kogpt.defaults import DEFAULT_MODEL
-    from kogpt.model import load_config, looks_local, published_config
+    from kogpt.model import check_gptj, first_line, load_config, looks_local, published_config
 
     if looks_local(model):
         path = Path(model).expanduser()
@@ -101,12 +101,8 @@ def plan_config(model: str, revision: str):
         if model == DEFAULT_MODEL:  # offline: KoGPT's own config is known
             log.info("the hub is out of reach; planning with KoGPT 6B's published config")
             return published_config(revision)
-        raise KoGPTError(
-            f"could not read the config of {model}@{revision}: {str(exc).strip().splitlines()[0]}"
-        ) from exc
-    if config.model_type != "gptj":
-        raise KoGPTError(f"{model} is a {config.model_type!r} model; KoGPT needs model_type 'gptj'")
-    return config
+        raise KoGPTError(f"could not read the config of {model}@{revision}: {first_line(exc)}") from exc
+    return check_gptj(config, model)
 
 
 def show_plan(args: argparse.Namespace, console: Console, hardware=None) -> int:

@@ -21,12 +21,9 @@ CPU_HEADROOM_BYTES = 1 * GiB
 
 def parameter_count(config) -> int:
     """Exact parameter count of the causal LM built from `config`, without allocating weights."""
-    from accelerate import init_empty_weights
-    from transformers import AutoModelForCausalLM
+    from kogpt.devicemap import count_parameters, meta_model
 
-    with init_empty_weights():
-        model = AutoModelForCausalLM.from_config(config)
-    return sum(p.numel() for p in model.parameters())
+    return count_parameters(meta_model(config))
 
 
 def weight_bytes(n_params: int, dtype: torch.dtype) -> int:

@@ -128,8 +128,13 @@ def load_config(path: Path, trust_remote_code: bool = False):
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
         raise KoGPTError(f"{path / 'config.json'} is not a valid model config: {first_line(exc)}") from exc
+    return check_gptj(config, str(path / "config.json"))
+
+
+def check_gptj(config, where: str):
+    """`config` if it describes a GPT-J (KoGPT's architecture); else a KoGPTError naming `where`."""
     if config.model_type != "gptj":
-        raise KoGPTError(f"{path / 'config.json'} is a {config.model_type!r} model; KoGPT needs model_type 'gptj'")
+        raise KoGPTError(f"{where} is a {config.model_type!r} model; KoGPT needs model_type 'gptj'")
     return config
 
 
@@ -190,7 +195,7 @@ def load(
     choice, plan = plan_lib.prepare(config, target, dtype, options)
     if not plan.fits:
         raise KoGPTError(plan.refusal())
-    streamed = target.type == "cpu" and not options.strategy and offload_dir is None
+    streamed = target.type == "cpu" and not options.strategy  # an offload dir implies a strategy
     if quantize != "none" and streamed:
         choice = memory.DtypeChoice(quantize_lib.COMPUTE_DTYPE, f"--quantize {quantize} computes in bfloat16")
     log.info("dtype %s on %s: %s", str(choice.dtype).removeprefix("torch."), target, choice.reason)

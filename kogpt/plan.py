@@ -15,6 +15,7 @@ import torch
 from kogpt import memory
 from kogpt.devicemap import (
     block_names,
+    count_parameters,
     device_of,
     infer_map,
     kv_by_device,
@@ -149,7 +150,7 @@ def make_plan(
         device_map,
         blocks,
         [uses[d] for d in order],
-        n_params=sum(param.numel() for param in model.parameters()),
+        n_params=count_parameters(model),
     )
     plan.problem = find_problem(plan, options, hardware, sum(offloaded))
     if suggest and plan.problem:
@@ -219,7 +220,7 @@ def prepare(
     hardware = hardware or detect_hardware(device.type, options.offload_dir, every_gpu=options.strategy is not None)
     check_options(options, device.type, len(hardware.gpus), planning)
     model = meta_model(config)
-    n_params = sum(param.numel() for param in model.parameters())
+    n_params = count_parameters(model)
     kv16 = memory.kv_cache_bytes(config, config.n_positions, torch.float16)
     free = (hardware.gpus[0] if hardware.gpus else 0) if device.type == "cuda" else hardware.cpu
     stored = getattr(config, "dtype", None) or torch.float32
