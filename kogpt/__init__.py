@@ -8,7 +8,7 @@ __all__ = ["KoGPT", "KoGPTError", "Chunk", "SamplingSettings", "__version__"]
 _EXPORTS = {
     "KoGPT": "kogpt.api",
     "KoGPTError": "kogpt.errors",
-    "Chunk": "kogpt.generate",
+    "Chunk": "kogpt.engine",
     "SamplingSettings": "kogpt.settings",
 }
 

@@ -10,8 +10,9 @@ from collections.abc import Callable, Iterator
 
 from kogpt import model as model_lib
 from kogpt.defaults import DEFAULT_MODEL, DEFAULT_REVISION
+from kogpt.engine import Chunk, Engine
 from kogpt.errors import Interrupted, KoGPTError
-from kogpt.generate import Chunk, stream
+from kogpt.placement import input_device
 from kogpt.settings import SamplingSettings
 from kogpt.transcript import Record
 
@@ -25,11 +26,16 @@ class KoGPT:
     >>> print(gpt.generate("인간처럼 생각하고,", max_length=64))  # doctest: +SKIP
     """
 
-    def __init__(self, loaded: model_lib.Loaded, static_cache: bool = False) -> None:
+    def __init__(self, loaded: model_lib.Loaded, static_cache: bool = False, compile: bool = True) -> None:
         self.loaded = loaded
         self.model = loaded.model
         self.tokenizer = loaded.tokenizer
         self.static_cache = static_cache
+        # Compiling the step pays off on CUDA only (CUDA graphs over the static cache).
+        self.compile = compile and static_cache and loaded.device.type == "cuda"
+        # Input ids go where the first block runs: not model.device, which is `meta` when it is on disk.
+        self.engine = Engine(self.model, self.tokenizer, loaded.context_length, input_device(self.model),
+                             static_cache=static_cache, compile=self.compile)
 
     @classmethod
     def load(
@@ -44,12 +50,14 @@ class KoGPT:
         max_memory: str | dict | None = None,
         offload_dir: str | None = None,
         static_cache: bool | None = None,
+        compile: bool = True,
     ) -> KoGPT:
         """Load from a hub repo id or a local checkpoint directory; see `kogpt.model.load`.
 
         `quantize="int8"` keeps int8 weights (on the CPU: kogpt's weight-only kernels, half the
         memory of bfloat16 and faster; on a GPU: bitsandbytes). `static_cache` (default: on CUDA
-        only) generates with a static KV cache, which transformers compiles with `torch.compile`.
+        only) generates with a static KV cache; with `compile` (the default) the engine compiles
+        its one-token step over it with `torch.compile` (CUDA graphs). `compile=False` opts out.
         """
         placement = dict(quantize=quantize, device_map=device_map, max_memory=max_memory, offload_dir=offload_dir)
         loaded = model_lib.load(model, revision, device, dtype, trust_remote_code, **placement)
@@ -58,7 +66,7 @@ class KoGPT:
         if static_cache is None:
             plain = quantize == "none" and not (device_map or max_memory or offload_dir)
             static_cache = loaded.device.type == "cuda" and plain
-        return cls(loaded, static_cache)
+        return cls(loaded, static_cache, compile)
 
     @property
     def context_length(self) -> int:
@@ -79,7 +87,8 @@ class KoGPT:
         settings = dataclasses.replace(settings or SamplingSettings(), **overrides)
         ids = self.fit_context(self.encode(prompt), settings)
         log.debug("prompt: %d tokens; settings %s", len(ids), settings.as_dict())
-        return stream(self.model, self.tokenizer, ids, settings, self.context_length, self.static_cache)
+        seed = settings.seed if settings.seed is not None else random.randrange(2**31)
+        return self.engine.stream(ids, settings, seed)
 
     def fit_context(self, ids: list[int], settings: SamplingSettings) -> list[int]:
         """Check the prompt fits the context with room to generate; with `truncate`, keep its end."""
@@ -108,30 +117,78 @@ class KoGPT:
         prompt: str,
         settings: SamplingSettings,
         on_text: Callable[[int, str], None] | None = None,
+        *,
+        interleaved: bool = False,
     ) -> list[Record]:
-        """All `settings.num_return_sequences` completions of `prompt`, one after another.
+        """All `settings.num_return_sequences` completions of `prompt`, decoded together in one batch.
 
-        Sequence i uses seed `settings.seed + i` (a fresh random base seed when unset), so every
-        record can be reproduced. `on_text(i, text)` receives the text as it streams. Ctrl-C raises
-        `Interrupted`, which carries the finished records and the partial one.
+        The prompt is fed once; sequence i uses seed `settings.seed + i` (a fresh random base seed
+        when unset), so every record can be reproduced. `on_text(i, text)` receives the text as it
+        streams: sequence by sequence in order (later ones are held back until the earlier ones
+        end), or, with `interleaved`, as soon as any sequence grows. Ctrl-C raises `Interrupted`,
+        which carries the records shown so far, the unfinished ones marked 'interrupted'.
         """
         base = settings.seed if settings.seed is not None else random.randrange(2**31)
-        prompt_tokens = len(self.fit_context(self.encode(prompt), settings))
-        records: list[Record] = []
-        for index in range(settings.num_return_sequences):
-            seed = base + index
-            record = Record(prompt, settings=settings.as_dict(), seed=seed, index=index, prompt_tokens=prompt_tokens)
-            records.append(record)
-            try:
-                for chunk in self.stream(prompt, dataclasses.replace(settings, seed=seed)):
-                    if on_text and chunk.text:
-                        on_text(index, chunk.text)
-                    record.completion += chunk.text  # after it was shown: the record is what was seen
-                    record.completion_tokens = chunk.tokens
-                    record.seconds = chunk.seconds
-                    record.first_token_seconds = chunk.first_token_seconds
-                    record.finish_reason = chunk.finish_reason
-            except KeyboardInterrupt:
-                record.finish_reason = "interrupted"
-                raise Interrupted(records) from None
+        ids = self.fit_context(self.encode(prompt), settings)
+        count = settings.num_return_sequences
+        records = [Record(prompt, settings=settings.as_dict(), seed=base + i, index=i, prompt_tokens=len(ids))
+                   for i in range(count)]
+        budget = settings.new_tokens(len(ids), self.context_length)
+        if budget == 0:
+            for record in records:
+                record.finish_reason = "length"
+            return records
+        log.debug("prompt: %d tokens; %d sequences; settings %s", len(ids), count, settings.as_dict())
+        shown = _InOrder(records, on_text, interleaved)
+        request = self.engine.submit(ids, settings, [r.seed for r in records], budget)
+        try:
+            for piece in self.engine.pieces(request):
+                record = records[piece.row]
+                record.completion_tokens = piece.tokens
+                record.seconds = piece.at - request.submitted
+                record.first_token_seconds = piece.first_at - request.submitted if piece.first_at else None
+                shown.add(piece.row, piece.text, piece.finish_reason)
+        except KeyboardInterrupt:
+            raise Interrupted(shown.interrupted()) from None
         return records
+
+
+class _InOrder:
+    """Shows the text of several sequences, in index order unless `interleaved`; a record's
+    completion is what was shown of it."""
+
+    def __init__(self, records: list[Record], on_text: Callable[[int, str], None] | None, interleaved: bool) -> None:
+        self.records, self.on_text, self.interleaved = records, on_text, interleaved
+        self.current = 0  # in order: the sequence being shown
+        self.held: list[list[str]] = [[] for _ in records]
+        self.finish: list[str | None] = [None] * len(records)
+
+    def add(self, index: int, text: str, finish: str | None) -> None:
+        if self.interleaved:
+            self._show(index, text)
+            self.records[index].finish_reason = finish
+            return
+        if index == self.current:
+            self._show(index, text)
+        else:
+            self.held[index].append(text)
+        self.finish[index] = finish
+        while self.current < len(self.records) and self.finish[self.current]:
+            self.records[self.current].finish_reason = self.finish[self.current]
+            self.current += 1
+            if self.current < len(self.records):
+                for held in self.held[self.current]:
+                    self._show(self.current, held)
+                self.held[self.current] = []
+
+    def _show(self, index: int, text: str) -> None:
+        if self.on_text and text:
+            self.on_text(index, text)
+        self.records[index].completion += text  # after it was shown: the record is what was seen
+
+    def interrupted(self) -> list[Record]:
+        kept = self.records if self.interleaved else self.records[: self.current + 1]
+        for record in kept:
+            if record.finish_reason is None:
+                record.finish_reason = "interrupted"
+        return kept

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from kogpt import KoGPTError, SamplingSettings
-from kogpt.textstream import REPLACEMENT
+from kogpt.engine.textstream import REPLACEMENT
 
 PROMPT = "오늘은 날씨가"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from kogpt.textstream import REPLACEMENT, IncrementalDecoder, StopMatcher
+from kogpt.engine.textstream import REPLACEMENT, IncrementalDecoder, StopMatcher
 from tests.tiny import korean_lines, train_tokenizer
 
 
