@@ -56,8 +56,17 @@ def static_capacity(cache) -> int | None:
 
 
 def crop(cache, length: int) -> None:
-    """Keep the first `length` positions of `cache` (a static cache only moves its write position)."""
-    cache.crop(length - cache_length(cache))
+    """Keep the first `length` positions of `cache` (a static cache only moves its write position).
+
+    A static cache may also be moved forward, over positions just copied into it (`copy_rows`);
+    transformers has no public call for that, so its layers' position counter is set.
+    """
+    current = cache_length(cache)
+    if length <= current:
+        cache.crop(length - current)
+        return
+    for layer in cache.layers:
+        layer.cumulative_length.fill_(length)
 
 
 def copy_rows(source, target, length: int, rows: int) -> None:
