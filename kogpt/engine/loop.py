@@ -93,7 +93,6 @@ def run(
         history = torch.tensor([ids], device=logits.device).repeat(rows, 1)
         history = torch.cat([history, history.new_zeros(rows, budget)], dim=1)
     state = [Row(i, tokenizer, settings.stop) for i in range(rows)]
-    last_logits = [logits[:1]] if rows == 1 else [None] * rows
     first_at = None
     decode_start = time.perf_counter()
     for step in range(budget):
@@ -104,8 +103,6 @@ def run(
             if row.finish:
                 continue
             text = row.push(token, eos, budget)
-            if row.finish and rows > 1:
-                last_logits[row.index] = logits[row.index : row.index + 1]
             if text or row.finish:
                 emit(Piece(row.index, text, len(row.tokens), now, first_at, row.finish))
         if all(row.finish for row in state) or cancelled():
@@ -115,9 +112,5 @@ def run(
         begun = time.perf_counter()
         logits = stepper(tokens.view(rows, 1).to(prefix.device), cache)
         stats.step_seconds.append(time.perf_counter() - begun)
-        if rows == 1:
-            last_logits[0] = logits
         stats.steps += 1
     stats.decode_seconds = time.perf_counter() - decode_start
-    if rows == 1:  # the cache holds the prompt and every sampled token but the last
-        prefix.record(ids + state[0].tokens[:-1], last_logits[0])

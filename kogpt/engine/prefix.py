@@ -1,10 +1,13 @@
-"""The prefix (KV) cache: the cache of the last sequence, with the logits after its last token.
+"""The prefix (KV) cache: the keys and values of the last prompt, with the logits after it.
 
 A request whose tokens share a prefix with it feeds only the rest (`/retry`, `/continue`, a new
 question after the same few-shot preamble); an identical prompt needs no forward pass at all.
-The cache only ever holds the keys and values of `tokens`, which depend on nothing but the tokens
-and the model, so reuse changes the speed and never the result (sampling settings and seeds play
-no part in it).
+
+Reuse never changes a result, only the speed, bit for bit: a prompt is always fed in chunks that
+start at multiples of the chunk size, and only whole chunks of the last prompt are kept (the
+positions the decode loop added one at a time, and the last partial chunk, are fed again). So the
+cache holds exactly the numbers a cold start would compute; the sampling settings and seeds play
+no part in it.
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ def common_prefix(a: list[int], b: list[int]) -> int:
 
 
 class PrefixCache:
-    """Holds `cache` (one row) with the keys and values of `tokens`, and `logits` (1, vocab) after them.
+    """`cache` (one row) holds the keys and values of `tokens` as a cold prefill computes them (and
+    perhaps decoded positions after them); `logits` (1, vocab) follow `tokens`, None if unknown.
 
     With `static`, caches are preallocated in size buckets (`decode.static_cache_length`), one per
     bucket and batch size, kept for the life of the engine so the compiled step never sees a new one.
@@ -44,19 +48,16 @@ class PrefixCache:
         self.cache = None
         self.logits: torch.Tensor | None = None
         self._static_caches: dict[tuple[int, int], object] = {}
+        self.chunk = 0  # the chunk size `tokens` were fed with
         self.reused = 0  # tokens the last request did not feed again (for logs and benchmarks)
 
     def forget(self) -> None:
-        """Drop what is cached (after a failed forward, whose cache is half-written)."""
+        """Drop what is cached (a cold start; also after a failed forward, whose cache is half-written)."""
         self.tokens, self.logits = [], None
         if self.static and self.cache is not None:
             decode.crop(self.cache, 0)
         else:
             self.cache = None
-
-    def record(self, tokens: list[int], logits: torch.Tensor | None) -> None:
-        """The cache now holds `tokens`, and `logits` (1, vocab) follow the last of them (None: unknown)."""
-        self.tokens, self.logits = tokens, logits
 
     def feed(
         self,
@@ -67,44 +68,42 @@ class PrefixCache:
     ) -> torch.Tensor | None:
         """Make the cache hold `ids` (room for `needed` positions); the logits (1, vocab) after them.
 
-        Feeds only what the cached tokens do not already cover; None when cancelled (the cache
-        then holds the chunks fed so far).
+        Feeds only what the cached whole chunks do not cover; None when cancelled (the cache then
+        keeps the chunks fed so far).
         """
+        switched = self._switch_bucket(needed)
+        if switched or chunk != self.chunk:
+            self.forget()
+            self.chunk = chunk
         shared = common_prefix(self.tokens, ids)
         if shared == len(ids) == len(self.tokens) and self.logits is not None:
+            decode.crop(self.cache, shared)  # drop what the decode loop added
             self.reused = shared
             return self.logits
-        keep = min(shared, len(ids) - 1)  # at least one token is fed, to get its logits
-        self._make_room(needed, keep)
-        if keep == 0 or self.cache is None:
-            keep = 0
-            if self.cache is None:
-                self.cache = decode.new_cache(self.model)
-            else:
-                decode.crop(self.cache, 0)
-        else:
-            decode.crop(self.cache, keep)
-        self.record(ids[:keep], None)
-        self.reused = keep
+        keep = min(shared, len(ids) - 1) // chunk * chunk  # whole chunks; at least one token is fed
+        if self.cache is None:
+            self.cache = decode.new_cache(self.model)
+        decode.crop(self.cache, keep)
+        self.tokens, self.logits, self.reused = ids[:keep], None, keep
         log.debug("prefix cache: %d of %d prompt tokens already cached", keep, len(ids))
 
         def done(part: list[int], logits: torch.Tensor) -> None:
-            self.record(self.tokens + part, logits)
+            self.tokens, self.logits = self.tokens + part, logits
 
         return decode.prefill(self.model, self.cache, ids[keep:], self.device, chunk, cancelled, done)
 
-    def _make_room(self, needed: int, keep: int) -> None:
-        """With static caches: switch to the bucket for `needed` positions, carrying `keep` positions."""
+    def _switch_bucket(self, needed: int) -> bool:
+        """With static caches: use the bucket for `needed` positions; True when that is another cache.
+
+        A cache of another size is started cold: attention over another length may round differently.
+        """
         if not self.static:
-            return
+            return False
         target = self.static_cache(1, decode.static_cache_length(needed, self.context))
         if target is self.cache:
-            return
-        if self.cache is not None and keep > 0:
-            decode.copy_rows(self.cache, target, keep, 1)
-        else:
-            decode.crop(target, 0)
+            return False
         self.cache = target
+        return True
 
     def static_cache(self, rows: int, length: int):
         """The static cache of `rows` x `length` positions, made and warmed up on first use."""

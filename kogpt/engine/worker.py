@@ -69,7 +69,7 @@ class _Core:
     def __init__(self, model, tokenizer, device, context, static_cache, compile, backend) -> None:
         self.model, self.tokenizer, self.device, self.context = model, tokenizer, device, context
         self.static_cache, self.compile, self.backend = static_cache, compile, backend
-        self.prefill_chunk = decode.PREFILL_CHUNK
+        self.prefill_chunk = decode.PREFILL_CHUNK.get(device.type, 128)
         self.requests: queue.SimpleQueue = queue.SimpleQueue()
         self.current: Request | None = None
         self.thread: threading.Thread | None = None
