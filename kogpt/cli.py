@@ -230,6 +230,7 @@ def load_model(args: argparse.Namespace, renderer):
             device_map=hw.device_map,
             max_memory=hw.max_memory,
             offload_dir=hw.offload_dir,
+            compile=not getattr(args, "no_compile", False),
         )
 
 

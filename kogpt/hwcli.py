@@ -44,6 +44,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="weight quantization: int8 (GPU: bitsandbytes; CPU: weight-only), int4 (GPU only); default none",
     )
     group.add_argument(
+        "--no-compile",
+        action="store_true",
+        help="CUDA: do not compile the decoding step with torch.compile (starts faster, decodes slower)",
+    )
+    group.add_argument(
         "--plan", action="store_true", help="print where each block would go and the memory it needs, then exit"
     )
 

@@ -254,3 +254,51 @@ def test_a_seeded_generate_inside_a_seeded_stream_loop_reproduces_both_seeds(fre
             inner.append(fresh.generate("여름에는", seed=2, max_new_tokens=10))
     assert "".join(outer) == outer_want
     assert inner == [inner_want] * 3
+
+
+def test_the_repl_shows_n_samples_growing_together_in_a_terminal_then_whole_in_order(fresh, tmp_path):
+    import io
+    import json
+
+    from rich.console import Console
+
+    from kogpt.render import Renderer, printable
+    from kogpt.transcript import Transcript
+    from tests.test_repl import CTRL_D, ENTER, run_repl
+
+    out = Console(file=io.StringIO(), width=80, force_terminal=True, color_system=None)
+    renderer = Renderer(out, Console(file=io.StringIO(), width=200, color_system=None))
+    updates = []
+    original = renderer.samples
+
+    def samples(total, prompt=None):
+        updates.append(total)
+        return original(total, prompt)
+
+    renderer.samples = samples
+    path = tmp_path / "t.jsonl"
+    keys = "".join(k + ENTER for k in ["/set quick on", "/set seed 2", "/set num_return_sequences 3",
+                                       "/set max_new_tokens 12", "봄이 오면"]) + CTRL_D
+    code, shown, err = run_repl(fresh, keys, tmp_path, renderer=renderer,
+                                repl_hook=lambda repl: setattr(repl, "transcript", Transcript(path, renderer.warning)))
+    assert code == 0 and updates == [3]
+    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    assert [r["index"] for r in records] == [0, 1, 2]
+    final = shown[shown.rindex("봄이 오면" + printable(records[0]["completion"])):]  # after the live view
+    places = [final.find("봄이 오면" + printable(r["completion"])) for r in records]
+    assert places == sorted(places) and places[0] == 0 and -1 not in places
+    assert err.count("tokens/s") == 1
+
+
+def test_no_compile_flag_reaches_the_load(monkeypatch):
+    from kogpt import cli
+    from kogpt.api import KoGPT as Api
+
+    seen = {}
+    monkeypatch.setattr(Api, "load", classmethod(lambda cls, *a, **kw: seen.update(kw)))
+    monkeypatch.setattr("kogpt.model.resolve_checkpoint", lambda *a: None)
+    from kogpt.render import Renderer
+
+    for argv, want in (([], True), (["--no-compile"], False)):
+        cli.load_model(cli.build_parser().parse_args(["--device", "cpu", *argv]), Renderer())
+        assert seen["compile"] is want
