@@ -43,7 +43,6 @@ def measure_overhead(checkpoint: str, n_prompt: int, n_new: int) -> dict:
     from rich.console import Console
 
     from kogpt import KoGPT, SamplingSettings
-    from kogpt.generate import stream
     from kogpt.render import Renderer
     from kogpt.repl import PlainInput, Repl
     from paths import prompt_ids
@@ -65,7 +64,7 @@ def measure_overhead(checkpoint: str, n_prompt: int, n_new: int) -> dict:
 
     def streamed() -> float:
         started = time.perf_counter()
-        for _ in stream(gpt.model, gpt.tokenizer, ids, settings, gpt.context_length):
+        for _ in gpt.engine.stream(ids, settings, 0):
             pass
         return time.perf_counter() - started
 

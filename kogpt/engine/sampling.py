@@ -55,7 +55,9 @@ class Sampler:
 
     def __call__(self, logits: torch.Tensor, history: torch.Tensor | None) -> torch.Tensor:
         """Token ids (rows,) for `logits` (rows, vocab); `history` (rows, length) when `needs_history`."""
-        scores = self.chain(history, logits.clone()) if self.chain else logits  # never alter the caller's
+        scores = logits
+        for processor in self.chain:  # not `self.chain(...)`: it inspects every signature on every call
+            scores = processor(history, scores if scores is not logits else logits.clone())  # never alter the caller's
         if self.greedy:
             return scores.argmax(dim=-1)
         probs = torch.softmax(scores, dim=-1)
