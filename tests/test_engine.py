@@ -220,7 +220,11 @@ def test_a_script_ending_with_a_stream_still_open_exits_cleanly(tiny_dir, tmp_pa
         "import sys\nfrom kogpt import KoGPT\n"
         "gpt = KoGPT.load(sys.argv[1], device='cpu')\n"
         "it = gpt.stream('오늘은 날씨가', max_new_tokens=100, seed=1)\n"
-        "print(next(it).tokens)\n",
+        "print(next(it).tokens)\n"
+        "def scoped():  # an engine collected just before the exit\n"
+        "    other = KoGPT(gpt.loaded)\n"
+        "    print(other.generate('봄', max_new_tokens=4, seed=2))\n"
+        "scoped()\n",
         encoding="utf-8",
     )
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}

@@ -4,8 +4,12 @@ Callers in any thread submit a `Request` and read its `Piece`s; requests are ser
 another, never mixed. The worker makes the model's KV caches, compiles its step (CUDA) and runs
 every forward pass; nothing else touches them. Closing a stream (Ctrl-C, `break`, garbage
 collection) cancels its request at the next token or prompt chunk; a worker exception reaches the
-caller as a one-line `KoGPTError`. At interpreter exit the running request is cancelled and the
-worker joined, so no thread is inside torch while the interpreter shuts down.
+caller as a one-line `KoGPTError`.
+
+A worker that has run torch must have ended before the interpreter exits: one still alive then,
+even idle, aborts the process ("terminate called without an active exception", exit 134). So at
+exit every worker is stopped (its running request cancelled at the next token) and joined,
+including those of engines collected just before.
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ _END = object()
 _model_locks: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _model_locks_guard = threading.Lock()
 _cores: weakref.WeakSet = weakref.WeakSet()
+_threads: set[threading.Thread] = set()  # every worker still to be joined at exit
+_threads_guard = threading.Lock()
 
 
 class Failure:
@@ -63,8 +69,8 @@ def _model_lock(model) -> threading.Lock:
 
 
 class _Core:
-    """What the worker thread owns. It holds no reference to the `Engine`, so an engine that is no
-    longer used is collected, and its finalizer stops the thread."""
+    """What the worker thread serves. It holds no reference to the `Engine`, so an engine that is no
+    longer used is collected, and its finalizer hands the thread back."""
 
     def __init__(self, model, tokenizer, device, context, static_cache, compile, backend) -> None:
         self.model, self.tokenizer, self.device, self.context = model, tokenizer, device, context
@@ -72,25 +78,29 @@ class _Core:
         self.prefill_chunk = decode.PREFILL_CHUNK.get(device.type, 128)
         self.requests: queue.SimpleQueue = queue.SimpleQueue()
         self.current: Request | None = None
-        self.thread: threading.Thread | None = None
+        self.serving = False
         self.start_lock = threading.Lock()
         self.last_stats: loop.Stats | None = None
 
     def start(self) -> None:
+        """Start the worker thread on the first request."""
         with self.start_lock:
-            if self.thread is None:
-                self.thread = threading.Thread(target=self.serve, name=WORKER_NAME, daemon=True)
-                self.thread.start()
-                _cores.add(self)
+            if self.serving:
+                return
+            self.serving = True
+            _cores.add(self)
+            thread = threading.Thread(target=self.serve, name=WORKER_NAME, daemon=True)
+            with _threads_guard:
+                _threads.difference_update([t for t in _threads if not t.is_alive()])
+                _threads.add(thread)
+            thread.start()
 
-    def stop(self, join: bool = False) -> None:
-        """Cancel the running request and end the thread (after its current token or chunk)."""
+    def stop(self) -> None:
+        """Cancel the running request; the thread ends after its current token or chunk."""
         current = self.current
         if current is not None:
             current.cancel.set()
         self.requests.put(_STOP)
-        if join and self.thread is not None and self.thread is not threading.current_thread():
-            self.thread.join()
 
     def serve(self) -> None:
         grad = torch.no_grad() if self.static_cache else torch.inference_mode()
@@ -105,6 +115,7 @@ class _Core:
                     item(prefix)
                     continue
                 self.run(item, prefix, stepper)
+        self.serving = False
         while True:  # anything still queued ends now
             try:
                 item = self.requests.get_nowait()
@@ -217,7 +228,7 @@ class Engine:
 
 
 def _alive(core: _Core) -> bool:
-    return core.thread is not None and core.thread.is_alive()
+    return core.serving
 
 
 def _get(events: queue.SimpleQueue, core: _Core):
@@ -258,6 +269,10 @@ def _caller_error(exc: BaseException, tokens: int) -> BaseException:
 
 @atexit.register
 def _stop_workers() -> None:
-    """Before the interpreter tears down: cancel what runs and join every worker."""
+    """Before the interpreter tears down: cancel what runs, end every worker and join it."""
     for core in list(_cores):
-        core.stop(join=True)
+        core.stop()
+    with _threads_guard:
+        threads = list(_threads)
+    for thread in threads:
+        thread.join()
