@@ -91,3 +91,12 @@ def test_loading_and_placement_never_import_the_api_or_the_ui(name):
 def test_modules_stay_small(name):
     lines = MODULES[name].read_text(encoding="utf-8").count("\n")
     assert lines <= MAX_LINES, f"{MODULES[name]} has {lines} lines: split it by concern"
+
+
+def test_the_package_exports_what_the_api_returns_and_raises():
+    import kogpt
+    from kogpt.errors import Interrupted
+    from kogpt.transcript import Record
+
+    assert (kogpt.Record, kogpt.Interrupted) == (Record, Interrupted)
+    assert all(getattr(kogpt, name) is not None for name in kogpt.__all__)
