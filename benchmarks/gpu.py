@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
@@ -86,7 +87,6 @@ def main() -> int:
         return 2
     from kogpt.api import KoGPT
     from kogpt.engine.decode import compilations
-    from kogpt.model import Loaded
 
     device = torch.device(args.device)
     dtype = torch.float16 if device.type == "cuda" else torch.float32
@@ -100,7 +100,9 @@ def main() -> int:
         model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation="sdpa").eval()
     made_s = time.perf_counter() - started
     n_params = sum(p.numel() for p in model.parameters())
-    loaded = Loaded(model, tokenizer, device, dtype, f"random {args.preset}", n_params, config.n_positions)
+    # What KoGPT reads of a `Loaded` (the loader's decision is not needed: the cache is chosen here).
+    loaded = SimpleNamespace(model=model, tokenizer=tokenizer, device=device, dtype=dtype, source=f"random {args.preset}",
+                             n_params=n_params, context_length=config.n_positions)
     gpt = KoGPT(loaded, static_cache=True, compile=not args.no_compile)  # compiles on CUDA only
     rng = random.Random(0)
     ids = [rng.randrange(5, 300) for _ in range(args.long_prompt)]

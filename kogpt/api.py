@@ -7,12 +7,13 @@ import logging
 import random
 import unicodedata
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
-from kogpt import model as model_lib
 from kogpt.defaults import DEFAULT_MODEL, DEFAULT_REVISION
 from kogpt.engine import Chunk, Engine
 from kogpt.errors import Interrupted, KoGPTError
-from kogpt.placement import input_device
+from kogpt.loading.load import Loaded, load
+from kogpt.placement.options import Options, input_device, parse_max_memory
 from kogpt.settings import SamplingSettings
 from kogpt.transcript import Record
 
@@ -26,16 +27,16 @@ class KoGPT:
     >>> print(gpt.generate("인간처럼 생각하고,", max_length=64))  # doctest: +SKIP
     """
 
-    def __init__(self, loaded: model_lib.Loaded, static_cache: bool = False, compile: bool = True) -> None:
+    def __init__(self, loaded: Loaded, static_cache: bool | None = None, compile: bool = True) -> None:
         self.loaded = loaded
         self.model = loaded.model
         self.tokenizer = loaded.tokenizer
-        self.static_cache = static_cache
+        self.static_cache = loaded.decision.static_cache if static_cache is None else static_cache
         # Compiling the step pays off on CUDA only (CUDA graphs over the static cache).
-        self.compile = compile and static_cache and loaded.device.type == "cuda"
+        self.compile = compile and self.static_cache and loaded.device.type == "cuda"
         # Input ids go where the first block runs: not model.device, which is `meta` when it is on disk.
         self.engine = Engine(self.model, self.tokenizer, loaded.context_length, input_device(self.model),
-                             static_cache=static_cache, compile=self.compile)
+                             static_cache=self.static_cache, compile=self.compile)
 
     @classmethod
     def load(
@@ -52,21 +53,33 @@ class KoGPT:
         static_cache: bool | None = None,
         compile: bool = True,
     ) -> KoGPT:
-        """Load from a hub repo id or a local checkpoint directory; see `kogpt.model.load`.
+        """Load from a hub repo id or a local checkpoint directory.
 
         `quantize="int8"` keeps int8 weights (on the CPU: kogpt's weight-only kernels, half the
-        memory of bfloat16 and faster; on a GPU: bitsandbytes). `static_cache` (default: on CUDA
-        only) generates with a static KV cache; with `compile` (the default) the engine compiles
-        its one-token step over it with `torch.compile` (CUDA graphs). `compile=False` opts out.
+        memory of bfloat16 and faster; on a GPU: bitsandbytes). `device_map` (auto, balanced,
+        sequential) splits the model over the GPUs and the CPU within `max_memory`
+        ("0=10GiB,cpu=30GiB" or a dict), putting what is left in `offload_dir`. `static_cache`
+        (default: on one plain CUDA GPU only) decodes with a preallocated KV cache, over which the
+        engine compiles its one-token step with `torch.compile` (CUDA graphs) unless `compile=False`.
         """
-        placement = dict(quantize=quantize, device_map=device_map, max_memory=max_memory, offload_dir=offload_dir)
-        loaded = model_lib.load(model, revision, device, dtype, trust_remote_code, **placement)
-        # The static cache (compiled decoding) is the fast path on one plain GPU; on the CPU it gains
-        # nothing, and split or bitsandbytes models are not what transformers compiles.
-        if static_cache is None:
-            plain = quantize == "none" and not (device_map or max_memory or offload_dir)
-            static_cache = loaded.device.type == "cuda" and plain
-        return cls(loaded, static_cache, compile)
+        options = Options(
+            model=model,
+            revision=revision,
+            device=device,
+            dtype=dtype,
+            trust_remote_code=trust_remote_code,
+            quantize=quantize,
+            device_map=device_map,
+            max_memory=parse_max_memory(max_memory),
+            offload_dir=offload_dir,
+            static_cache=static_cache,
+        )
+        return cls.from_options(options, compile=compile)
+
+    @classmethod
+    def from_options(cls, options: Options, path: Path | None = None, compile: bool = True) -> KoGPT:
+        """Load what `options` asks for (`path`: the checkpoint directory, when already resolved)."""
+        return cls(load(options, path), compile=compile)
 
     @property
     def context_length(self) -> int:

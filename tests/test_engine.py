@@ -266,7 +266,7 @@ def test_the_repl_shows_n_samples_growing_together_in_a_terminal_then_whole_in_o
 
     from rich.console import Console
 
-    from kogpt.render import Renderer, printable
+    from kogpt.cli.render import Renderer, printable
     from kogpt.transcript import Transcript
     from tests.test_repl import CTRL_D, ENTER, run_repl
 
@@ -295,14 +295,14 @@ def test_the_repl_shows_n_samples_growing_together_in_a_terminal_then_whole_in_o
 
 
 def test_no_compile_flag_reaches_the_load(monkeypatch):
-    from kogpt import cli
     from kogpt.api import KoGPT as Api
+    from kogpt.cli import flags
+    from kogpt.cli.main import build_parser
+    from kogpt.cli.render import Renderer
 
     seen = {}
-    monkeypatch.setattr(Api, "load", classmethod(lambda cls, *a, **kw: seen.update(kw)))
-    monkeypatch.setattr("kogpt.model.resolve_checkpoint", lambda *a: None)
-    from kogpt.render import Renderer
-
+    monkeypatch.setattr(Api, "from_options", classmethod(lambda cls, *a, **kw: seen.update(kw)))
+    monkeypatch.setattr("kogpt.loading.checkpoint.resolve_checkpoint", lambda *a: None)
     for argv, want in (([], True), (["--no-compile"], False)):
-        cli.load_model(cli.build_parser().parse_args(["--device", "cpu", *argv]), Renderer())
+        flags.load_model(build_parser().parse_args(["--device", "cpu", *argv]), Renderer())
         assert seen["compile"] is want

@@ -9,7 +9,7 @@ import torch
 from kogpt import KoGPT
 from kogpt.engine import Engine
 from kogpt.engine.decode import compilations, static_cache_length
-from kogpt.placement import input_device
+from kogpt.placement.options import input_device
 
 PROMPT = "인간처럼 생각하고,"
 

@@ -28,8 +28,7 @@ import torch
 from kogpt.engine import decode, loop
 from kogpt.engine.chunk import Chunk, Piece
 from kogpt.engine.prefix import PrefixCache
-from kogpt.errors import KoGPTError
-from kogpt.model import first_line
+from kogpt.errors import KoGPTError, first_line
 from kogpt.settings import SamplingSettings
 
 log = logging.getLogger(__name__)
