@@ -26,6 +26,7 @@ class Stats:
     prefill_tokens: int = 0
     reused_tokens: int = 0
     steps: int = 0
+    tokens: int = 0  # sampled, all rows together
     prefill_seconds: float = 0.0
     step_seconds: list[float] = field(default_factory=list)  # each one-token forward
     decode_seconds: float = 0.0  # first sampled token to the end
@@ -114,3 +115,4 @@ def run(
         stats.step_seconds.append(time.perf_counter() - begun)
         stats.steps += 1
     stats.decode_seconds = time.perf_counter() - decode_start
+    stats.tokens = sum(len(row.tokens) for row in state)

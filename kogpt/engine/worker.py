@@ -131,6 +131,8 @@ class _Core:
             return
         self.current = request
         request.started.set()
+        log.debug("generating up to %d tokens after %d prompt tokens, seeds %s", request.budget, len(request.ids),
+                  request.seeds)
         try:
             with _model_lock(self.model):
                 loop.run(prefix, stepper, self.tokenizer, request.ids, request.settings, request.seeds,
@@ -139,7 +141,10 @@ class _Core:
             prefix.forget()  # a failed forward may have half-written the cache
             request.events.put(Failure(exc))
         finally:
-            self.last_stats = request.stats
+            stats = request.stats
+            log.debug("%d tokens in %.2f s (%d prompt tokens fed, %d reused)", stats.tokens,
+                      time.perf_counter() - request.submitted, stats.prefill_tokens, stats.reused_tokens)
+            self.last_stats = stats
             self.current = None
             request.finished.set()
             request.events.put(_END)
@@ -219,7 +224,6 @@ class Engine:
         if budget == 0:
             yield Chunk("", 0, 0.0, seed, finish_reason="length")
             return
-        log.debug("generating up to %d tokens after %d prompt tokens, seed %d", budget, len(ids), seed)
         request = self.submit(ids, settings, [seed], budget)
         for piece in self.pieces(request):
             first = piece.first_at - request.submitted if piece.first_at is not None else None
