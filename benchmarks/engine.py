@@ -112,8 +112,11 @@ def generate_run(gpt, ids: list[int], new: int, seed: int = 0) -> dict:
             "decode_tok_s": (len(stamps.stamps) - 1) / (last - first)}
 
 
-def measure(checkpoint: str, fmt: str, size: str, rounds: int) -> dict:
-    """Everything for one format, in this process."""
+PARTS = ("decode", "retry", "continue", "batch")
+
+
+def measure(checkpoint: str, fmt: str, size: str, rounds: int, parts: tuple[str, ...] = PARTS) -> dict:
+    """The `parts` of the measurement for one format, in this process."""
     from kogpt import KoGPT
 
     long, histories, new, batch, chunk = SIZES[size]
@@ -125,61 +128,106 @@ def measure(checkpoint: str, fmt: str, size: str, rounds: int) -> dict:
                     "prefill_chunk": gpt.engine.prefill_chunk}
     short = prompt(20)
     engine_run(gpt, short, 2)  # warm-up: thread pools, first allocations
+    if "decode" in parts:
+        result["decode"] = decode_figures(gpt, short, new, rounds)
+    if "retry" in parts:
+        result["retry"] = retry_figures(gpt, prompt(long, seed=1))
+    if "continue" in parts:
+        result["continue"] = continue_figures(gpt, histories, new)
+    if "batch" in parts:
+        result["batch"] = batch_figures(gpt, short, new, batch)
+    return result
+
+
+def decode_figures(gpt, short: list[int], new: int, rounds: int) -> dict:
     owned, hf = [], []
     for _ in range(rounds):  # alternating, best of each
         hf.append(generate_run(gpt, short, new))
         owned.append(engine_run(gpt, short, new))
     best_owned = max(owned, key=lambda r: r["decode_tok_s"])
-    result["decode"] = {"engine_tok_s": best_owned["decode_tok_s"], "generate_tok_s": max(r["decode_tok_s"] for r in hf),
-                        "step_s": best_owned["step_s"], "overhead_s": best_owned["overhead_s"]}
-    result["decode"]["ratio"] = result["decode"]["engine_tok_s"] / result["decode"]["generate_tok_s"]
-    result["decode"]["overhead_fraction"] = best_owned["overhead_s"] / best_owned["step_s"]
+    figures = {"engine_tok_s": best_owned["decode_tok_s"], "generate_tok_s": max(r["decode_tok_s"] for r in hf),
+               "step_s": best_owned["step_s"], "overhead_s": best_owned["overhead_s"],
+               "rounds": {"engine": [r["decode_tok_s"] for r in owned], "generate": [r["decode_tok_s"] for r in hf]}}
+    figures["ratio"] = figures["engine_tok_s"] / figures["generate_tok_s"]
+    figures["overhead_fraction"] = best_owned["overhead_s"] / best_owned["step_s"]
+    return figures
 
-    ids = prompt(long, seed=1)
+
+def retry_figures(gpt, ids: list[int]) -> dict:
     gpt.engine.forget()
     cold = engine_run(gpt, ids, 2)
     retry = engine_run(gpt, ids, 2)
-    result["retry"] = {"prompt_tokens": long, "cold_first_s": cold["first_token_s"],
-                       "retry_first_s": retry["first_token_s"], "reused": retry["reused"],
-                       "ratio": retry["first_token_s"] / cold["first_token_s"]}
+    return {"prompt_tokens": len(ids), "cold_first_s": cold["first_token_s"], "retry_first_s": retry["first_token_s"],
+            "reused": retry["reused"], "ratio": retry["first_token_s"] / cold["first_token_s"]}
 
-    result["continue"] = []
+
+def continue_figures(gpt, histories: tuple[int, ...], new: int) -> list[dict]:
+    figures = []
     for length in histories:
         history = prompt(length, seed=length)
         gpt.engine.forget()
         first_turn = engine_run(gpt, history, new)
         extra = prompt(new, seed=length + 1)  # the completion, appended to the prompt by /continue
         turn = engine_run(gpt, history + extra, 2)
-        result["continue"].append({"history": length, "cold_first_s": first_turn["first_token_s"],
-                                   "continue_first_s": turn["first_token_s"], "fed": length + new - turn["reused"]})
+        figures.append({"history": length, "cold_first_s": first_turn["first_token_s"],
+                        "continue_first_s": turn["first_token_s"], "fed": length + new - turn["reused"]})
+    return figures
 
+
+def batch_figures(gpt, short: list[int], new: int, batch: int) -> dict:
     runs = {}
     for rows in (1, batch):
         with PeakRSS() as rss:
             run = engine_run(gpt, short, new, rows=rows)
         runs[rows] = {"tok_s": (run["tokens"] - rows) / (run["total_s"] - run["first_token_s"]),
                       "peak_rss_gib": rss.peak / 1024**3, "tokens": run["tokens"]}
-    result["batch"] = {"rows": batch, "single_tok_s": runs[1]["tok_s"], "batch_tok_s": runs[batch]["tok_s"],
-                       "ratio": runs[batch]["tok_s"] / runs[1]["tok_s"],
-                       "single_peak_rss_gib": runs[1]["peak_rss_gib"], "batch_peak_rss_gib": runs[batch]["peak_rss_gib"]}
-    return result
+    return {"rows": batch, "single_tok_s": runs[1]["tok_s"], "batch_tok_s": runs[batch]["tok_s"],
+            "ratio": runs[batch]["tok_s"] / runs[1]["tok_s"],
+            "single_peak_rss_gib": runs[1]["peak_rss_gib"], "batch_peak_rss_gib": runs[batch]["peak_rss_gib"]}
 
 
 def verdicts(r: dict) -> list[tuple[str, str, bool]]:
-    d, retry, cont, b = r["decode"], r["retry"], r["continue"], r["batch"]
-    firsts = [c["continue_first_s"] for c in cont]
+    rows = []
+    if "decode" in r:
+        rows += decode_verdicts(r["decode"])
+    if "retry" in r:
+        rows += retry_verdicts(r["retry"])
+    if "continue" in r:
+        rows += continue_verdicts(r["continue"])
+    if "batch" in r:
+        rows += batch_verdicts(r["batch"])
+    return rows
+
+
+def decode_verdicts(d: dict) -> list[tuple[str, str, bool]]:
     return [
         ("decode tok/s, engine vs generate >= 1.0x",
          f"{d['engine_tok_s']:.3f} vs {d['generate_tok_s']:.3f} = {d['ratio']:.2f}x", d["ratio"] >= 1.0),
         ("loop overhead per token <= 3% of the step",
          f"{1000 * d['overhead_s']:.2f} ms of {1000 * d['step_s']:.1f} ms = {100 * d['overhead_fraction']:.1f}%",
          d["overhead_fraction"] <= 0.03),
+    ]
+
+
+def retry_verdicts(retry: dict) -> list[tuple[str, str, bool]]:
+    return [
         (f"/retry of a {retry['prompt_tokens']}-token prompt: first token <= 10% of cold",
          f"{retry['retry_first_s']:.3f} s vs {retry['cold_first_s']:.2f} s = {100 * retry['ratio']:.1f}%",
          retry["ratio"] <= 0.10),
+    ]
+
+
+def continue_verdicts(cont: list[dict]) -> list[tuple[str, str, bool]]:
+    firsts = [c["continue_first_s"] for c in cont]
+    return [
         ("/continue first token flat in the history length",
          ", ".join(f"{c['history']}: {c['continue_first_s']:.2f} s (cold {c['cold_first_s']:.2f} s)" for c in cont),
          max(firsts) <= 1.5 * min(firsts) + 0.05),
+    ]
+
+
+def batch_verdicts(b: dict) -> list[tuple[str, str, bool]]:
+    return [
         (f"N = {b['rows']} total tokens/s >= 3x N = 1",
          f"{b['batch_tok_s']:.2f} vs {b['single_tok_s']:.2f} = {b['ratio']:.2f}x; peak RSS "
          f"{b['batch_peak_rss_gib']:.2f} vs {b['single_peak_rss_gib']:.2f} GiB", b["ratio"] >= 3.0),
@@ -200,12 +248,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preset", default="6b", choices=["tiny", "125m", "1b", "6b"])
     parser.add_argument("--formats", default="default,int8", help="default (bfloat16 on CPU), int8")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--parts", default=",".join(PARTS), help=f"what to measure, of {','.join(PARTS)}")
     parser.add_argument("--out", default="/tmp/kogpt-bench")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     size = "tiny" if args.preset == "tiny" else "default"
     if args.child:
-        print(json.dumps(measure(args.checkpoint, args.child, size, args.rounds)))
+        print(json.dumps(measure(args.checkpoint, args.child, size, args.rounds, tuple(args.parts.split(",")))))
         return 0
     out = Path(args.out)
     checkpoint = args.checkpoint or str(build(args.preset, out))
@@ -214,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
     for fmt in args.formats.split(","):
         command = [sys.executable, __file__, "--child", fmt, "--checkpoint", checkpoint, "--preset", args.preset,
-                   "--rounds", str(args.rounds)]
+                   "--rounds", str(args.rounds), "--parts", args.parts]
         print(f"measuring {fmt} ...", file=sys.stderr, flush=True)
         done = subprocess.run(command, capture_output=True, text=True, env=env)
         if done.returncode != 0:
