@@ -9,9 +9,9 @@ import signal
 import sys
 from pathlib import Path
 
-from kogpt import __version__, hwcli
-from kogpt.defaults import DEFAULT_MODEL, DEFAULT_REVISION, DEVICES, DTYPE_CHOICES, REVISIONS
-from kogpt.errors import KoGPTError
+from kogpt import hwcli
+from kogpt.defaults import DEFAULT_MODEL, DEFAULT_REVISION, DEVICES, DTYPE_CHOICES, REVISIONS, VERSION
+from kogpt.errors import Interrupted, KoGPTError, Terminated
 
 log = logging.getLogger("kogpt")
 
@@ -43,12 +43,21 @@ def setting_type(name: str):
 
 
 def escaped(text: str) -> str:
-    from kogpt.settings import InputError, decode_escapes
+    """One `--stop` sequence: escapes decoded, then checked as `/set stop` and JSON's are."""
+    from kogpt.settings import InputError, check_value, decode_escapes
+    from kogpt.text import check
 
     try:
-        return decode_escapes(text)
+        return check_value("stop", decode_escapes(check(text, "--stop")))[0]
     except InputError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with its errors in one line (exit code 2) instead of the whole usage block."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (--help lists the flags)\n")
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -77,13 +86,13 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="KoGPT inference",
         description="KakaoBrain Korean(hangul) Generative Pre-Training Model",
         epilog="few-shot evaluation: kogpt eval {nsmc,ynat,klue-sts} --data FILE (see kogpt eval --help)",
     )
     add_model_arguments(parser)
-    parser.add_argument("--version", action="version", version=f"kogpt {__version__}")
+    parser.add_argument("--version", action="version", version=f"kogpt {VERSION}")
 
     sampling = parser.add_argument_group("sampling (in the REPL: /set NAME VALUE)")
     for flag, metavar in SAMPLING_FLAGS.items():
@@ -158,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     from kogpt.render import Renderer
 
     renderer = Renderer()
-    signal.signal(signal.SIGTERM, _terminate)
+    install_signal_handlers()
     try:
         return runner(args, renderer)
     except KoGPTError as exc:
@@ -168,20 +177,41 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
-    except Terminated:
-        return 143
+    except Terminated as exc:
+        if exc.signum == signal.SIGHUP:  # the terminal is gone: nothing more can be shown
+            _silence(sys.stdout, sys.stderr)
+        return 128 + exc.signum
     except BrokenPipeError:  # `kogpt -p ... | head -1`: the reader left; end quietly
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
+        _silence(sys.stdout)
         return 141
 
 
-class Terminated(BaseException):
-    """SIGTERM: unwinds like Ctrl-C (the generation stops, files are closed) and exits 143."""
+STOP_SIGNALS = ("SIGTERM", "SIGHUP")
+
+
+def install_signal_handlers() -> None:
+    """SIGTERM and SIGHUP (the terminal closed) end the program as Ctrl-C does: the generation
+    stops, its partial record is written, then the exit code is 128 + the signal's number."""
+    for name in STOP_SIGNALS:
+        if hasattr(signal, name):  # no SIGHUP on Windows
+            signal.signal(getattr(signal, name), _terminate)
 
 
 def _terminate(signum, frame) -> None:
-    raise Terminated
+    # Only the first: a second signal must not interrupt the writing of the partial record.
+    for name in STOP_SIGNALS:
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), signal.SIG_IGN)
+    raise Terminated(signum)
+
+
+def _silence(*streams) -> None:
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for stream in streams:
+        try:
+            os.dup2(devnull, stream.fileno())
+        except (OSError, ValueError):
+            pass
 
 
 def run(args: argparse.Namespace, renderer) -> int:
@@ -191,6 +221,10 @@ def run(args: argparse.Namespace, renderer) -> int:
         return hwcli.show_plan(args, renderer.out)
     settings = sampling_settings(args)
     prompts = scripted_prompts(args, settings)  # read (and check) input before the slow load
+    if prompts is not None:
+        check_prompts(args, prompts, renderer)
+    else:
+        warn_locale(renderer)
     gpt = load_model(args, renderer)
     if prompts is not None:
         from kogpt.scripting import run_batch
@@ -238,13 +272,65 @@ def scripted_prompts(args: argparse.Namespace, settings):
     from kogpt.scripting import parse_prompts_file, read_text
 
     if args.prompt is not None:
-        return [("", read_text("-") if args.prompt == "-" else args.prompt, settings)]
+        from kogpt.text import check
+
+        return [("", read_text("-") if args.prompt == "-" else check(args.prompt, "-p"), settings)]
     if args.prompt_file is not None:
         return [("", read_text(args.prompt_file), settings)]
     if args.prompts_file is not None:
         name = args.prompts_file
         return [(f"{name}:{n}", p, s) for n, p, s in parse_prompts_file(read_text(name), name, settings)]
     return None
+
+
+def check_prompts(args: argparse.Namespace, prompts, renderer) -> None:
+    """What the tokenizer alone can tell (an empty prompt, one too long for the context, a limit
+    above the context), for every prompt, before the minutes a model load takes."""
+    from kogpt.api import encode
+    from kogpt.model import load_config, load_tokenizer, resolve_checkpoint
+    from kogpt.settings import InputError, fit_prompt
+
+    quiet_libraries(args.debug)
+    hwcli.check_early(args, hwcli.options_from_args(args))
+    path = resolve_checkpoint(args.model, args.revision)
+    config = load_config(path, args.trust_remote_code)
+    tokenizer = load_tokenizer(path, config.vocab_size, args.trust_remote_code)
+    failures = []
+    for label, prompt, settings in prompts:
+        try:
+            fit_prompt(encode(tokenizer, prompt), settings, config.n_positions, announce=False)
+        except InputError as exc:
+            failures.append(f"{label}: {exc}" if label else str(exc))
+    for line in failures[:-1]:
+        renderer.error(f"error: {line}")
+    if failures:
+        raise KoGPTError(failures[-1] + (f" ({len(failures)} prompts failed; nothing was generated)"
+                                         if len(failures) > 1 else ""))
+
+
+def warn_locale(renderer) -> None:
+    """One line when the terminal's locale is not UTF-8: Korean would not type or show right."""
+    if not (sys.stdin.isatty() or sys.stdout.isatty()):
+        return
+    name, value = locale_setting()
+    if "utf-8" not in value.lower().replace("utf8", "utf-8"):
+        renderer.warning(
+            f"the terminal's locale ({name}={value or 'unset'}) is not UTF-8: Korean may not type or show "
+            "right; set LANG=C.UTF-8 (or ko_KR.UTF-8) and start kogpt again"
+        )
+
+
+def locale_setting(environ=None) -> tuple[str, str]:
+    """The variable that sets the character encoding (LC_ALL, LC_CTYPE or LANG) and its value, as
+    the user set it: Python rewrites LC_CTYPE=C.UTF-8 itself for a plain C locale (PEP 538)."""
+    env = os.environ if environ is None else environ
+    lang = env.get("LANG", "")
+    if not env.get("LC_ALL") and env.get("LC_CTYPE") == "C.UTF-8" and lang in {"", "C", "POSIX"}:
+        return "LANG", lang  # coerced by Python, not chosen by the user
+    for name in ("LC_ALL", "LC_CTYPE", "LANG"):
+        if env.get(name):
+            return name, env[name]
+    return "LANG", ""
 
 
 def interactive(args: argparse.Namespace, gpt, renderer, settings) -> int:
