@@ -48,7 +48,7 @@ def escaped(text: str) -> str:
     from kogpt.text import check
 
     try:
-        return check_value("stop", decode_escapes(check(text, "--stop")))[0]
+        return check_value("stop", decode_escapes(check(text, "the stop sequence")))[0]
     except InputError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 

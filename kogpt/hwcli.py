@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -121,6 +122,9 @@ def show_plan(args: argparse.Namespace, console: Console, hardware=None) -> int:
     device = compute_device(args, options)
     if device != args.device:
         resolve_device(args.device)  # says that CUDA is missing
-    _choice, plan = prepare(config, torch.device(device), args.dtype, options, hardware, planning=True)
+    with warnings.catch_warnings():
+        if not args.debug:  # library warnings (accelerate's) only with --debug
+            warnings.simplefilter("ignore")
+        _choice, plan = prepare(config, torch.device(device), args.dtype, options, hardware, planning=True)
     print_plan(console, plan, title=Path(args.model).name or args.model)
-    return 0
+    return 0 if plan.fits else 1  # scripts can tell a setup that does not fit

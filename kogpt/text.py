@@ -42,7 +42,7 @@ def check(text: str, where: str) -> str:
         text.encode("utf-8")
         return text
     except UnicodeEncodeError as exc:
-        bad = text[exc.start]
+        index = exc.start
     try:
         raw = text.encode("utf-8", "surrogateescape")
         raw.decode("utf-8")
@@ -50,7 +50,7 @@ def check(text: str, where: str) -> str:
         pass
     except UnicodeDecodeError as bad_byte:
         raise TextError(f"{where} is not valid UTF-8: byte {bad_byte.start} is {raw[bad_byte.start]:#04x}") from None
-    raise TextError(f"{where} is not valid text: character {exc.start} is U+{ord(bad):04X}, a lone surrogate")
+    raise TextError(f"{where} is not valid text: character {index} is U+{ord(text[index]):04X}, a lone surrogate")
 
 
 def check_all(texts, where: str) -> None:
