@@ -54,6 +54,7 @@ def open_history(path: Path | None, on_error: Callable[[str], None]) -> History:
         return InMemoryHistory()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        private_file(path)
     except OSError as exc:
         on_error(f"cannot save the prompt history in {path.parent}: {exc.strerror or exc}")
         return InMemoryHistory()
