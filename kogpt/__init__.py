@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from kogpt.defaults import VERSION as __version__
 
-__all__ = ["KoGPT", "KoGPTError", "Chunk", "SamplingSettings", "__version__"]
+__all__ = ["KoGPT", "KoGPTError", "Interrupted", "Chunk", "Record", "SamplingSettings", "__version__"]
 
 _EXPORTS = {
     "KoGPT": "kogpt.api",
     "KoGPTError": "kogpt.errors",
+    "Interrupted": "kogpt.errors",
+    "Record": "kogpt.transcript",
     "Chunk": "kogpt.generate",
     "SamplingSettings": "kogpt.settings",
 }

@@ -27,3 +27,8 @@ class Terminated(BaseException):
         super().__init__(signum)
         self.signum = signum
         self.records = records or []
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]

@@ -131,7 +131,7 @@ def test_ctrl_x_ctrl_e_with_a_bad_editor_is_one_line(gpt, tmp_path, monkeypatch,
     from prompt_toolkit.input import create_pipe_input
     from prompt_toolkit.output import DummyOutput
 
-    from kogpt.repl import Repl
+    from kogpt.cli.repl import Repl
     from tests.test_repl import make_renderer
 
     monkeypatch.setenv("VISUAL", editor)

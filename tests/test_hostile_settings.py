@@ -4,6 +4,7 @@ the smaller things users see."""
 
 from __future__ import annotations
 
+import importlib
 import argparse
 import json
 import logging
@@ -15,11 +16,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kogpt import KoGPTError, cli
-from kogpt.scripting import parse_prompts_file
+from kogpt import KoGPTError
+cli = importlib.import_module("kogpt.cli.main")  # `kogpt.cli.main` the attribute is the function
+from kogpt.cli.scripting import parse_prompts_file
 from kogpt.settings import (
-    MAX_SEED, SPECS, InputError, SamplingSettings, check_settings, check_value, fit_prompt, parse_setting,
+    MAX_SEED, SPECS, InputError, SamplingSettings, check_settings, check_value, parse_setting,
 )
+from kogpt.budget import fit_prompt
 from tests.test_cli import run_kogpt
 from tests.test_repl import CTRL_D, ENTER, run_repl
 

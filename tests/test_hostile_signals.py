@@ -4,6 +4,7 @@ the partial record reaches the transcript (REPL) or stdout (--json) with finish_
 
 from __future__ import annotations
 
+import importlib
 import io
 import json
 import os
@@ -14,7 +15,8 @@ import time
 
 import pytest
 
-from kogpt import cli
+from kogpt.cli import flags
+cli = importlib.import_module("kogpt.cli.main")  # `kogpt.cli.main` the attribute is the function
 from tests.test_hardening import slow_generate
 
 
@@ -38,7 +40,7 @@ def kill_when(condition, signum):
 
 def start(gpt, monkeypatch):
     monkeypatch.setattr(gpt.model, "generate", slow_generate(gpt, 0.05))
-    monkeypatch.setattr(cli, "load_model", lambda args, renderer: gpt)
+    monkeypatch.setattr(flags, "load_model", lambda args, renderer: gpt)
 
 
 SIGNALS = [(signal.SIGTERM, 143), (signal.SIGHUP, 129), (signal.SIGINT, 130)]

@@ -3,6 +3,7 @@ source (and the byte offset for bytes), before any model work; the REPL and its 
 
 from __future__ import annotations
 
+import importlib
 import io
 import json
 import subprocess
@@ -17,7 +18,7 @@ from prompt_toolkit.input import create_pipe_input
 from prompt_toolkit.output import DummyOutput
 
 from kogpt import KoGPTError
-from kogpt.repl import GOODBYE, PlainInput, Repl
+from kogpt.cli.repl import GOODBYE, PlainInput, Repl
 from kogpt.settings import SamplingSettings, check_value, parse_setting
 from kogpt.text import TextError, check, decode
 from tests.test_cli import run_kogpt
@@ -130,7 +131,7 @@ def test_any_bytes_piped_into_the_repl(gpt, tmp_path, lines):
     repl.complete = completed.append
     assert repl.run() == 0
     err = renderer.err.file.getvalue()
-    bad = [line for line in data.splitlines() if not is_utf8(line)]
+    bad = [line for line in data.split(b"\n") if not is_utf8(line)]  # lines end at \n only
     assert err.count("standard input is not valid UTF-8: byte ") == len(bad)
     assert "Traceback" not in err
 
@@ -164,7 +165,8 @@ def test_python_m_kogpt_with_invalid_bytes_piped_in(tiny_dir):
 @pytest.mark.parametrize("flag", [["-p", "\udcff안녕"], ["--stop", "\udcb0"], ["--prompt-file", "BAD"],
                                   ["--prompts-file", "BAD"], ["-p", "-"]])
 def test_argv_files_and_stdin_are_checked_before_the_load(tiny_dir, tmp_path, monkeypatch, capsys, flag):
-    from kogpt import api, cli
+    from kogpt import api
+    cli = importlib.import_module("kogpt.cli.main")
 
     bad = tmp_path / "bad.txt"
     bad.write_bytes("봄\n".encode() + b"\xb0\xa1\n")
@@ -209,7 +211,7 @@ def test_an_editor_that_writes_bytes_that_are_not_utf8(gpt, tmp_path, monkeypatc
      ({"LANG": "C.UTF-8"}, False)],
 )
 def test_a_locale_that_is_not_utf8_is_named_once(monkeypatch, env, warned):
-    from kogpt import cli
+    cli = importlib.import_module("kogpt.cli.main")
 
     for name in ("LC_ALL", "LC_CTYPE", "LANG"):
         monkeypatch.delenv(name, raising=False)

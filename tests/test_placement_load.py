@@ -8,11 +8,17 @@ import pytest
 import torch
 
 from kogpt import KoGPT
-from kogpt import model as model_lib
-from kogpt import plan as plan_lib
 from kogpt.errors import KoGPTError
-from kogpt.memory import CPU_HEADROOM_BYTES
-from kogpt.placement import Hardware, Options, input_device, load_kwargs, quantization_config
+from kogpt.loading import load as model_lib
+from kogpt.placement import decide as decide_lib
+from kogpt.placement.memory import CPU_HEADROOM_BYTES
+from kogpt.placement.options import (
+    Hardware,
+    Options,
+    input_device,
+    load_kwargs,
+    quantization_config,
+)
 from tests.tiny import korean_lines
 
 # Tiny float32 checkpoint: wte 84,992 B, two blocks of 198,400 B, ln_f 512 B, lm_head 86,320 B;
@@ -47,7 +53,7 @@ def test_cpu_and_disk_offload_gives_the_plain_greedy_tokens(checkpoint, budget, 
 
 def test_a_load_that_cannot_fit_stops_before_reading_weights(tiny_dir, monkeypatch, tmp_path):
     machine = Hardware((), CPU_HEADROOM_BYTES + 400_000, disk=10**9)
-    monkeypatch.setattr(plan_lib, "detect_hardware", lambda *args, **kwargs: machine)
+    monkeypatch.setattr(decide_lib, "detect_hardware", lambda *args, **kwargs: machine)
     real_load_weights = model_lib.load_weights
 
     def no_weights(*args, **kwargs):

@@ -1,4 +1,4 @@
-"""The REPL's slash commands. Each handler takes the Repl and the text after the command name.
+"""The REPL's slash commands. Each handler takes the `Session` and the text after the command name.
 
 A handler returns a `Turn` to generate (for /continue, /retry, /edit) or None; it reports bad
 arguments by raising InputError, which the REPL shows as one line.
@@ -16,19 +16,23 @@ import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from prompt_toolkit.completion import CompleteEvent, Completer, Completion
 from prompt_toolkit.document import Document
 
 from kogpt import text as text_lib
+from kogpt.budget import check_context
+from kogpt.cli.session import Session
 from kogpt.settings import (
-    HELP, PARSERS, InputError, SamplingSettings, check_context, format_value, parse_bool, parse_setting,
+    HELP,
+    PARSERS,
+    InputError,
+    SamplingSettings,
+    format_value,
+    parse_bool,
+    parse_setting,
 )
 from kogpt.transcript import write_jsonl
-
-if TYPE_CHECKING:
-    from kogpt.repl import Repl
 
 QUICK_HELP = "on: skip the temperature and max_length questions and use the settings"
 SETTING_NAMES = [*PARSERS, "quick"]
@@ -48,7 +52,7 @@ class Quit(Exception):
     """/quit: leave the REPL."""
 
 
-def cmd_set(repl: Repl, args: str) -> None:
+def cmd_set(repl: Session, args: str) -> None:
     name, _, value = args.strip().partition(" ")
     if not name or not value.strip():
         raise InputError("usage: /set NAME VALUE (see /show for the names)")
@@ -58,26 +62,27 @@ def cmd_set(repl: Repl, args: str) -> None:
         repl.quick = parse_bool(value, "quick")
     else:
         settings = dataclasses.replace(repl.settings, **{name: parse_setting(name, value)})
-        check_context(settings, repl.gpt.context_length)
+        if repl.context_length is not None:
+            check_context(settings, repl.context_length)
         repl.settings = settings
     repl.renderer.notice(f"{name} = {format_value(repl.setting(name))}")
     if name in {"max_length", "max_new_tokens"} and repl.settings.max_new_tokens is not None:
         repl.renderer.notice("max_new_tokens is set, so it wins over max_length")
 
 
-def cmd_show(repl: Repl, args: str) -> None:
+def cmd_show(repl: Session, args: str) -> None:
     rows = [(name, format_value(repl.setting(name)), format_value(repl.default(name)), HELP.get(name, QUICK_HELP))
             for name in SETTING_NAMES]
     repl.renderer.settings_table(rows)
 
 
-def cmd_reset(repl: Repl, args: str) -> None:
+def cmd_reset(repl: Session, args: str) -> None:
     repl.settings = dataclasses.replace(repl.defaults)
     repl.quick = repl.default_quick
     repl.renderer.notice("settings reset to their defaults")
 
 
-def cmd_continue(repl: Repl, args: str) -> Turn:
+def cmd_continue(repl: Session, args: str) -> Turn:
     last = repl.require_last()
     settings = repl.settings
     if settings.max_new_tokens is None:  # as many new tokens as the last turn could have
@@ -86,7 +91,7 @@ def cmd_continue(repl: Repl, args: str) -> Turn:
     return Turn(last.prompt + last.completion, settings, echo=False)
 
 
-def cmd_retry(repl: Repl, args: str) -> Turn:
+def cmd_retry(repl: Session, args: str) -> Turn:
     last = repl.require_last()
     settings = SamplingSettings(**{**last.settings, "seed": None})
     return Turn(last.prompt, settings)
@@ -95,7 +100,7 @@ def cmd_retry(repl: Repl, args: str) -> Turn:
 FORCE = ("--force", "-f")
 
 
-def cmd_save(repl: Repl, args: str) -> None:
+def cmd_save(repl: Session, args: str) -> None:
     """`/save FILE [--force]`: FILE is one shell word (quote a name with spaces); an existing file
     is replaced only after a yes to the question, or with --force; a non-regular file never."""
     try:
@@ -108,9 +113,8 @@ def cmd_save(repl: Repl, args: str) -> None:
         raise InputError("usage: /save FILE [--force] (quote a name with spaces)")
     path = Path(names[0]).expanduser()
     if path.is_file() and not path.is_symlink() and not force:
-        answer = repl.answers.prompt(f"{path} exists: replace it? [y/N] ").strip().lower()
-        if answer not in {"y", "yes"}:
-            repl.renderer.notice("not saved")
+        if not repl.confirm(f"{path} exists: replace it? [y/N] "):
+            repl.renderer.notice("not saved (/save FILE --force replaces without asking)")
             return
     try:
         write_jsonl(path, repl.records)
@@ -120,7 +124,7 @@ def cmd_save(repl: Repl, args: str) -> None:
     repl.renderer.notice(f"saved {count} completion{'' if count == 1 else 's'} to {path}")
 
 
-def cmd_edit(repl: Repl, args: str) -> Turn | None:
+def cmd_edit(repl: Session, args: str) -> Turn | None:
     text = edit_text(repl.last.prompt if repl.last else "")
     if not text.strip():
         repl.renderer.notice("empty prompt: nothing to do")
@@ -172,15 +176,15 @@ def edit_text(initial: str) -> str:
     return text_lib.decode(data, "the edited prompt").rstrip("\n")
 
 
-def cmd_help(repl: Repl, args: str) -> None:
+def cmd_help(repl: Session, args: str) -> None:
     repl.renderer.help_table([(f"/{name} {usage}".rstrip(), text) for name, (_, usage, text) in COMMANDS.items()])
 
 
-def cmd_quit(repl: Repl, args: str) -> None:
+def cmd_quit(repl: Session, args: str) -> None:
     raise Quit
 
 
-Handler = Callable[["Repl", str], "Turn | None"]
+Handler = Callable[[Session, str], "Turn | None"]
 COMMANDS: dict[str, tuple[Handler, str, str]] = {
     "set": (cmd_set, "NAME VALUE", "change a setting (validated); /show lists them"),
     "show": (cmd_show, "", "every setting, its value and its default"),
@@ -194,7 +198,7 @@ COMMANDS: dict[str, tuple[Handler, str, str]] = {
 }
 
 
-def run_command(repl: Repl, line: str) -> Turn | None:
+def run_command(repl: Session, line: str) -> Turn | None:
     """Run `/name args`; raise InputError for an unknown command or bad arguments."""
     name, _, args = line[1:].partition(" ")
     if name not in COMMANDS:

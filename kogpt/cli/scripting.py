@@ -14,8 +14,8 @@ from typing import TextIO
 
 from kogpt import text as text_lib
 from kogpt.api import KoGPT
+from kogpt.cli.render import Renderer, printable
 from kogpt.errors import Interrupted, KoGPTError, Terminated
-from kogpt.render import Renderer, printable
 from kogpt.settings import InputError, SamplingSettings, check_settings
 
 

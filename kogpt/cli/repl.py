@@ -19,11 +19,18 @@ from prompt_toolkit.key_binding import KeyBindings
 
 from kogpt import text as text_lib
 from kogpt.api import KoGPT
-from kogpt.commands import CommandCompleter, Quit, Turn, edit_text, run_command
+from kogpt.cli.commands import CommandCompleter, Quit, Turn, edit_text, run_command
+from kogpt.cli.history import open_history
+from kogpt.cli.render import Renderer
+from kogpt.cli.session import Session
 from kogpt.errors import Interrupted, KoGPTError, Terminated
-from kogpt.history import open_history
-from kogpt.render import Renderer
-from kogpt.settings import InputError, SamplingSettings, format_value, parse_max_length_answer, parse_setting
+from kogpt.settings import (
+    InputError,
+    SamplingSettings,
+    format_value,
+    parse_max_length_answer,
+    parse_setting,
+)
 from kogpt.transcript import Record, Transcript
 
 log = logging.getLogger(__name__)
@@ -84,7 +91,7 @@ class PlainInput:
         return text_lib.check(line, "standard input").rstrip("\r\n")
 
 
-class Repl:
+class Repl(Session):
     """Ask `prompt>`, `temperature(0.8)>`, `max_length(128)>`; stream the completion; repeat.
 
     `settings` are the session's starting settings (what /reset returns to); `quick` skips the
@@ -102,14 +109,9 @@ class Repl:
         transcript: Transcript | None = None,
         plain: PlainInput | None = None,
     ) -> None:
+        super().__init__(renderer, settings, quick)
         self.gpt = gpt
-        self.renderer = renderer
-        self.defaults = settings or SamplingSettings()
-        self.settings = dataclasses.replace(self.defaults)
-        self.default_quick = self.quick = quick
         self.transcript = transcript or Transcript(None, renderer.warning)
-        self.records: list[Record] = []
-        self.last: Record | None = None
         if plain is not None:
             self.prompts = self.answers = plain
         else:
@@ -121,16 +123,12 @@ class Repl:
             )
             self.answers = PromptSession()  # the number questions keep out of the prompt history
 
-    def setting(self, name: str) -> Any:
-        return self.quick if name == "quick" else getattr(self.settings, name)
+    @property
+    def context_length(self) -> int:
+        return self.gpt.context_length
 
-    def default(self, name: str) -> Any:
-        return self.default_quick if name == "quick" else getattr(self.defaults, name)
-
-    def require_last(self) -> Record:
-        if self.last is None:
-            raise InputError("nothing generated yet in this session")
-        return self.last
+    def confirm(self, question: str) -> bool:
+        return self.answers.prompt(question).strip().lower() in {"y", "yes"}
 
     def run(self) -> int:
         """Loop until Ctrl-D or /quit. Returns the exit code."""

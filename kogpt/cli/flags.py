@@ -1,0 +1,135 @@
+"""The flags every subcommand shares: the model, its revision, device and dtype, the hardware flags
+(--device-map, --max-memory, --offload-dir, --quantize, --plan), and loading the model they ask for."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from typing import TYPE_CHECKING
+
+from kogpt.defaults import (
+    DEFAULT_MODEL,
+    DEFAULT_REVISION,
+    DEVICE_MAP_STRATEGIES,
+    DEVICES,
+    DTYPE_CHOICES,
+    QUANTIZE_CHOICES,
+    REVISIONS,
+)
+from kogpt.errors import KoGPTError
+
+log = logging.getLogger(__name__)
+
+if TYPE_CHECKING:
+    from kogpt.placement.options import Options
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with its errors in one line (exit code 2) instead of the whole usage block."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (--help lists the flags)\n")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the placement and quantization flags to `parser`."""
+    group = parser.add_argument_group("smaller hardware")
+    group.add_argument(
+        "--device-map",
+        choices=DEVICE_MAP_STRATEGIES,
+        help="split the model over the GPUs, then the CPU, then --offload-dir (auto = balanced over GPUs)",
+    )
+    group.add_argument(
+        "--model-parallel",
+        action="store_true",
+        help="same as --device-map balanced (the original KoGPT's flag, kept for compatibility)",
+    )
+    group.add_argument(
+        "--max-memory",
+        metavar="SPEC",
+        help="memory each device may use for weights and KV cache, e.g. 0=10GiB,1=10GiB,cpu=30GiB",
+    )
+    group.add_argument("--offload-dir", metavar="DIR", help="put the weights that fit nowhere in memory here (slow)")
+    group.add_argument(
+        "--quantize",
+        default="none",
+        choices=QUANTIZE_CHOICES,
+        help="weight quantization: int8 (GPU: bitsandbytes; CPU: weight-only), int4 (GPU only); default none",
+    )
+    group.add_argument(
+        "--plan", action="store_true", help="print where each block would go and the memory it needs, then exit"
+    )
+
+
+def options_from_args(args: argparse.Namespace) -> Options:
+    """The one `Options` the flags ask for; conflicting flags raise KoGPTError."""
+    from kogpt.placement.options import Options, parse_max_memory
+
+    device_map = args.device_map
+    if args.model_parallel:
+        if device_map not in (None, "balanced"):
+            raise KoGPTError(
+                f"--model-parallel means --device-map balanced; it cannot be used with --device-map {device_map}"
+            )
+        device_map = "balanced"
+    return Options(
+        model=args.model,
+        revision=args.revision,
+        device=args.device,
+        dtype=args.dtype,
+        trust_remote_code=args.trust_remote_code,
+        device_map=device_map,
+        max_memory=parse_max_memory(args.max_memory),
+        offload_dir=args.offload_dir,
+        quantize=args.quantize,
+    )
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags that choose and place the model (shared by the REPL and `kogpt eval`), and --debug."""
+    parser.add_argument(
+        "--model", default=DEFAULT_MODEL, help=f"huggingface repo or local directory (default:{DEFAULT_MODEL})"
+    )
+    parser.add_argument(
+        "--revision",
+        default=DEFAULT_REVISION,
+        choices=REVISIONS,
+        help=f"hub revision; ignored for a local directory (default:{DEFAULT_REVISION})",
+    )
+    parser.add_argument("--device", default="cuda", choices=DEVICES, help="(default:cuda; the CPU when CUDA is missing)")
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        choices=DTYPE_CHOICES,
+        help="compute dtype (default:auto: float16 on GPUs, float32 or bfloat16 on CPUs by memory)",
+    )
+    add_arguments(parser)
+    parser.add_argument("-d", "--debug", action="store_true", help="debug logging and full tracebacks")
+    parser.add_argument(
+        "--trust-remote-code", action="store_true", help="let a checkpoint run its own Python code (off: never)"
+    )
+
+
+def quiet_libraries(debug: bool) -> None:
+    """Library warnings (hub retries, generation notes) only with --debug; our own lines say what failed."""
+    import huggingface_hub
+    import transformers
+
+    if not debug:
+        transformers.utils.logging.set_verbosity_error()
+        huggingface_hub.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def load_model(args: argparse.Namespace, renderer):
+    """The model the `add_model_arguments` flags ask for, with a spinner while it loads."""
+    from kogpt.api import KoGPT
+    from kogpt.loading.checkpoint import resolve_checkpoint
+    from kogpt.placement.decide import check_early
+
+    quiet_libraries(args.debug)
+    options = options_from_args(args)
+    check_early(options)  # impossible flag combinations, before any download
+    path = resolve_checkpoint(options.model, options.revision)  # a download shows its own progress bars
+    with renderer.loading(options.model):
+        return KoGPT.from_options(options, path)
