@@ -76,3 +76,25 @@ def test_repl_keeps_the_partial_record_in_the_transcript(gpt, tiny_dir, tmp_path
     assert len(records) == 1 and records[0]["prompt"] == "봄"
     assert records[0]["finish_reason"] == "interrupted" and records[0]["completion"].startswith("가")
     assert records[0]["completion"] in out.getvalue()  # the record is what was shown
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_a_signal_at_the_prompt_ends_the_session_at_once(gpt, tmp_path, handlers, signum):
+    """Raised inside prompt_toolkit's event loop, the exception used to wait for the next key."""
+    from prompt_toolkit.application import create_app_session
+    from prompt_toolkit.input import create_pipe_input
+    from prompt_toolkit.output import DummyOutput
+
+    from kogpt.cli.repl import Repl
+    from kogpt.errors import Terminated
+    from tests.test_repl import make_renderer
+
+    cli.install_signal_handlers()
+    with create_pipe_input() as inp, create_app_session(input=inp, output=DummyOutput()):
+        inp.send_text("abc")  # typed, not sent: the session waits at the prompt
+        repl = Repl(gpt, make_renderer(), history_path=tmp_path / "history")
+        started = time.monotonic()
+        kill_when(lambda: time.monotonic() > started + 2, signum)  # once the prompt is up
+        with pytest.raises(Terminated) as info:
+            repl.run()
+    assert info.value.signum == signum and time.monotonic() - started < 30

@@ -147,8 +147,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Terminated as exc:
-        if exc.signum == signal.SIGHUP:  # the terminal is gone: nothing more can be shown
-            _silence(sys.stdout, sys.stderr)
         return 128 + exc.signum
     except BrokenPipeError:  # `kogpt -p ... | head -1`: the reader left; end quietly
         _silence(sys.stdout)
@@ -171,7 +169,30 @@ def _terminate(signum, frame) -> None:
     for name in STOP_SIGNALS:
         if hasattr(signal, name):
             signal.signal(getattr(signal, name), signal.SIG_IGN)
+    if signum == getattr(signal, "SIGHUP", None):  # the terminal is gone: writing to it would fail
+        _silence(*(s for s in (sys.stdin, sys.stdout, sys.stderr) if _is_terminal(s)))
+    from prompt_toolkit.application import get_app_or_none
+
+    app = get_app_or_none()
+    if app is not None and app.is_running and app.loop is not None:
+        # At a question: raised here, inside prompt_toolkit's event loop (blocked in select), the
+        # exception would wait for the next key press; ending the prompt with it, through the
+        # loop's wake-up pipe, returns at once.
+        app.loop.call_soon_threadsafe(_end_prompt, app, signum)
+        return
     raise Terminated(signum)
+
+
+def _end_prompt(app, signum: int) -> None:
+    if app.is_running and app.future is not None and not app.future.done():
+        app.exit(exception=Terminated(signum))
+
+
+def _is_terminal(stream) -> bool:
+    try:
+        return os.isatty(stream.fileno())
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _silence(*streams) -> None:
