@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib
 import io
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -206,19 +207,21 @@ def test_an_editor_that_writes_bytes_that_are_not_utf8(gpt, tmp_path, monkeypatc
 @pytest.mark.parametrize(
     "env, warned",
     [({"LANG": "C"}, True), ({"LC_ALL": "POSIX"}, True), ({"LANG": "ko_KR.EUC-KR"}, True), ({}, True),
-     ({"LANG": "C", "LC_CTYPE": "C.UTF-8"}, True),  # what Python's locale coercion leaves for LANG=C
      ({"LANG": "ko_KR.UTF-8"}, False), ({"LC_ALL": "en_US.utf8", "LANG": "C"}, False),
-     ({"LANG": "C.UTF-8"}, False)],
+     ({"LANG": "C.UTF-8"}, False), ({"LC_CTYPE": "C", "LANG": "C.UTF-8"}, True)],
 )
 def test_a_locale_that_is_not_utf8_is_named_once(monkeypatch, env, warned):
     cli = importlib.import_module("kogpt.cli.main")
-
-    for name in ("LC_ALL", "LC_CTYPE", "LANG"):
-        monkeypatch.delenv(name, raising=False)
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
     monkeypatch.setattr(sys.stdin, "isatty", lambda: True, raising=False)
     renderer = make_renderer()
-    cli.warn_locale(renderer)
+    cli.warn_locale(renderer, env)
     err = renderer.err.file.getvalue()
     assert ("is not UTF-8" in err and "set LANG=C.UTF-8" in err and len(err.splitlines()) == 1) == warned
+
+
+@pytest.mark.parametrize("lang", ["C", "ko_KR.EUC-KR"])
+def test_the_locale_is_read_as_the_user_set_it_not_as_python_coerced_it(lang):
+    script = "from kogpt.cli.main import locale_setting; import os; print(locale_setting(), os.environ.get('LC_CTYPE'))"
+    env = {"PATH": os.environ["PATH"], "PYTHONPATH": os.environ.get("PYTHONPATH", ""), "LANG": lang}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=60)
+    assert result.stdout.startswith(f"('LANG', '{lang}')"), result.stderr

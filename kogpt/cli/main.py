@@ -271,11 +271,11 @@ def check_prompts(args: argparse.Namespace, prompts, renderer) -> None:
                                          if len(failures) > 1 else ""))
 
 
-def warn_locale(renderer) -> None:
+def warn_locale(renderer, environ=None) -> None:
     """One line when the terminal's locale is not UTF-8: Korean would not type or show right."""
     if not (sys.stdin.isatty() or sys.stdout.isatty()):
         return
-    name, value = locale_setting()
+    name, value = locale_setting(environ)
     if "utf-8" not in value.lower().replace("utf8", "utf-8"):
         renderer.warning(
             f"the terminal's locale ({name}={value or 'unset'}) is not UTF-8: Korean may not type or show "
@@ -285,15 +285,22 @@ def warn_locale(renderer) -> None:
 
 def locale_setting(environ=None) -> tuple[str, str]:
     """The variable that sets the character encoding (LC_ALL, LC_CTYPE or LANG) and its value, as
-    the user set it: Python rewrites LC_CTYPE=C.UTF-8 itself for a plain C locale (PEP 538)."""
-    env = os.environ if environ is None else environ
-    lang = env.get("LANG", "")
-    if not env.get("LC_ALL") and env.get("LC_CTYPE") == "C.UTF-8" and lang in {"", "C", "POSIX"}:
-        return "LANG", lang  # coerced by Python, not chosen by the user
+    the user set it: for a C or unknown locale, Python itself sets LC_CTYPE=C.UTF-8 (PEP 538), so
+    the environment the process started with is read where Linux keeps it."""
+    env = environ if environ is not None else _initial_environment()
     for name in ("LC_ALL", "LC_CTYPE", "LANG"):
         if env.get(name):
             return name, env[name]
     return "LANG", ""
+
+
+def _initial_environment() -> dict[str, str]:
+    try:
+        with open("/proc/self/environ", "rb") as f:
+            pairs = (entry.partition(b"=") for entry in f.read().split(b"\0") if b"=" in entry)
+            return {k.decode("utf-8", "replace"): v.decode("utf-8", "replace") for k, _, v in pairs}
+    except OSError:  # not Linux: Python's own coercion is then rare
+        return dict(os.environ)
 
 
 def interactive(args: argparse.Namespace, gpt, renderer, settings) -> int:
