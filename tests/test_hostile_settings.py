@@ -245,3 +245,22 @@ def test_python_m_kogpt_from_the_parent_of_a_checkout(tmp_path):
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, env=env,
                             timeout=60)
     assert result.returncode == 0 and result.stdout.startswith("kogpt "), result.stderr
+
+
+def test_plan_keeps_library_warnings_for_debug(tiny_dir, monkeypatch, capsys):
+    import warnings
+
+    from kogpt.placement import decide
+
+    original = decide.decide
+
+    def noisy(*args, **kwargs):
+        warnings.warn("accelerate says something", UserWarning)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(decide, "decide", noisy)
+    for debug, shown in (([], False), (["--debug"], True)):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert cli.main(["--model", str(tiny_dir), "--plan", "--device", "cpu", *debug]) == 0
+        assert any("accelerate says something" in str(w.message) for w in caught) == shown
