@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from kogpt.cli import flags
+from kogpt.cli import flags, terminal
 cli = importlib.import_module("kogpt.cli.main")  # `kogpt.cli.main` the attribute is the function
 from tests.test_hardening import slow_generate
 
@@ -89,7 +89,7 @@ def test_a_signal_at_the_prompt_ends_the_session_at_once(gpt, tmp_path, handlers
     from kogpt.errors import Terminated
     from tests.test_repl import make_renderer
 
-    cli.install_signal_handlers()
+    terminal.install_signal_handlers()
     with create_pipe_input() as inp, create_app_session(input=inp, output=DummyOutput()):
         inp.send_text("abc")  # typed, not sent: the session waits at the prompt
         repl = Repl(gpt, make_renderer(), history_path=tmp_path / "history")

@@ -211,17 +211,17 @@ def test_an_editor_that_writes_bytes_that_are_not_utf8(gpt, tmp_path, monkeypatc
      ({"LANG": "C.UTF-8"}, False), ({"LC_CTYPE": "C", "LANG": "C.UTF-8"}, True)],
 )
 def test_a_locale_that_is_not_utf8_is_named_once(monkeypatch, env, warned):
-    cli = importlib.import_module("kogpt.cli.main")
+    from kogpt.cli import terminal
     monkeypatch.setattr(sys.stdin, "isatty", lambda: True, raising=False)
     renderer = make_renderer()
-    cli.warn_locale(renderer, env)
+    terminal.warn_locale(renderer, env)
     err = renderer.err.file.getvalue()
     assert ("is not UTF-8" in err and "set LANG=C.UTF-8" in err and len(err.splitlines()) == 1) == warned
 
 
 @pytest.mark.parametrize("lang", ["C", "ko_KR.EUC-KR"])
 def test_the_locale_is_read_as_the_user_set_it_not_as_python_coerced_it(lang):
-    script = "from kogpt.cli.main import locale_setting; import os; print(locale_setting(), os.environ.get('LC_CTYPE'))"
+    script = "from kogpt.cli.terminal import locale_setting; import os; print(locale_setting(), os.environ.get('LC_CTYPE'))"
     env = {"PATH": os.environ["PATH"], "PYTHONPATH": os.environ.get("PYTHONPATH", ""), "LANG": lang}
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=60)
     assert result.stdout.startswith(f"('LANG', '{lang}')"), result.stderr

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import signal
 import sys
 import warnings
 from pathlib import Path
 
-from kogpt.cli import flags
+from kogpt.cli import flags, terminal
 from kogpt.defaults import VERSION
 from kogpt.errors import KoGPTError, Terminated
 
@@ -136,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     from kogpt.cli.render import Renderer
 
     renderer = Renderer()
-    install_signal_handlers()
+    terminal.install_signal_handlers()
     try:
         return runner(args, renderer)
     except KoGPTError as exc:
@@ -149,59 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     except Terminated as exc:
         return 128 + exc.signum
     except BrokenPipeError:  # `kogpt -p ... | head -1`: the reader left; end quietly
-        _silence(sys.stdout)
+        terminal.silence(sys.stdout)
         return 141
-
-
-STOP_SIGNALS = ("SIGTERM", "SIGHUP")
-
-
-def install_signal_handlers() -> None:
-    """SIGTERM and SIGHUP (the terminal closed) end the program as Ctrl-C does: the generation
-    stops, its partial record is written, then the exit code is 128 + the signal's number."""
-    for name in STOP_SIGNALS:
-        if hasattr(signal, name):  # no SIGHUP on Windows
-            signal.signal(getattr(signal, name), _terminate)
-
-
-def _terminate(signum, frame) -> None:
-    # Only the first: a second signal must not interrupt the writing of the partial record.
-    for name in STOP_SIGNALS:
-        if hasattr(signal, name):
-            signal.signal(getattr(signal, name), signal.SIG_IGN)
-    if signum == getattr(signal, "SIGHUP", None):  # the terminal is gone: writing to it would fail
-        _silence(*(s for s in (sys.stdin, sys.stdout, sys.stderr) if _is_terminal(s)))
-    from prompt_toolkit.application import get_app_or_none
-
-    app = get_app_or_none()
-    if app is not None and app.is_running and app.loop is not None:
-        # At a question: raised here, inside prompt_toolkit's event loop (blocked in select), the
-        # exception would wait for the next key press; ending the prompt with it, through the
-        # loop's wake-up pipe, returns at once.
-        app.loop.call_soon_threadsafe(_end_prompt, app, signum)
-        return
-    raise Terminated(signum)
-
-
-def _end_prompt(app, signum: int) -> None:
-    if app.is_running and app.future is not None and not app.future.done():
-        app.exit(exception=Terminated(signum))
-
-
-def _is_terminal(stream) -> bool:
-    try:
-        return os.isatty(stream.fileno())
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
-def _silence(*streams) -> None:
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    for stream in streams:
-        try:
-            os.dup2(devnull, stream.fileno())
-        except (OSError, ValueError):
-            pass
 
 
 def run(args: argparse.Namespace, renderer) -> int:
@@ -218,7 +165,7 @@ def run(args: argparse.Namespace, renderer) -> int:
     if prompts is not None:
         check_prompts(args, prompts, renderer)
     else:
-        warn_locale(renderer)
+        terminal.warn_locale(renderer)
     gpt = flags.load_model(args, renderer)
     if prompts is not None:
         from kogpt.cli.scripting import run_batch
@@ -269,38 +216,6 @@ def check_prompts(args: argparse.Namespace, prompts, renderer) -> None:
     if failures:
         raise KoGPTError(failures[-1] + (f" ({len(failures)} prompts failed; nothing was generated)"
                                          if len(failures) > 1 else ""))
-
-
-def warn_locale(renderer, environ=None) -> None:
-    """One line when the terminal's locale is not UTF-8: Korean would not type or show right."""
-    if not (sys.stdin.isatty() or sys.stdout.isatty()):
-        return
-    name, value = locale_setting(environ)
-    if "utf-8" not in value.lower().replace("utf8", "utf-8"):
-        renderer.warning(
-            f"the terminal's locale ({name}={value or 'unset'}) is not UTF-8: Korean may not type or show "
-            "right; set LANG=C.UTF-8 (or ko_KR.UTF-8) and start kogpt again"
-        )
-
-
-def locale_setting(environ=None) -> tuple[str, str]:
-    """The variable that sets the character encoding (LC_ALL, LC_CTYPE or LANG) and its value, as
-    the user set it: for a C or unknown locale, Python itself sets LC_CTYPE=C.UTF-8 (PEP 538), so
-    the environment the process started with is read where Linux keeps it."""
-    env = environ if environ is not None else _initial_environment()
-    for name in ("LC_ALL", "LC_CTYPE", "LANG"):
-        if env.get(name):
-            return name, env[name]
-    return "LANG", ""
-
-
-def _initial_environment() -> dict[str, str]:
-    try:
-        with open("/proc/self/environ", "rb") as f:
-            pairs = (entry.partition(b"=") for entry in f.read().split(b"\0") if b"=" in entry)
-            return {k.decode("utf-8", "replace"): v.decode("utf-8", "replace") for k, _, v in pairs}
-    except OSError:  # not Linux: Python's own coercion is then rare
-        return dict(os.environ)
 
 
 def interactive(args: argparse.Namespace, gpt, renderer, settings) -> int:
