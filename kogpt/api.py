@@ -100,9 +100,10 @@ class KoGPT:
         log.debug("prompt: %d tokens; settings %s", len(ids), settings.as_dict())
         return stream(self.model, self.tokenizer, ids, settings, self.context_length, self.static_cache)
 
-    def fit_context(self, ids: list[int], settings: SamplingSettings) -> list[int]:
-        """Check the prompt fits the context with room to generate; with `truncate`, keep its end."""
-        return fit_prompt(ids, settings, self.context_length)
+    def fit_context(self, ids: list[int], settings: SamplingSettings, announce: bool = True) -> list[int]:
+        """Check the prompt fits the context with room to generate; with `truncate`, keep its end
+        (and log it, unless `announce` is off: a check before the generation that will log it)."""
+        return fit_prompt(ids, settings, self.context_length, announce)
 
     def generate(self, prompt: str, temperature: float = 0.8, max_length: int = 128, **overrides) -> str:
         """The completion of `prompt` (without the prompt), as one string; `complete()` gives several."""

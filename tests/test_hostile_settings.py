@@ -264,3 +264,15 @@ def test_plan_keeps_library_warnings_for_debug(tiny_dir, monkeypatch, capsys):
             warnings.simplefilter("always")
             assert cli.main(["--model", str(tiny_dir), "--plan", "--device", "cpu", *debug]) == 0
         assert any("accelerate says something" in str(w.message) for w in caught) == shown
+
+
+def test_the_max_length_question_can_raise_it_above_a_long_prompt(gpt, tmp_path):
+    prompt = "가나다라마바사" * 3
+    n = len(gpt.encode(prompt))
+    assert 10 < n < 100
+    code, out, err = run_repl(gpt, "/set max_length 10" + ENTER + prompt + ENTER + ENTER + str(n + 5) + ENTER + CTRL_D,
+                              tmp_path)
+    assert "nothing is left" not in err and "tokens/s" in err
+    code, out, err = run_repl(gpt, "/set max_length 10" + ENTER + "/set quick on" + ENTER + prompt + ENTER + CTRL_D,
+                              tmp_path)
+    assert f"the prompt is {n} tokens and max_length (10) counts them: nothing is left" in err

@@ -163,8 +163,11 @@ class Repl(Session):
 
     def ask_settings(self, turn: Turn) -> Turn | None:
         """The seed's temperature and max_length questions, defaults from the current settings."""
+        asked = turn.settings
+        if asked.max_new_tokens is None:  # max_length is the question's answer, not yet a limit
+            asked = dataclasses.replace(asked, max_length=self.gpt.context_length)
         try:
-            prompt_tokens = len(self.gpt.fit_context(self.gpt.encode(turn.prompt), turn.settings))
+            prompt_tokens = len(self.gpt.fit_context(self.gpt.encode(turn.prompt), asked, announce=False))
         except KoGPTError as exc:
             self.renderer.error(str(exc))
             return None
