@@ -28,6 +28,18 @@ SAMPLING_FLAGS = {  # flag -> metavar; each flag's dest is its setting's name
     "--num-return-sequences": "N",
 }
 
+# What --plan, which loads no model, would ignore: refused with it.
+IGNORED_BY_PLAN = (
+    "prompt",
+    "prompt_file",
+    "prompts_file",
+    *(flag[2:].replace("-", "_") for flag in SAMPLING_FLAGS),
+    "stop",
+    "truncate",
+    "quick",
+    "no_transcript",
+)
+
 
 def setting_type(name: str):
     """An argparse type that validates a flag exactly as `/set name` does."""
@@ -186,6 +198,7 @@ def _terminate(signum, frame) -> None:
 
 def run(args: argparse.Namespace, renderer) -> int:
     if args.plan:
+        hwcli.refuse_ignored_by_plan(args, IGNORED_BY_PLAN)
         quiet_libraries(args.debug)
         hwcli.check_early(args, hwcli.options_from_args(args))
         return hwcli.show_plan(args, renderer.out)

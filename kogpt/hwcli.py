@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -83,6 +84,14 @@ def compute_device(args: argparse.Namespace, options: Options) -> str:
     return "cuda" if hypothetical or torch.cuda.is_available() else "cpu"
 
 
+def refuse_ignored_by_plan(args: argparse.Namespace, dests: tuple[str, ...]) -> None:
+    """`--plan` loads nothing and generates nothing: refuse, in one line, the flags it would ignore."""
+    given = [dest for dest in dests if getattr(args, dest, None) not in (None, False)]
+    if given:
+        flags = ", ".join("-p/--prompt" if d == "prompt" else "--" + d.replace("_", "-") for d in given)
+        raise KoGPTError(f"--plan only prints the plan, so it cannot be used with {flags}")
+
+
 def plan_config(model: str, revision: str):
     """The model's config alone: a local directory's config.json, or the hub's (no weights fetched)."""
     from kogpt.defaults import DEFAULT_MODEL
@@ -114,7 +123,7 @@ def show_plan(args: argparse.Namespace, console: Console, hardware=None) -> int:
 
     from kogpt.model import resolve_device
     from kogpt.plan import prepare
-    from kogpt.planview import print_plan
+    from kogpt.planview import plan_as_dict, print_plan
 
     options = options_from_args(args)
     config = plan_config(args.model, args.revision)
@@ -122,5 +131,9 @@ def show_plan(args: argparse.Namespace, console: Console, hardware=None) -> int:
     if device != args.device:
         resolve_device(args.device)  # says that CUDA is missing
     _choice, plan = prepare(config, torch.device(device), args.dtype, options, hardware, planning=True)
-    print_plan(console, plan, title=Path(args.model).name or args.model)
+    title = Path(args.model).name or args.model
+    if getattr(args, "json", False):  # for scripts: the same plan as one JSON object
+        console.out(json.dumps(plan_as_dict(plan, title), ensure_ascii=False), highlight=False)
+    else:
+        print_plan(console, plan, title=title)
     return 0

@@ -71,3 +71,29 @@ def print_plan(console: Console, plan: Plan, title: str = "KoGPT") -> None:
         console.print(Text(f"fits: {plan.summary()}", style="bold green"))
     else:
         console.print(Text(plan.refusal(), style="bold red"))
+
+
+def plan_as_dict(plan: Plan, title: str = "KoGPT") -> dict:
+    """The plan as JSON-ready data (`--plan --json`): sizes in bytes, devices as in the tables."""
+    return {
+        "model": title,
+        "fits": plan.fits,
+        "problem": plan.problem,
+        "suggestions": plan.suggestions,
+        "dtype": plan.dtype,
+        "quantize": plan.quantize,
+        "parameters": plan.n_params,
+        "kv_cache_tokens": plan.tokens,
+        "blocks": [{"name": short(name), "device": device, "bytes": nbytes} for name, device, nbytes in plan.blocks],
+        "devices": [
+            {
+                "device": use.name,
+                "weights": use.weights,
+                "kv_cache": use.kv,
+                "offload_buffer": use.staging,
+                "total": use.need,
+                "usable": use.budget,
+            }
+            for use in plan.devices
+        ],
+    }

@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from kogpt.errors import KoGPTError
 from kogpt.evaluate.templates import TASKS, Task, Template
 
 if TYPE_CHECKING:  # torch stays unimported for --help and --show-prompt
@@ -96,9 +97,18 @@ def run(args: argparse.Namespace, renderer: Renderer) -> int:
         if dataset.skipped:
             log.warning("%s: skipped %d items with an empty text", dataset.path, dataset.skipped)
     prompts = build(template, data, train, args.shots, args.seed, args.limit)
+    if args.show_prompt and args.plan:
+        raise KoGPTError("--show-prompt and --plan both exit without scoring: choose one")
     if args.show_prompt:
         render.show_prompt(renderer.out, task, template, prompts[0])
         return 0
+    if args.plan:  # the inputs are checked above; the plan loads no weights
+        from kogpt import hwcli
+        from kogpt.cli import quiet_libraries
+
+        quiet_libraries(args.debug)
+        hwcli.check_early(args, hwcli.options_from_args(args))
+        return hwcli.show_plan(args, renderer.out)
 
     from kogpt.cli import load_model
     from kogpt.evaluate.runner import evaluate, requests
