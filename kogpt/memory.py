@@ -52,6 +52,7 @@ def choose_dtype(
     n_params: int,
     free_bytes: int,
     kv_bytes_16bit: int,
+    quantize: str = "none",
 ) -> DtypeChoice:
     """Pick the compute dtype.
 
@@ -59,7 +60,14 @@ def choose_dtype(
     memory of `device`, `kv_bytes_16bit` the 16-bit KV cache at full context (doubled for float32).
     An explicit request always wins; `auto` never computes in float16 on the CPU, where half
     precision is slow and partly unimplemented, and keeps float32 only where it fits.
+    Quantized weights on the CPU (`quantize`) always compute in bfloat16, what their kernels take.
     """
+    if quantize != "none" and device == "cpu":
+        if requested not in ("auto", "bfloat16"):
+            log.warning(
+                "--quantize %s on the CPU computes in bfloat16 (its kernels take bfloat16), not %s", quantize, requested
+            )
+        return DtypeChoice(torch.bfloat16, f"--quantize {quantize} on the CPU computes in bfloat16")
     if requested != "auto":
         dtype = DTYPES[requested]
         if device == "cpu" and dtype == torch.float16:

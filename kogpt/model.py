@@ -182,6 +182,7 @@ def load(
     first, and nothing is loaded when the plan does not fit.
     """
     started = time.perf_counter()
+    device, dtype = placement.check_target(device, dtype)
     if trust_remote_code:
         log.warning("--trust-remote-code: Python code inside %s will run on this machine", model)
     path = resolve_checkpoint(model, revision)
@@ -205,9 +206,10 @@ def load(
         if choice.dtype == torch.bfloat16 and quantize == "none" and prefill.needs_upcast():
             log.debug("prompts computed in float32 (no fast bfloat16 GEMM): %d layers", prefill.apply(weights))
     else:
-        placed = placement.load_kwargs(plan.device_map, target, options, choice.dtype)
-        with quiet_accelerate("accelerate.big_modeling"):
-            weights = load_weights(path, choice.dtype, target, tokenizer.eos_token_id, trust_remote_code, placed)
+        with placement.removing_partial_offload(options.offload_dir):
+            placed = placement.load_kwargs(plan.device_map, target, options, choice.dtype)
+            with quiet_accelerate("accelerate.big_modeling"):
+                weights = load_weights(path, choice.dtype, target, tokenizer.eos_token_id, trust_remote_code, placed)
     if options.strategy:
         log.info("placement: %s", plan.summary())
     log.debug("loaded %d parameters from %s in %.1f s", plan.n_params, path, time.perf_counter() - started)

@@ -8,15 +8,19 @@ itself (which block goes where) is made by `kogpt.plan` from both.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import shutil
+import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 
 import torch
 
 from kogpt.defaults import DEVICE_MAP_STRATEGIES as STRATEGIES
-from kogpt.defaults import QUANTIZE_CHOICES
+from kogpt.defaults import DEVICES, DTYPE_CHOICES, QUANTIZE_CHOICES
 from kogpt.errors import KoGPTError
 
 log = logging.getLogger(__name__)
@@ -25,8 +29,11 @@ UNITS = {
     "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
     "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
 }  # fmt: skip
-SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-z]+)\s*$", re.IGNORECASE)
+# ASCII only: `\d` would take ² or ٣, and IGNORECASE alone matches the Kelvin sign to k.
+SIZE = re.compile(r"^\s*(\d{1,20}(?:\.\d{1,20})?)\s*([a-z]{1,3})\s*$", re.IGNORECASE | re.ASCII)
 MEMORY_FORMAT = "DEVICE=SIZE[,DEVICE=SIZE...] like 0=10GiB,1=10GiB,cpu=30GiB"
+MAX_BYTES = 2**60  # 1 EiB: more than any machine, small enough for every integer type on the way
+MAX_GPU_INDEX = 1023
 
 MaxMemory = dict  # {0: bytes, 1: bytes, "cpu": bytes}: GPU indices and "cpu"
 
@@ -61,14 +68,24 @@ def parse_size(text: str) -> int:
     """`10GiB` -> 10737418240. A unit is required: a bare `30` is ambiguous."""
     match = SIZE.match(text)
     if not match or match.group(2).lower() not in UNITS:
-        raise KoGPTError(f"bad memory size {text!r}: use a number and a unit, like 10GiB or 500MB")
-    return int(float(match.group(1)) * UNITS[match.group(2).lower()])
+        raise KoGPTError(f"bad memory size {_shown(text)}: use a number and a unit, like 10GiB or 500MB")
+    size = int(Decimal(match.group(1)) * UNITS[match.group(2).lower()])
+    if size > MAX_BYTES:
+        raise KoGPTError(f"memory size {_shown(text)} is larger than any machine (at most 1 EiB)")
+    return size
+
+
+def _shown(value: object, limit: int = 40) -> str:
+    """`repr(value)`, cut short: a message echoes what was typed, not a page of it."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 4] + "...'"
 
 
 def parse_max_memory(text: str | dict | None) -> MaxMemory | None:
     """Parse `0=10GiB,1=10GiB,cpu=30GiB` into {0: bytes, 1: bytes, "cpu": bytes}.
 
-    A dict (the Python API) may give sizes as strings or ints; keys may also be `cuda:N`.
+    A dict (the Python API) may give sizes as strings or as whole numbers of bytes; keys are GPU
+    indices (0 or "0" or "cuda:0") or "cpu". Each device may be named once.
     """
     if text is None or text == "" or text == {}:
         return None
@@ -77,17 +94,82 @@ def parse_max_memory(text: str | dict | None) -> MaxMemory | None:
         for item in text.split(","):
             key, sep, size = item.partition("=")
             if not sep or not key.strip() or not size.strip():
-                raise KoGPTError(f"bad --max-memory entry {item.strip()!r}: expected {MEMORY_FORMAT}")
+                raise KoGPTError(f"bad --max-memory entry {_shown(item.strip())}: expected {MEMORY_FORMAT}")
             pairs.append((key.strip(), size.strip()))
+    elif isinstance(text, dict):
+        pairs = list(text.items())
     else:
-        pairs = [(str(key), size) for key, size in text.items()]
+        raise KoGPTError(f"max_memory must be a string like {MEMORY_FORMAT.split(' like ')[1]} or a dict, not {_shown(text)}")
     budget: MaxMemory = {}
     for key, size in pairs:
-        name = key.lower().removeprefix("cuda:")
-        if not (name.isdigit() or name == "cpu"):
-            raise KoGPTError(f"bad --max-memory device {key!r}: use a GPU index (0, 1, ...) or cpu")
-        budget[int(name) if name.isdigit() else "cpu"] = size if isinstance(size, int) else parse_size(size)
+        device = _memory_device(key)
+        if device in budget:
+            raise KoGPTError(f"--max-memory names {label(device)} twice ({_shown(key)}); give each device once")
+        budget[device] = _memory_size(key, size)
     return budget
+
+
+def label(device: int | str) -> str:
+    """A --max-memory key as people write it: 0 -> cuda:0."""
+    return f"cuda:{device}" if isinstance(device, int) else str(device)
+
+
+def _memory_device(key: object) -> int | str:
+    if isinstance(key, int) and not isinstance(key, bool):
+        name = str(key)
+    elif isinstance(key, str):
+        name = key.strip().lower().removeprefix("cuda:")
+    else:
+        name = ""
+    if name == "cpu":
+        return "cpu"
+    if name.isascii() and name.isdigit() and int(name) <= MAX_GPU_INDEX:
+        return int(name)
+    raise KoGPTError(f"bad --max-memory device {_shown(key)}: use a GPU index (0, 1, ...) or cpu")
+
+
+def _memory_size(key: object, size: object) -> int:
+    if isinstance(size, str):
+        return parse_size(size)
+    if isinstance(size, int) and not isinstance(size, bool) and 0 <= size <= MAX_BYTES:
+        return size
+    raise KoGPTError(
+        f"bad --max-memory size {_shown(size)} for {_shown(key)}: use a size like '10GiB' or a whole number of bytes"
+    )
+
+
+DTYPE_ALIASES = {"fp16": "float16", "half": "float16", "bf16": "bfloat16", "fp32": "float32", "float": "float32"}
+
+
+def check_target(device: object, dtype: object) -> tuple[str, str]:
+    """`device` and `dtype` as `load` takes them, checked, each failure a one-line KoGPTError.
+
+    Returns ("cpu" | "cuda" | "cuda:N", one of DTYPE_CHOICES); `torch.device` and `torch.dtype`
+    values are accepted too. "cuda" falls back to the CPU later when CUDA is missing; "cuda:N"
+    names one GPU and is refused without it.
+    """
+    if isinstance(device, torch.device):
+        device = str(device)
+    kind, _, index = device.partition(":") if isinstance(device, str) else ("", "", "")
+    if kind not in DEVICES or (index and not (kind == "cuda" and index.isascii() and index.isdigit())):
+        hint = f"; did you mean {device.lower()!r}?" if isinstance(device, str) and device.lower() in DEVICES else ""
+        raise KoGPTError(f"unknown device {_shown(device)}: use 'cpu', 'cuda' or 'cuda:N'{hint}")
+    if index:
+        if not torch.cuda.is_available():
+            why = "this torch was built without CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
+            raise KoGPTError(f"device {device!r} needs CUDA and {why}: use device='cpu'")
+        if int(index) >= torch.cuda.device_count():
+            raise KoGPTError(f"device {device!r}: this machine has {torch.cuda.device_count()} GPU(s)")
+    if isinstance(dtype, torch.dtype):
+        dtype = str(dtype).removeprefix("torch.")
+    if not isinstance(dtype, str) or dtype not in DTYPE_CHOICES:
+        name = dtype.lower() if isinstance(dtype, str) else ""
+        alias = DTYPE_ALIASES.get(name)
+        hint = f"; did you mean {alias!r}?" if alias else ""
+        if name.startswith(("int", "uint")):
+            hint = "; int8 or int4 weights are quantize='int8' or 'int4'"
+        raise KoGPTError(f"unknown dtype {_shown(dtype)}: choose {', '.join(DTYPE_CHOICES)}{hint}")
+    return device, dtype
 
 
 def detect_hardware(device: str, offload_dir: str | None = None, every_gpu: bool = True) -> Hardware:
@@ -142,10 +224,61 @@ def check_options(options: Options, device: str, gpu_count: int, planning: bool 
         )
     if gpu_keys and gpu_keys[-1] >= gpu_count and not planning:
         raise KoGPTError(f"--max-memory names GPU {gpu_keys[-1]} but this machine has {gpu_count} GPU(s)")
-    if options.offload_dir and Path(options.offload_dir).expanduser().is_file():
-        raise KoGPTError(f"--offload-dir {options.offload_dir} is a file, not a directory")
+    if options.offload_dir:
+        check_offload_dir(options.offload_dir)
     if not planning and quantize != "none" and device == "cuda" and not has_bitsandbytes():
         raise KoGPTError(f"--quantize {quantize} on a GPU needs bitsandbytes>=0.46.1: pip install kogpt[quant]")
+
+
+def check_offload_dir(offload_dir: str | os.PathLike) -> None:
+    """Refuse, in one line, an offload directory that cannot be created or written to.
+
+    Checked the same way for `--plan` and for a load, whether or not anything will be offloaded:
+    a probe directory is made in the nearest existing ancestor and removed at once.
+    """
+    if not isinstance(offload_dir, (str, os.PathLike)):
+        raise KoGPTError(f"offload_dir must be a path, not {_shown(offload_dir)}")
+    path = Path(offload_dir).expanduser().absolute()
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        where = "is" if existing == path else f"is under {existing}, which is"
+        kind = "a file" if existing.is_file() else "a special file"
+        raise KoGPTError(f"--offload-dir {offload_dir} {where} {kind}, not a directory")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".kogpt-probe-", dir=existing))
+    except OSError as exc:
+        raise KoGPTError(f"--offload-dir {offload_dir}: cannot write in {existing} ({exc.strerror or exc})") from None
+
+
+@contextmanager
+def removing_partial_offload(offload_dir: str | None):
+    """Around a load into `offload_dir`: if it fails, remove what it wrote there, and the folders it made."""
+    if not offload_dir:
+        yield
+        return
+    path = Path(offload_dir).expanduser().absolute()
+    made = []  # the folders that do not exist yet, deepest first
+    while not path.exists() and path != path.parent:
+        made.append(path)
+        path = path.parent
+    folder = Path(offload_dir).expanduser().absolute()
+    before = set(os.listdir(folder)) if folder.is_dir() else set()
+    try:
+        yield
+    except BaseException:
+        if folder.is_dir():
+            for name in set(os.listdir(folder)) - before:
+                entry = folder / name
+                shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
+            log.debug("removed the partial offload files in %s", folder)
+        for directory in made:
+            try:
+                directory.rmdir()
+            except OSError:
+                break
+        raise
 
 
 def quantization_config(quantize: str, device: str, dtype: torch.dtype):
@@ -168,8 +301,12 @@ def load_kwargs(device_map: dict | None, device: torch.device, options: Options,
     """Keyword arguments for `from_pretrained` that place (and maybe quantize) the weights as planned."""
     kwargs: dict = {"device_map": str(device) if options.strategy is None else device_map}
     if options.offload_dir:
-        Path(options.offload_dir).expanduser().mkdir(parents=True, exist_ok=True)
-        kwargs["offload_folder"] = str(Path(options.offload_dir).expanduser())
+        folder = Path(options.offload_dir).expanduser()
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise KoGPTError(f"cannot create --offload-dir {folder}: {exc.strerror or exc}") from None
+        kwargs["offload_folder"] = str(folder)
     config = quantization_config(options.quantize, device.type, dtype)
     if config is not None:
         kwargs["quantization_config"] = config

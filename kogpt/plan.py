@@ -225,7 +225,7 @@ def prepare(
     free = (hardware.gpus[0] if hardware.gpus else 0) if device.type == "cuda" else hardware.cpu
     stored = getattr(config, "dtype", None) or torch.float32
     stored = memory.DTYPES.get(str(stored).removeprefix("torch."), torch.float32)
-    choice = memory.choose_dtype(dtype, device.type, stored, n_params, free, kv16)
+    choice = memory.choose_dtype(dtype, device.type, stored, n_params, free, kv16, options.quantize)
     plan = make_plan(config, choice.dtype, device.type, options, hardware, tokens, model=model)
     log.debug("placement: %s%s", plan.summary(), "" if plan.fits else f" (does not fit: {plan.problem})")
     return choice, plan
