@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from kogpt.placement import input_device
+from kogpt.placement.options import input_device
 
 METHODS = ("prefix", "full")
 # Tokens in one forward pass (rows x padded width). At 2,048 tokens a row that is 4 rows, a 64 MiB
