@@ -89,6 +89,8 @@ def run(args: argparse.Namespace, renderer: Renderer) -> int:
     from kogpt.evaluate.fewshot import build
     from kogpt.evaluate.templates import load_template
 
+    if args.show_prompt and args.plan:
+        raise KoGPTError("--show-prompt and --plan both exit without scoring: choose one")
     task = TASKS[args.task]
     template = load_template(task, args.template)
     data = data_lib.read(task.name, args.data)
@@ -97,8 +99,6 @@ def run(args: argparse.Namespace, renderer: Renderer) -> int:
         if dataset.skipped:
             log.warning("%s: skipped %d items with an empty text", dataset.path, dataset.skipped)
     prompts = build(template, data, train, args.shots, args.seed, args.limit)
-    if args.show_prompt and args.plan:
-        raise KoGPTError("--show-prompt and --plan both exit without scoring: choose one")
     if args.show_prompt:
         render.show_prompt(renderer.out, task, template, prompts[0])
         return 0

@@ -83,14 +83,18 @@ def read_bounded(path: Path, limit: int, what: str) -> bytes:
         if not stat.S_ISREG(info.st_mode):
             raise KoGPTError(f"the {what} {path} is not a regular file")
         if info.st_size > limit:
-            raise KoGPTError(f"the {what} {path} is {info.st_size / 2**20:.0f} MiB; the limit is {limit // 2**20} MiB")
+            raise KoGPTError(f"the {what} {path} is {_size(info.st_size)}; the limit is {_size(limit)}")
         with open(path, "rb") as file:
             raw = file.read(limit + 1)  # the file may have grown since stat
     except OSError as exc:
         raise KoGPTError(f"cannot read the {what} {path}: {exc.strerror or exc}") from exc
     if len(raw) > limit:
-        raise KoGPTError(f"the {what} {path} is larger than the limit of {limit // 2**20} MiB")
+        raise KoGPTError(f"the {what} {path} is larger than the limit of {_size(limit)}")
     return raw
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**20:,.0f} MiB" if n >= 2**20 else f"{n:,} bytes"
 
 
 def decode(path: Path, raw: bytes) -> str:

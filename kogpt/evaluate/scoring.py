@@ -68,9 +68,13 @@ def shape(request: Request, method: str) -> tuple[int, int]:
 
 
 def batches(
-    requests: Sequence[Request], batch_size: int, method: str, max_tokens: int = MAX_TOKENS_PER_PASS
+    requests: Sequence[Request], batch_size: int, method: str, max_tokens: int | None = None
 ) -> Iterator[Sequence[Request]]:
-    """Consecutive runs of at most `batch_size` requests and `max_tokens` padded tokens (one request at least)."""
+    """Consecutive runs of at most `batch_size` requests and `max_tokens` padded tokens (one request at least).
+
+    `max_tokens` defaults to `MAX_TOKENS_PER_PASS`.
+    """
+    max_tokens = max_tokens or MAX_TOKENS_PER_PASS
     start, rows, width = 0, 0, 0
     for end, request in enumerate(requests):
         r, w = shape(request, method)
