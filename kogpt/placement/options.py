@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import shutil
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
-from decimal import Decimal
 from pathlib import Path
 
 import torch
@@ -22,20 +20,9 @@ import torch
 from kogpt.defaults import DEVICE_MAP_STRATEGIES as STRATEGIES
 from kogpt.defaults import DEVICES, DTYPE_CHOICES, QUANTIZE_CHOICES
 from kogpt.errors import KoGPTError
+from kogpt.placement.budget import MAX_BYTES, MaxMemory, parse_max_memory, parse_size, shown  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
-
-UNITS = {
-    "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
-    "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
-}  # fmt: skip
-# ASCII only: `\d` would take ² or ٣, and IGNORECASE alone matches the Kelvin sign to k.
-SIZE = re.compile(r"^\s*(\d{1,20}(?:\.\d{1,20})?)\s*([a-z]{1,3})\s*$", re.IGNORECASE | re.ASCII)
-MEMORY_FORMAT = "DEVICE=SIZE[,DEVICE=SIZE...] like 0=10GiB,1=10GiB,cpu=30GiB"
-MAX_BYTES = 2**60  # 1 EiB: more than any machine, small enough for every integer type on the way
-MAX_GPU_INDEX = 1023
-
-MaxMemory = dict  # {0: bytes, 1: bytes, "cpu": bytes}: GPU indices and "cpu"
 
 
 @dataclass(frozen=True)
@@ -64,80 +51,6 @@ class Hardware:
     disk: int = 0
 
 
-def parse_size(text: str) -> int:
-    """`10GiB` -> 10737418240. A unit is required: a bare `30` is ambiguous."""
-    match = SIZE.match(text)
-    if not match or match.group(2).lower() not in UNITS:
-        raise KoGPTError(f"bad memory size {_shown(text)}: use a number and a unit, like 10GiB or 500MB")
-    size = int(Decimal(match.group(1)) * UNITS[match.group(2).lower()])
-    if size > MAX_BYTES:
-        raise KoGPTError(f"memory size {_shown(text)} is larger than any machine (at most 1 EiB)")
-    return size
-
-
-def _shown(value: object, limit: int = 40) -> str:
-    """`repr(value)`, cut short: a message echoes what was typed, not a page of it."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 4] + "...'"
-
-
-def parse_max_memory(text: str | dict | None) -> MaxMemory | None:
-    """Parse `0=10GiB,1=10GiB,cpu=30GiB` into {0: bytes, 1: bytes, "cpu": bytes}.
-
-    A dict (the Python API) may give sizes as strings or as whole numbers of bytes; keys are GPU
-    indices (0 or "0" or "cuda:0") or "cpu". Each device may be named once.
-    """
-    if text is None or text == "" or text == {}:
-        return None
-    if isinstance(text, str):
-        pairs = []
-        for item in text.split(","):
-            key, sep, size = item.partition("=")
-            if not sep or not key.strip() or not size.strip():
-                raise KoGPTError(f"bad --max-memory entry {_shown(item.strip())}: expected {MEMORY_FORMAT}")
-            pairs.append((key.strip(), size.strip()))
-    elif isinstance(text, dict):
-        pairs = list(text.items())
-    else:
-        raise KoGPTError(f"max_memory must be a string like {MEMORY_FORMAT.split(' like ')[1]} or a dict, not {_shown(text)}")
-    budget: MaxMemory = {}
-    for key, size in pairs:
-        device = _memory_device(key)
-        if device in budget:
-            raise KoGPTError(f"--max-memory names {label(device)} twice ({_shown(key)}); give each device once")
-        budget[device] = _memory_size(key, size)
-    return budget
-
-
-def label(device: int | str) -> str:
-    """A --max-memory key as people write it: 0 -> cuda:0."""
-    return f"cuda:{device}" if isinstance(device, int) else str(device)
-
-
-def _memory_device(key: object) -> int | str:
-    if isinstance(key, int) and not isinstance(key, bool):
-        name = str(key)
-    elif isinstance(key, str):
-        name = key.strip().lower().removeprefix("cuda:")
-    else:
-        name = ""
-    if name == "cpu":
-        return "cpu"
-    if name.isascii() and name.isdigit() and int(name) <= MAX_GPU_INDEX:
-        return int(name)
-    raise KoGPTError(f"bad --max-memory device {_shown(key)}: use a GPU index (0, 1, ...) or cpu")
-
-
-def _memory_size(key: object, size: object) -> int:
-    if isinstance(size, str):
-        return parse_size(size)
-    if isinstance(size, int) and not isinstance(size, bool) and 0 <= size <= MAX_BYTES:
-        return size
-    raise KoGPTError(
-        f"bad --max-memory size {_shown(size)} for {_shown(key)}: use a size like '10GiB' or a whole number of bytes"
-    )
-
-
 DTYPE_ALIASES = {"fp16": "float16", "half": "float16", "bf16": "bfloat16", "fp32": "float32", "float": "float32"}
 
 
@@ -153,7 +66,7 @@ def check_target(device: object, dtype: object) -> tuple[str, str]:
     kind, _, index = device.partition(":") if isinstance(device, str) else ("", "", "")
     if kind not in DEVICES or (index and not (kind == "cuda" and index.isascii() and index.isdigit())):
         hint = f"; did you mean {device.lower()!r}?" if isinstance(device, str) and device.lower() in DEVICES else ""
-        raise KoGPTError(f"unknown device {_shown(device)}: use 'cpu', 'cuda' or 'cuda:N'{hint}")
+        raise KoGPTError(f"unknown device {shown(device)}: use 'cpu', 'cuda' or 'cuda:N'{hint}")
     if index:
         if not torch.cuda.is_available():
             why = "this torch was built without CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
@@ -168,7 +81,7 @@ def check_target(device: object, dtype: object) -> tuple[str, str]:
         hint = f"; did you mean {alias!r}?" if alias else ""
         if name.startswith(("int", "uint")):
             hint = "; int8 or int4 weights are quantize='int8' or 'int4'"
-        raise KoGPTError(f"unknown dtype {_shown(dtype)}: choose {', '.join(DTYPE_CHOICES)}{hint}")
+        raise KoGPTError(f"unknown dtype {shown(dtype)}: choose {', '.join(DTYPE_CHOICES)}{hint}")
     return device, dtype
 
 
@@ -237,7 +150,7 @@ def check_offload_dir(offload_dir: str | os.PathLike) -> None:
     a probe directory is made in the nearest existing ancestor and removed at once.
     """
     if not isinstance(offload_dir, (str, os.PathLike)):
-        raise KoGPTError(f"offload_dir must be a path, not {_shown(offload_dir)}")
+        raise KoGPTError(f"offload_dir must be a path, not {shown(offload_dir)}")
     path = Path(offload_dir).expanduser().absolute()
     existing = path
     while not existing.exists() and existing != existing.parent:
