@@ -221,6 +221,26 @@ def test_bad_device_or_dtype_is_one_line_before_anything_is_read(device, dtype, 
     assert "\n" not in str(caught.value)
 
 
+@pytest.mark.parametrize(
+    ("arguments", "reason"),
+    [
+        ({"model": None}, "model must be a hub repo id or a directory, not None"),
+        ({"model": 5}, "model must be a hub repo id or a directory, not 5"),
+        ({"model": ""}, "model must be a hub repo id or a directory, not ''"),
+        ({"offload_dir": 5}, "offload_dir must be a path, not 5"),
+        ({"quantize": "INT8"}, "unknown quantization 'INT8'"),
+        ({"device_map": 5}, "unknown device map 5"),
+    ],
+)
+def test_other_bad_arguments_are_one_line(arguments, reason, tiny_dir, no_loading):
+    with pytest.raises(KoGPTError, match=reason):
+        KoGPT.load(**{"model": str(tiny_dir), "device": "cpu", **arguments})
+
+
+def test_a_path_object_is_a_model_directory(tiny_dir):
+    assert KoGPT.load(Path(tiny_dir), device="cpu").generate("오늘", temperature=0, max_new_tokens=1)
+
+
 @pytest.mark.parametrize("device", ["cuda:0", "cuda:3"])
 def test_a_named_gpu_without_cuda_says_cuda_is_missing(device, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)

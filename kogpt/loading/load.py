@@ -64,7 +64,7 @@ def load(
     first, and nothing is loaded when the plan does not fit.
     """
     started = time.perf_counter()
-    device, dtype = placement.check_target(device, dtype)
+    model, device, dtype = placement.check_arguments(model, device, dtype, offload_dir)
     if trust_remote_code:
         log.warning("--trust-remote-code: Python code inside %s will run on this machine", model)
     path = resolve_checkpoint(model, revision)

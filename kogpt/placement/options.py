@@ -54,6 +54,15 @@ class Hardware:
 DTYPE_ALIASES = {"fp16": "float16", "half": "float16", "bf16": "bfloat16", "fp32": "float32", "float": "float32"}
 
 
+def check_arguments(model: object, device: object, dtype: object, offload_dir: object) -> tuple[str, str, str]:
+    """`load`'s arguments checked before anything is read: (model as a string, device, dtype)."""
+    if not isinstance(model, (str, os.PathLike)) or not os.fspath(model):
+        raise KoGPTError(f"model must be a hub repo id or a directory, not {shown(model)}")
+    if offload_dir is not None and not isinstance(offload_dir, (str, os.PathLike)):
+        raise KoGPTError(f"offload_dir must be a path, not {shown(offload_dir)}")
+    return (os.fspath(model), *check_target(device, dtype))
+
+
 def check_target(device: object, dtype: object) -> tuple[str, str]:
     """`device` and `dtype` as `load` takes them, checked, each failure a one-line KoGPTError.
 
