@@ -253,7 +253,10 @@ def test_a_gpu_index_past_the_last_gpu_is_refused(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     with pytest.raises(KoGPTError, match="'cuda:2': this machine has 2 GPU"):
         check_target("cuda:2", "auto")
-    assert check_target("cuda:1", torch.bfloat16) == ("cuda:1", "bfloat16")
+    with pytest.raises(KoGPTError, match="set CUDA_VISIBLE_DEVICES=1"):
+        check_target("cuda:1", "auto")
+    assert check_target("cuda:0", torch.bfloat16) == ("cuda", "bfloat16")
+    assert check_target(torch.device("cuda", 0), "auto") == ("cuda", "auto")
     assert check_target(torch.device("cpu"), "auto") == ("cpu", "auto")
 
 
@@ -295,8 +298,9 @@ def test_plan_json_is_the_plan_as_json(tiny_dir, capsys, no_loading):
     assert plan["fits"] is True and plan["problem"] is None and plan["dtype"] == "float32"
     assert [b["name"] for b in plan["blocks"]] == ["wte", "h.0", "h.1", "ln_f", "lm_head"]
     assert plan["devices"][0]["device"] == "cpu" and plan["devices"][0]["weights"] == 572_720
+    assert plan["device"] == "cpu" and plan["streamed"] is True and plan["static_cache"] is False
     argv = ["--model", str(tiny_dir), "--device", "cpu", "--max-memory", "cpu=100KB", "--plan", "--json"]
-    assert main(argv) == 0
+    assert main(argv) == 1  # does not fit
     plan = json.loads(capsys.readouterr().out)
     assert plan["fits"] is False and "not enough memory" in plan["problem"]
 
@@ -309,7 +313,7 @@ def test_quantized_cpu_plans_say_bfloat16(dtype, tiny_dir, capsys, no_loading):
     assert main(["--model", str(tiny_dir), "--device", "cpu", "--quantize", "int8", "--dtype", dtype, "--plan"]) == 0
     out, err = capsys.readouterr()
     assert "int8 weights, bfloat16 compute" in " ".join(out.split())
-    assert err.strip() == f"--quantize int8 on the CPU computes in bfloat16 (its kernels take bfloat16), not {dtype}"
+    assert err.strip() == f"--quantize int8 on the CPU computes in bfloat16, not {dtype}"
 
 
 def test_quantized_cpu_load_computes_in_bfloat16(tiny_dir):

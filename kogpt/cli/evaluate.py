@@ -104,10 +104,10 @@ def run(args: argparse.Namespace, renderer: Renderer) -> int:
         return 0
     if args.plan:  # the inputs are checked above; the plan loads no weights
         from kogpt.cli import flags
+        from kogpt.cli.planview import show_plan
 
         flags.quiet_libraries(args.debug)
-        flags.check_early(args, flags.options_from_args(args))
-        return flags.show_plan(args, renderer.out)
+        return show_plan(flags.options_from_args(args), renderer.out, as_json=args.json)
 
     from kogpt.cli.flags import load_model
     from kogpt.evaluate.runner import evaluate, requests

@@ -1,8 +1,8 @@
 """Where the model goes: placement options, memory budgets, hardware figures and their checks.
 
-`Options` holds what the user asked for (`--device-map`, `--max-memory`, `--offload-dir`,
-`--quantize`); `Hardware` holds free memory figures, detected or injected by tests. The plan
-itself (which block goes where) is made by `kogpt.plan` from both.
+`Options` holds what the user asked for (the model, device and dtype, `--device-map`,
+`--max-memory`, `--offload-dir`, `--quantize`); `Hardware` holds free memory figures, detected or
+injected by tests. `kogpt.placement.decide` makes the whole load decision from both.
 """
 
 from __future__ import annotations
@@ -12,27 +12,38 @@ import os
 import shutil
 import tempfile
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
+from kogpt.defaults import DEFAULT_MODEL, DEFAULT_REVISION, QUANTIZE_CHOICES
 from kogpt.defaults import DEVICE_MAP_STRATEGIES as STRATEGIES
-from kogpt.defaults import DEVICES, DTYPE_CHOICES, QUANTIZE_CHOICES
+from kogpt.defaults import DEVICES, DTYPE_CHOICES
 from kogpt.errors import KoGPTError
 from kogpt.placement.budget import MAX_BYTES, MaxMemory, parse_max_memory, parse_size, shown  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Options:
-    """How to place the model. `device_map` None keeps the whole model on one device."""
+    """Everything a load is asked to do: the one object that travels from the flags (or the API's
+    arguments) to `kogpt.placement.decide.decide` and the loader.
 
+    `device_map` None keeps the whole model on one device; `static_cache` None decides by device.
+    """
+
+    model: str = DEFAULT_MODEL
+    revision: str = DEFAULT_REVISION
+    device: str = "cuda"
+    dtype: str = "auto"
+    trust_remote_code: bool = False
     device_map: str | None = None
     max_memory: MaxMemory | None = None
     offload_dir: str | None = None
     quantize: str = "none"
+    static_cache: bool | None = None
 
     @property
     def strategy(self) -> str | None:
@@ -54,21 +65,28 @@ class Hardware:
 DTYPE_ALIASES = {"fp16": "float16", "half": "float16", "bf16": "bfloat16", "fp32": "float32", "float": "float32"}
 
 
-def check_arguments(model: object, device: object, dtype: object, offload_dir: object) -> tuple[str, str, str]:
-    """`load`'s arguments checked before anything is read: (model as a string, device, dtype)."""
+def check_arguments(options: Options) -> Options:
+    """`options` with its model, device, dtype and offload_dir checked before anything is read.
+
+    Each failure is a one-line KoGPTError; a `Path` model, a `torch.device` or a `torch.dtype`
+    come back as the strings the rest of the load expects.
+    """
+    model, offload_dir = options.model, options.offload_dir
     if not isinstance(model, (str, os.PathLike)) or not os.fspath(model):
         raise KoGPTError(f"model must be a hub repo id or a directory, not {shown(model)}")
     if offload_dir is not None and not isinstance(offload_dir, (str, os.PathLike)):
         raise KoGPTError(f"offload_dir must be a path, not {shown(offload_dir)}")
-    return (os.fspath(model), *check_target(device, dtype))
+    device, dtype = check_target(options.device, options.dtype)
+    return replace(options, model=os.fspath(model), device=device, dtype=dtype)
 
 
 def check_target(device: object, dtype: object) -> tuple[str, str]:
     """`device` and `dtype` as `load` takes them, checked, each failure a one-line KoGPTError.
 
-    Returns ("cpu" | "cuda" | "cuda:N", one of DTYPE_CHOICES); `torch.device` and `torch.dtype`
-    values are accepted too. "cuda" falls back to the CPU later when CUDA is missing; "cuda:N"
-    names one GPU and is refused without it.
+    Returns ("cpu" | "cuda", one of DTYPE_CHOICES); `torch.device` and `torch.dtype` values are
+    accepted too. "cuda" falls back to the CPU later when CUDA is missing; "cuda:N" names one GPU
+    and is refused without CUDA. A one-device load runs on GPU 0, so "cuda:0" is "cuda" and
+    another index is refused with the way to get it.
     """
     if isinstance(device, torch.device):
         device = str(device)
@@ -80,8 +98,15 @@ def check_target(device: object, dtype: object) -> tuple[str, str]:
         if not torch.cuda.is_available():
             why = "this torch was built without CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
             raise KoGPTError(f"device {device!r} needs CUDA and {why}: use device='cpu'")
-        if int(index) >= torch.cuda.device_count():
-            raise KoGPTError(f"device {device!r}: this machine has {torch.cuda.device_count()} GPU(s)")
+        count = torch.cuda.device_count()
+        if int(index) >= count:
+            raise KoGPTError(f"device {device!r}: this machine has {count} GPU(s)")
+        if int(index) > 0:
+            raise KoGPTError(
+                f"device {device!r}: one-device loads run on GPU 0; set CUDA_VISIBLE_DEVICES={int(index)} "
+                "to make that GPU the first, or split the model with device_map"
+            )
+        device = "cuda"
     if isinstance(dtype, torch.dtype):
         dtype = str(dtype).removeprefix("torch.")
     if not isinstance(dtype, str) or dtype not in DTYPE_CHOICES:
