@@ -285,6 +285,9 @@ def test_out_of_memory_is_one_line_with_advice(error, tiny_dir, monkeypatch, cap
     assert "ran out of memory scoring up to 24 items at once on the cpu; try --batch-size 6" in line
     line = final_error(capsys, [*argv, "--batch-size", "1"])
     assert "up to 1 items at once" in line and "fewer --shots" in line
+    monkeypatch.setattr(scoring, "MAX_TOKENS_PER_PASS", 1)  # passes hold one item, whatever --batch-size says
+    line = final_error(capsys, [*argv, "--batch-size", "100000"])
+    assert "up to 1 items at once" in line and "fewer --shots" in line
 
 
 def test_other_runtime_errors_are_not_called_out_of_memory(gpt, monkeypatch):

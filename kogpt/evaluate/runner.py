@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from kogpt.errors import KoGPTError
 from kogpt.evaluate import metrics
 from kogpt.evaluate.fewshot import Prompt
-from kogpt.evaluate.scoring import Request, score
+from kogpt.evaluate.scoring import Request, batches, score
 from kogpt.evaluate.templates import Task, Template
 
 if TYPE_CHECKING:
@@ -87,7 +87,8 @@ def evaluate(
     order = sorted(range(len(batch)), key=lambda i: -len(batch[i].context))
     started = time.perf_counter()
     scores: list[list[float]] = [[] for _ in batch]
-    scored = score(gpt.model, [batch[i] for i in order], batch_size, method, pad)
+    ordered = [batch[i] for i in order]
+    scored = score(gpt.model, ordered, batch_size, method, pad)
     try:
         for i, item_scores in zip(order, scored, strict=True):
             scores[i] = item_scores
@@ -96,7 +97,8 @@ def evaluate(
     except (MemoryError, RuntimeError) as exc:  # torch.OutOfMemoryError is a RuntimeError
         if not out_of_memory(exc):
             raise
-        raise KoGPTError(out_of_memory_advice(batch_size, len(batch), gpt.loaded.device.type)) from exc
+        largest = max((len(b) for b in batches(ordered, batch_size, method)), default=1)
+        raise KoGPTError(out_of_memory_advice(largest, gpt.loaded.device.type)) from exc
     seconds = time.perf_counter() - started
     gold = [p.example.label for p in prompts]
     predicted = [task.labels[max(range(len(s)), key=s.__getitem__)] for s in scores]
@@ -121,11 +123,10 @@ def out_of_memory(exc: BaseException) -> bool:
     )
 
 
-def out_of_memory_advice(batch_size: int, items: int, device: str) -> str:
-    """One line: what ran out, and what to try."""
-    at_once = min(batch_size, items)
+def out_of_memory_advice(at_once: int, device: str) -> str:
+    """One line: what ran out (`at_once`: the most items in one forward pass), and what to try."""
     if at_once > 1:
         advice = f"try --batch-size {max(1, at_once // 4)}"
     else:
-        advice = "use fewer --shots" + (", or --quantize int8" if device == "cpu" else ", --quantize int8 or --device-map auto")
+        advice = "use fewer --shots, or --quantize int8" + ("" if device == "cpu" else " or --device-map auto")
     return f"ran out of memory scoring up to {at_once} items at once on the {device}; {advice}"
