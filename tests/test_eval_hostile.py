@@ -302,6 +302,12 @@ def test_other_runtime_errors_are_not_called_out_of_memory(gpt, monkeypatch):
         runner.evaluate(gpt, TASKS["nsmc"], prompts, batch)
 
 
+def test_a_prompt_too_long_for_the_context_is_refused_before_the_weights_load(tiny_dir, capsys, no_loading):
+    sts = DATA / "sts.json"
+    line = one_line_error(capsys, ["eval", "klue-sts", "--data", str(sts), "--model", str(tiny_dir), "--device", "cpu"])
+    assert f"{sts}, line 2: the prompt is" in line and "use fewer --shots" in line
+
+
 # Demonstrations never hold the item under test
 
 

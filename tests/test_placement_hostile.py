@@ -93,7 +93,8 @@ def test_a_failed_load_removes_its_partial_offload_files(tiny_bin_dir, tmp_path,
     (kept / "mine.txt").write_text("not kogpt's")
     for offload, left in ((tmp_path / "new" / "offload", False), (kept, True)):
         with pytest.raises(KoGPTError, match="No space left on device"):
-            KoGPT.load(str(tiny_bin_dir), device="cpu", dtype="float32", max_memory={"cpu": "400KB"}, offload_dir=offload)
+            budget = {"cpu": "400KB"}
+            KoGPT.load(str(tiny_bin_dir), device="cpu", dtype="float32", max_memory=budget, offload_dir=offload)
         assert written, "the load wrote no offload files: the test proves nothing"
         written.clear()
         if left:
@@ -265,7 +266,12 @@ def test_a_gpu_index_past_the_last_gpu_is_refused(monkeypatch):
 
 @pytest.mark.parametrize(
     "overrides",
-    [{"temperature": 2}, {"repetition_penalty": 2}, {"top_p": 1}, {"temperature": 1, "top_p": 1, "repetition_penalty": 3}],
+    [
+        {"temperature": 2},
+        {"repetition_penalty": 2},
+        {"top_p": 1},
+        {"temperature": 1, "top_p": 1, "repetition_penalty": 3},
+    ],
 )
 def test_whole_numbers_for_float_settings(gpt, overrides):
     assert isinstance(gpt.generate("오늘", max_new_tokens=2, seed=1, **overrides), str)
@@ -331,7 +337,10 @@ def test_prompts_file_splits_at_line_ends_only():
     assert [n for n, _, _ in parse_prompts_file(text, "f", SamplingSettings())] == [1, 2, 3, 4]
 
 
-@given(st.lists(st.text(st.characters(codec="utf-8", exclude_characters="\r\n"), min_size=1).filter(str.strip), max_size=8))
+LINE_TEXT = st.text(st.characters(codec="utf-8", exclude_characters="\r\n"), min_size=1).filter(str.strip)
+
+
+@given(st.lists(LINE_TEXT, max_size=8))
 def test_prompts_file_lines_come_back_whole(lines):
     lines = [line for line in lines if not line.lstrip().startswith("{")]
     for end in ("\n", "\r\n", "\r"):

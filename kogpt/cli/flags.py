@@ -123,8 +123,12 @@ def quiet_libraries(debug: bool) -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
-def load_model(args: argparse.Namespace, renderer):
-    """The model the `add_model_arguments` flags ask for, with a spinner while it loads."""
+def load_model(args: argparse.Namespace, renderer, before_loading=None):
+    """The model the `add_model_arguments` flags ask for, with a spinner while it loads.
+
+    `before_loading(path)`, if given, runs once the checkpoint directory is known and before the
+    weights load: checks that need only its tokenizer fail there, in seconds rather than minutes.
+    """
     from kogpt.api import KoGPT
     from kogpt.loading.checkpoint import resolve_checkpoint
     from kogpt.placement.decide import check_early
@@ -133,5 +137,7 @@ def load_model(args: argparse.Namespace, renderer):
     options = options_from_args(args)
     check_early(options)  # impossible flag combinations, before any download
     path = resolve_checkpoint(options.model, options.revision)  # a download shows its own progress bars
+    if before_loading is not None:
+        before_loading(path)
     with renderer.loading(options.model):
         return KoGPT.from_options(options, path)

@@ -149,4 +149,6 @@ def check(task: Task, template: Template, where: str) -> None:
         check_text(where, text, f"choices.{label}")
         same = seen.setdefault(unicodedata.normalize("NFC", text), label)
         if same != label:
-            raise KoGPTError(f"{where}: the choices of {same} and {label} are the same text ({text!r}); each needs its own")
+            raise KoGPTError(
+                f"{where}: the choices of {same} and {label} are the same text ({text!r}); each needs its own"
+            )

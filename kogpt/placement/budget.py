@@ -59,7 +59,8 @@ def parse_max_memory(text: str | dict | None) -> MaxMemory | None:
     elif isinstance(text, dict):
         pairs = list(text.items())
     else:
-        raise KoGPTError(f"max_memory must be a string like {MEMORY_FORMAT.split(' like ')[1]} or a dict, not {shown(text)}")
+        example = MEMORY_FORMAT.split(" like ")[1]
+        raise KoGPTError(f"max_memory must be a string like {example} or a dict, not {shown(text)}")
     budget: MaxMemory = {}
     for key, size in pairs:
         device = _memory_device(key)
