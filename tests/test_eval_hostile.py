@@ -351,3 +351,42 @@ def test_show_prompt_shows_control_characters_visibly(tmp_path, capsys):
     out = capsys.readouterr().out
     assert not any(ch in out for ch in "\x1b\x07\x9b")
     assert "좋은 영화␛]0;pwned␇ 끝" in out
+
+
+# Any file: a dataset or one line naming the file
+
+KEYS = ["title", "label", "sentence1", "sentence2", "labels", "binary-label", "x"]
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from(KEYS), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@given(
+    st.sampled_from(list(TASKS)),
+    st.one_of(
+        st.binary(max_size=200),
+        st.lists(JSON_VALUES, max_size=4).map(json.dumps),
+        st.lists(JSON_VALUES, max_size=4).map(lambda items: "\n".join(map(json.dumps, items))),
+        st.text(max_size=200).map(lambda t: "id\tdocument\tlabel\n" + t),
+    ),
+)
+def test_any_data_file_is_a_dataset_or_a_one_line_error(task, content):
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "data"
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            path.write_text(content, encoding="utf-8", errors="surrogatepass")
+        try:
+            dataset = data.read(task, path)
+        except KoGPTError as exc:
+            assert "\n" not in str(exc) and str(exc).startswith((str(path), "the data file", "cannot read"))
+            return
+        for example in dataset.examples:
+            assert all(value.strip() for value in example.fields.values())
+            assert example.label in TASKS[task].labels
+            "".join(example.fields.values()).encode("utf-8")  # text, not lone surrogates
