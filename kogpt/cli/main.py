@@ -28,6 +28,18 @@ SAMPLING_FLAGS = {  # flag -> metavar; each flag's dest is its setting's name
     "--num-return-sequences": "N",
 }
 
+# What --plan, which loads no model, would ignore: refused with it.
+IGNORED_BY_PLAN = (
+    "prompt",
+    "prompt_file",
+    "prompts_file",
+    *(flag[2:].replace("-", "_") for flag in SAMPLING_FLAGS),
+    "stop",
+    "truncate",
+    "quick",
+    "no_transcript",
+)
+
 
 def setting_type(name: str):
     """An argparse type that validates a flag exactly as `/set name` does."""
@@ -161,10 +173,11 @@ def _terminate(signum, frame) -> None:
 
 def run(args: argparse.Namespace, renderer) -> int:
     if args.plan:
+        flags.refuse_ignored_by_plan(args, IGNORED_BY_PLAN)
         flags.quiet_libraries(args.debug)
         from kogpt.cli.planview import show_plan
 
-        return show_plan(flags.options_from_args(args), renderer.out)
+        return show_plan(flags.options_from_args(args), renderer.out, as_json=args.json)
     settings = sampling_settings(args)
     prompts = scripted_prompts(args, settings)  # read (and check) input before the slow load
     gpt = flags.load_model(args, renderer)
