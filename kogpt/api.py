@@ -15,7 +15,7 @@ from kogpt.errors import Interrupted, Terminated
 from kogpt.generate import Chunk, stream
 from kogpt.loading.load import Loaded, load
 from kogpt.placement.options import Options, parse_max_memory
-from kogpt.budget import fit_prompt
+from kogpt.context import fit_prompt
 from kogpt.settings import InputError, SamplingSettings, check_settings
 from kogpt.transcript import Record
 

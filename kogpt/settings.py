@@ -20,7 +20,7 @@ from kogpt.errors import InputError
 MAX_TEMPERATURE = 100.0
 MAX_SEQUENCES = 16
 MAX_SEED = 2**32 - 1
-MAX_TOKENS = 1_000_000  # the static bound; the model's context is checked by `budget.check_context`
+MAX_TOKENS = 1_000_000  # the static bound; the model's context is checked by `context.check_context`
 
 
 @dataclass
@@ -30,7 +30,7 @@ class SamplingSettings:
     `max_length` counts the prompt's tokens, as in the original KoGPT CLI; `max_new_tokens`, when
     set, counts the completion alone and wins over `max_length`. With `truncate`, a prompt too long
     for the context keeps its last tokens, leaving room for `max_new_tokens`, instead of being refused.
-    Build checked settings with `check_settings`; `kogpt.budget.fit_prompt` checks a prompt against
+    Build checked settings with `check_settings`; `kogpt.context.fit_prompt` checks a prompt against
     the context.
     """
 
@@ -55,13 +55,16 @@ class SamplingSettings:
         return max(0, min(wanted, context - prompt_tokens))
 
     def generate_kwargs(self) -> dict:
-        """Keyword arguments for `transformers`' `generate` (sampling and penalties)."""
+        """Keyword arguments for `transformers`' `generate` (sampling and penalties).
+
+        Float settings are passed as floats: transformers refuses `temperature=2`, a valid value.
+        """
         greedy = self.temperature == 0
         kwargs: dict = {"do_sample": not greedy}
         if not greedy:
-            kwargs.update(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k)
+            kwargs.update(temperature=float(self.temperature), top_p=float(self.top_p), top_k=self.top_k)
         if self.repetition_penalty != 1.0:
-            kwargs["repetition_penalty"] = self.repetition_penalty
+            kwargs["repetition_penalty"] = float(self.repetition_penalty)
         if self.no_repeat_ngram_size:
             kwargs["no_repeat_ngram_size"] = self.no_repeat_ngram_size
         return kwargs

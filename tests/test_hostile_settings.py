@@ -22,7 +22,7 @@ from kogpt.cli.scripting import parse_prompts_file
 from kogpt.settings import (
     MAX_SEED, SPECS, InputError, SamplingSettings, check_settings, check_value, parse_setting,
 )
-from kogpt.budget import fit_prompt
+from kogpt.context import fit_prompt
 from tests.test_cli import run_kogpt
 from tests.test_repl import CTRL_D, ENTER, run_repl
 

@@ -21,7 +21,7 @@ from prompt_toolkit.completion import CompleteEvent, Completer, Completion
 from prompt_toolkit.document import Document
 
 from kogpt import text as text_lib
-from kogpt.budget import check_context
+from kogpt.context import check_context
 from kogpt.cli.session import Session
 from kogpt.settings import (
     HELP,

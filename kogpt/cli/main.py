@@ -27,6 +27,18 @@ SAMPLING_FLAGS = {  # flag -> metavar; each flag's dest is its setting's name
     "--num-return-sequences": "N",
 }
 
+# What --plan, which loads no model, would ignore: refused with it.
+IGNORED_BY_PLAN = (
+    "prompt",
+    "prompt_file",
+    "prompts_file",
+    *(flag[2:].replace("-", "_") for flag in SAMPLING_FLAGS),
+    "stop",
+    "truncate",
+    "quick",
+    "no_transcript",
+)
+
 
 def setting_type(name: str):
     """An argparse type that validates a flag exactly as `/set name` does."""
@@ -153,13 +165,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace, renderer) -> int:
     if args.plan:
+        flags.refuse_ignored_by_plan(args, IGNORED_BY_PLAN)
         flags.quiet_libraries(args.debug)
         from kogpt.cli.planview import show_plan
 
         with warnings.catch_warnings():
             if not args.debug:  # library warnings (accelerate's) only with --debug
                 warnings.simplefilter("ignore")
-            return show_plan(flags.options_from_args(args), renderer.out)
+            return show_plan(flags.options_from_args(args), renderer.out, as_json=args.json)
     settings = sampling_settings(args)
     prompts = scripted_prompts(args, settings)  # read (and check) input before the slow load
     if prompts is not None:
@@ -196,7 +209,7 @@ def check_prompts(args: argparse.Namespace, prompts, renderer) -> None:
     from kogpt.api import encode
     from kogpt.loading.checkpoint import load_config, load_tokenizer, resolve_checkpoint
     from kogpt.placement.decide import check_early
-    from kogpt.budget import fit_prompt
+    from kogpt.context import fit_prompt
     from kogpt.settings import InputError
 
     flags.quiet_libraries(args.debug)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +18,8 @@ from kogpt.api import KoGPT
 from kogpt.cli.render import Renderer, printable
 from kogpt.errors import Interrupted, KoGPTError, Terminated
 from kogpt.settings import InputError, SamplingSettings, check_settings
+
+LINE_END = re.compile(r"\r\n|\r|\n")
 
 
 def read_text(source: str, stdin: TextIO | None = None) -> str:
@@ -41,7 +44,8 @@ def parse_prompts_file(text: str, name: str, base: SamplingSettings) -> Iterator
     (`{"prompt": "...", "temperature": 0.5}`), each value taken as the JSON type it is. Otherwise
     every line is a prompt as it is, `{` or not (`{이름}님 안녕하세요`).
     """
-    lines = [(number, line) for number, line in enumerate(text.splitlines(), 1) if line.strip()]
+    # Line ends only: str.splitlines() would also split at U+2028, form feed, NEL and others inside a prompt.
+    lines = [(number, line) for number, line in enumerate(LINE_END.split(text), 1) if line.strip()]
     as_json = name.lower().endswith(JSON_SUFFIXES) or bool(lines and _json_object(lines[0][1]) is not None)
     for number, line in lines:
         if not as_json:
