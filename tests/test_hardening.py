@@ -20,13 +20,20 @@ from kogpt.transcript import Transcript
 from tests.test_repl import CTRL_D, ENTER, make_renderer, run_repl
 
 
-def slow_forward(gpt, step_seconds: float):
-    """A stand-in for the model's forward that takes `step_seconds` (a slow decoding step)."""
+def slow_forward(gpt, step_seconds: float, always: str | None = None):
+    """A stand-in for the model's forward that takes `step_seconds` (a slow decoding step) and,
+    with `always`, makes the first token of that text the only likely next token."""
     original = gpt.model.forward
+    token = gpt.encode(always)[0] if always else None
 
     def forward(*args, **kwargs):
         time.sleep(step_seconds)
-        return original(*args, **kwargs)
+        out = original(*args, **kwargs)
+        if token is not None:
+            forced = torch.full_like(out.logits, -1e4)
+            forced[..., token] = 1e4
+            out.logits = forced
+        return out
 
     return forward
 
@@ -61,12 +68,12 @@ def test_model_text_cannot_drive_the_terminal():
 def test_an_extremely_long_pasted_line(gpt, tmp_path):
     long = "가나다라마바사" * 20_000  # pasted: prompt_toolkit receives it as one bracketed paste
     code, out, err = run_repl(gpt, "\x1b[200~" + long + "\x1b[201~" + ENTER + CTRL_D, tmp_path)
-    assert code == 0 and "tokens and the context is 128" in err and "truncate" in err
+    assert code == 0 and "more than the model's context of 128" in err and "truncate" in err
 
 
 def test_left_truncation_keeps_the_end_of_the_prompt(gpt):
     long = "가나다라마바사" * 100
-    with pytest.raises(KoGPTError, match="tokens and the context is 128"):
+    with pytest.raises(KoGPTError, match="asks for 8 more, beyond the model's context of 128"):
         gpt.generate(long, max_new_tokens=8)
     chunks = list(gpt.stream(long, max_new_tokens=8, truncate=True, temperature=0))
     assert chunks[-1].tokens <= 8
