@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 import unicodedata
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -35,9 +36,18 @@ class KoGPT:
         self.static_cache = loaded.decision.static_cache if static_cache is None else static_cache
         # Compiling the step pays off on CUDA only (CUDA graphs over the static cache).
         self.compile = compile and self.static_cache and loaded.device.type == "cuda"
-        # Input ids go where the first block runs: not model.device, which is `meta` when it is on disk.
-        self.engine = Engine(self.model, self.tokenizer, loaded.context_length, input_device(self.model),
-                             static_cache=self.static_cache, compile=self.compile)
+        self._engine: Engine | None = None
+        self._engine_lock = threading.Lock()
+
+    @property
+    def engine(self) -> Engine:
+        """The model's generation engine (made on first use: a tokenizer-only KoGPT never needs one)."""
+        with self._engine_lock:
+            if self._engine is None:
+                # Input ids go where the first block runs: not model.device, `meta` when it is on disk.
+                self._engine = Engine(self.model, self.tokenizer, self.loaded.context_length,
+                                      input_device(self.model), static_cache=self.static_cache, compile=self.compile)
+            return self._engine
 
     @classmethod
     def load(
@@ -150,8 +160,8 @@ class KoGPT:
             return records
         log.debug("prompt: %d tokens; %d sequences; settings %s", len(ids), count, settings.as_dict())
         shown = _InOrder(records, on_text, interleaved)
-        request = self.engine.submit(ids, settings, [r.seed for r in records], budget)
         try:
+            request = self.engine.submit(ids, settings, [r.seed for r in records], budget)
             for piece in self.engine.pieces(request):
                 record = records[piece.row]
                 record.completion_tokens = piece.tokens

@@ -53,7 +53,8 @@ def test_json_batch_keeps_the_interrupted_record(gpt, tiny_dir, tmp_path, monkey
     prompts.write_text("봄\n여름\n가을\n", encoding="utf-8")
     out = io.StringIO()
     monkeypatch.setattr(sys, "stdout", out)
-    kill_when(lambda: out.getvalue().count("\n") >= 1 and len(out.getvalue()) > 0, signum)
+    # Once the first record is out and the second prompt is being generated (not between the two).
+    kill_when(lambda: out.getvalue().count("\n") >= 1 and gpt.engine.busy, signum)
     result = cli.main(["--model", str(tiny_dir), "--device", "cpu", "--prompts-file", str(prompts), "--json",
                        "--max-new-tokens", "60", "--seed", "1"])
     assert result == code
