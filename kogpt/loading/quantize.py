@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from kogpt import weights
+from kogpt.loading import weights
 
 log = logging.getLogger(__name__)
 
