@@ -32,6 +32,7 @@ class Stats:
     cancelled: int = 0
     failed: int = 0
     running: int = 0
+    left: int = 0  # callers that stopped listening before their generation ended
 
 
 class Runner:
@@ -97,16 +98,21 @@ class Runner:
                 put(_END)
 
         threading.Thread(target=work, name="kogpt-serve", daemon=True).start()
+        ended = False
         try:
             while True:
                 item = await out.get()
                 if item is _END:
+                    ended = True
                     return
                 if isinstance(item, BaseException):
+                    ended = True
                     raise item
                 yield item
         finally:
-            cancel.set()
+            if not ended:
+                cancel.set()
+                self._count("left", 0)
 
     def _count(self, outcome: str, running: int) -> None:
         with self._stats_lock:

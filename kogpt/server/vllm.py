@@ -1,0 +1,103 @@
+"""`kogpt serve --engine vllm`: the command line of vLLM's own OpenAI server, set up for KoGPT.
+
+vLLM serves the same API (`/v1/completions`, `/v1/models`, `/health`) with continuous batching,
+tensor and pipeline parallelism, and multi-node through Ray. kogpt only fills in what KoGPT needs:
+the revision, the dtype, the context, a tokenizer directory whose config names KoGPT's special
+tokens, the served model name, and the server's sampling defaults.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import sys
+from pathlib import Path
+
+from kogpt.errors import KoGPTError
+from kogpt.settings import SamplingSettings
+
+log = logging.getLogger(__name__)
+
+CONTEXT = 2048
+DTYPES = {"auto": "float16", "float16": "float16", "bfloat16": "bfloat16", "float32": "float32"}
+
+
+def check_available() -> None:
+    """Raise a one-line `KoGPTError` unless vLLM is installed and a CUDA GPU is visible."""
+    if importlib.util.find_spec("vllm") is None:
+        raise KoGPTError("--engine vllm needs vLLM, which is not installed: pip install 'kogpt[vllm]' (Linux, NVIDIA GPU)")
+    import torch
+
+    if not torch.cuda.is_available():
+        raise KoGPTError("--engine vllm needs an NVIDIA GPU and this machine has none; leave out --engine to use kogpt's own")
+
+
+def tokenizer_dir(checkpoint: Path, vocab_size: int, cache: Path) -> Path:
+    """A copy of KoGPT's tokenizer whose config names its special tokens ([BOS], [EOS], ...), which
+    the hub's files leave out; vLLM reads it with `--tokenizer`."""
+    from kogpt.loading.checkpoint import load_tokenizer
+
+    tokenizer = load_tokenizer(checkpoint, vocab_size)
+    cache.mkdir(parents=True, exist_ok=True)
+    tokenizer.save_pretrained(cache)
+    return cache
+
+
+def generation_defaults(settings: SamplingSettings) -> dict:
+    """The server's sampling defaults in vLLM's `--override-generation-config` terms."""
+    out = {
+        "temperature": settings.temperature,
+        "top_p": settings.top_p,
+        "top_k": settings.top_k,
+        "repetition_penalty": settings.repetition_penalty,
+    }
+    if settings.max_new_tokens is not None:
+        out["max_new_tokens"] = settings.max_new_tokens
+    return out
+
+
+def command(
+    model: str,
+    revision: str | None,
+    tokenizer: Path,
+    served_name: str,
+    host: str,
+    port: int,
+    dtype: str = "auto",
+    api_key: str | None = None,
+    tensor_parallel: int = 1,
+    pipeline_parallel: int = 1,
+    defaults: SamplingSettings | None = None,
+    trust_remote_code: bool = False,
+) -> list[str]:
+    """`python -m vllm.entrypoints.openai.api_server ...` (what `vllm serve` runs) for KoGPT.
+
+    The API key goes in the environment (`VLLM_API_KEY`), not here, so `ps` does not show it.
+    """
+    argv = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model]
+    if revision is not None:
+        argv += ["--revision", revision]
+    argv += [
+        "--tokenizer", str(tokenizer),
+        "--served-model-name", served_name,
+        "--dtype", DTYPES[dtype],
+        "--max-model-len", str(CONTEXT),
+        "--host", host,
+        "--port", str(port),
+        "--tensor-parallel-size", str(tensor_parallel),
+        "--pipeline-parallel-size", str(pipeline_parallel),
+        "--generation-config", "vllm",
+        "--override-generation-config", json.dumps(generation_defaults(defaults or SamplingSettings())),
+    ]  # fmt: skip
+    if trust_remote_code:
+        argv.append("--trust-remote-code")
+    return argv
+
+
+def check_parallel(tensor_parallel: int, pipeline_parallel: int, heads: int = 16, layers: int = 28) -> None:
+    """KoGPT has 16 attention heads and 28 layers: TP must divide the heads, PP at most the layers."""
+    if tensor_parallel < 1 or heads % tensor_parallel:
+        raise KoGPTError(f"--tensor-parallel-size must divide KoGPT's {heads} attention heads (1, 2, 4, 8, 16), not {tensor_parallel}")
+    if not 1 <= pipeline_parallel <= layers:
+        raise KoGPTError(f"--pipeline-parallel-size must be 1 to {layers} (KoGPT's layers), not {pipeline_parallel}")
