@@ -78,6 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="print the template and the first item's prompt, then exit (loads no model)",
     )
     add_model_arguments(parser)
+    engine = parser.add_argument_group("engine")
+    engine.add_argument(
+        "--engine", choices=("kogpt", "vllm"), default="kogpt",
+        help="kogpt (built in) or vllm (GPUs: vLLM's prompt log-probabilities, same metrics)",
+    )  # fmt: skip
+    engine.add_argument("--tensor-parallel-size", type=count(1), default=1, metavar="N", help="vllm: GPUs per model")
+    engine.add_argument("--pipeline-parallel-size", type=count(1), default=1, metavar="M", help="vllm: pipeline stages")
     return parser
 
 
@@ -88,6 +95,11 @@ def run(args: argparse.Namespace, renderer: Renderer) -> int:
     from kogpt.evaluate.fewshot import build
     from kogpt.evaluate.templates import load_template
 
+    if args.engine == "vllm" and not args.show_prompt:  # before any data is read
+        from kogpt.loading.vllm import check_available, check_parallel
+
+        check_parallel(args.tensor_parallel_size, args.pipeline_parallel_size)
+        check_available()
     task = TASKS[args.task]
     template = load_template(task, args.template)
     data = data_lib.read(task.name, args.data)
@@ -103,10 +115,17 @@ def run(args: argparse.Namespace, renderer: Renderer) -> int:
     from kogpt.cli.flags import load_model
     from kogpt.evaluate.runner import evaluate, requests
 
-    gpt = load_model(args, renderer)
+    if args.engine == "vllm":
+        from kogpt.evaluate import vllm
+
+        gpt = vllm.load(args.model, args.revision, args.dtype, args.tensor_parallel_size,
+                        args.pipeline_parallel_size, args.trust_remote_code)  # fmt: skip
+        scorer = gpt.scorer
+    else:
+        gpt, scorer = load_model(args, renderer), None
     batch = requests(gpt, task, template, prompts, str(data.path))
     with render.progress(renderer.err, len(prompts), task.name) as advance:
-        outcome = evaluate(gpt, task, prompts, batch, args.batch_size, advance=advance)
+        outcome = evaluate(gpt, task, prompts, batch, args.batch_size, advance=advance, scorer=scorer)
     result = report(args, gpt, task, template, data, train, outcome)
     (render.print_json if args.json else render.print_table)(renderer.out, result)
     return 0
@@ -144,6 +163,7 @@ def report(
         "task": task.name,
         "model": args.model,
         "revision": None if looks_local(args.model) else args.revision,
+        "engine": getattr(args, "engine", "kogpt"),
         "source": gpt.loaded.source,
         "device": str(gpt.loaded.device),
         "dtype": str(gpt.loaded.dtype).removeprefix("torch."),

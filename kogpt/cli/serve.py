@@ -196,15 +196,16 @@ def exec_vllm(args: argparse.Namespace, defaults, name: str) -> int:
     from platformdirs import user_cache_dir
 
     from kogpt.loading.checkpoint import load_config, looks_local, resolve_checkpoint
+    from kogpt.loading import vllm as vllm_support
     from kogpt.server import vllm
 
-    vllm.check_parallel(args.tensor_parallel_size, args.pipeline_parallel_size)
-    vllm.check_available()
+    vllm_support.check_parallel(args.tensor_parallel_size, args.pipeline_parallel_size)
+    vllm_support.check_available()
     checkpoint = resolve_checkpoint(args.model, args.revision)
     local = looks_local(args.model)
     revision = None if local else args.revision
     cache = Path(user_cache_dir("kogpt")) / "vllm-tokenizer" / (checkpoint.name if local else revision)
-    tokenizer = vllm.tokenizer_dir(checkpoint, load_config(checkpoint).vocab_size, cache)
+    tokenizer = vllm_support.tokenizer_dir(checkpoint, load_config(checkpoint).vocab_size, cache)
     argv = vllm.command(
         args.model, revision, tokenizer, name, args.host, args.port, args.dtype, args.api_key,
         args.tensor_parallel_size, args.pipeline_parallel_size, defaults, args.trust_remote_code,

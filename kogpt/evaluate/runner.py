@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -70,19 +70,24 @@ def evaluate(
     batch_size: int = 8,
     method: str = "prefix",
     advance: Callable[[int], None] | None = None,
+    scorer: Callable[[Sequence[Request], int], Iterable[list[float]]] | None = None,
 ) -> Outcome:
     """Score each prompt's labels with `gpt` and predict the most likely one (ties: the first label).
 
     `batch` holds the prompts' `requests()`; `advance(n)` is called as items finish, for a progress bar.
+    `scorer(requests, batch_size)` replaces the built-in scorer (`kogpt.evaluate.vllm.VLLMScorer`).
     """
     if prompts:
         log.debug("full prompt of the first item (line %d):\n%s", prompts[0].example.line, prompts[0].text)
     pad = gpt.tokenizer.pad_token_id if gpt.tokenizer.pad_token_id is not None else 0
+    if scorer is None:
+        def scorer(items, size):
+            return score(gpt.model, items, size, method, pad)
     # Longest prompts first: batches of similar length pad less, and memory runs out at once if it must.
     order = sorted(range(len(batch)), key=lambda i: -len(batch[i].context))
     started = time.perf_counter()
     scores: list[list[float]] = [[] for _ in batch]
-    for i, item_scores in zip(order, score(gpt.model, [batch[i] for i in order], batch_size, method, pad), strict=True):
+    for i, item_scores in zip(order, scorer([batch[i] for i in order], batch_size), strict=True):
         scores[i] = item_scores
         if advance is not None:
             advance(1)

@@ -8,40 +8,15 @@ tokens, the served model name, and the server's sampling defaults.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import sys
 from pathlib import Path
 
-from kogpt.errors import KoGPTError
+from kogpt.loading.vllm import CONTEXT, DTYPES
 from kogpt.settings import SamplingSettings
 
 log = logging.getLogger(__name__)
-
-CONTEXT = 2048
-DTYPES = {"auto": "float16", "float16": "float16", "bfloat16": "bfloat16", "float32": "float32"}
-
-
-def check_available() -> None:
-    """Raise a one-line `KoGPTError` unless vLLM is installed and a CUDA GPU is visible."""
-    if importlib.util.find_spec("vllm") is None:
-        raise KoGPTError("--engine vllm needs vLLM, which is not installed: pip install 'kogpt[vllm]' (Linux, NVIDIA GPU)")
-    import torch
-
-    if not torch.cuda.is_available():
-        raise KoGPTError("--engine vllm needs an NVIDIA GPU and this machine has none; leave out --engine to use kogpt's own")
-
-
-def tokenizer_dir(checkpoint: Path, vocab_size: int, cache: Path) -> Path:
-    """A copy of KoGPT's tokenizer whose config names its special tokens ([BOS], [EOS], ...), which
-    the hub's files leave out; vLLM reads it with `--tokenizer`."""
-    from kogpt.loading.checkpoint import load_tokenizer
-
-    tokenizer = load_tokenizer(checkpoint, vocab_size)
-    cache.mkdir(parents=True, exist_ok=True)
-    tokenizer.save_pretrained(cache)
-    return cache
 
 
 def generation_defaults(settings: SamplingSettings) -> dict:
@@ -93,11 +68,3 @@ def command(
     if trust_remote_code:
         argv.append("--trust-remote-code")
     return argv
-
-
-def check_parallel(tensor_parallel: int, pipeline_parallel: int, heads: int = 16, layers: int = 28) -> None:
-    """KoGPT has 16 attention heads and 28 layers: TP must divide the heads, PP at most the layers."""
-    if tensor_parallel < 1 or heads % tensor_parallel:
-        raise KoGPTError(f"--tensor-parallel-size must divide KoGPT's {heads} attention heads (1, 2, 4, 8, 16), not {tensor_parallel}")
-    if not 1 <= pipeline_parallel <= layers:
-        raise KoGPTError(f"--pipeline-parallel-size must be 1 to {layers} (KoGPT's layers), not {pipeline_parallel}")
