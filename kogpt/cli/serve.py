@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import threading
 from pathlib import Path
 
@@ -161,7 +162,8 @@ def serve(args: argparse.Namespace, state, app) -> int:
 
     host = f"[{args.host}]" if ":" in args.host else args.host
     log.info("kogpt serve: http://%s:%d/v1 (model %s), loading; GET /health answers 200 when ready", host, port, state.served_name)
-    threading.Thread(target=load, name="kogpt-load", daemon=True).start()
+    loader = threading.Thread(target=load, name="kogpt-load", daemon=True)
+    loader.start()
     # uvicorn handles SIGTERM and Ctrl-C itself (a graceful shutdown) and raises the signal again
     # afterwards; by then there is nothing left to interrupt.
     previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -170,12 +172,29 @@ def serve(args: argparse.Namespace, state, app) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        if state.runner is not None:
-            state.runner.closing.set()
     if failure:
         raise failure[0]
+    # Threads still inside torch when the interpreter exits abort it ("terminate called without an
+    # active exception"): let cancelled generations reach their next token, and leave a load unfinished
+    # by ending the process at once.
+    if state.runner is not None:
+        state.runner.closing.set()
+        if not state.runner.wait_idle(args.shutdown_timeout):
+            log.warning("a generation did not stop within --shutdown-timeout; exiting anyway")
+            _exit_now(0)
+    if loader.is_alive():
+        log.info("kogpt serve stopped before the model finished loading")
+        _exit_now(0)
     log.info("kogpt serve stopped")
     return 0
+
+
+def _exit_now(code: int) -> None:
+    """End the process without waiting for threads that cannot be interrupted."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def load_model(args: argparse.Namespace):

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -113,6 +114,14 @@ class Runner:
             if not ended:
                 cancel.set()
                 self._count("left", 0)
+
+    def wait_idle(self, seconds: float) -> bool:
+        """Wait until no generation runs (after `closing` was set, each stops at its next token);
+        False if one still runs after `seconds`."""
+        deadline = time.monotonic() + seconds
+        while self.stats.running and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return not self.stats.running
 
     def _count(self, outcome: str, running: int) -> None:
         with self._stats_lock:
