@@ -108,6 +108,17 @@ def test_stop_cuts_the_text(client):
     assert cut.text == text[: text.find(stop)] and cut.finish_reason == "stop"
 
 
+def test_server_defaults_apply_to_fields_left_out_or_null(gpt):
+    from starlette.testclient import TestClient
+
+    state = ServerState(NAME, SamplingSettings(max_new_tokens=5, temperature=0, stop=["\n"]))
+    state.ready(gpt)
+    with TestClient(create_app(state)) as http:
+        body = http.post("/v1/completions", json={"prompt": PROMPT, "stop": None, "max_tokens": None}).json()
+    assert body["choices"][0]["text"] == gpt.generate(PROMPT, temperature=0, max_new_tokens=5, stop=["\n"])
+    assert body["usage"]["completion_tokens"] <= 5
+
+
 def test_echo_prepends_the_prompt(client):
     ask = dict(model=NAME, prompt=PROMPT, max_tokens=5, temperature=0)
     plain = client.completions.create(**ask).choices[0].text

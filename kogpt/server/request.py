@@ -101,7 +101,7 @@ def parse_completion(data: dict[str, Any], defaults: SamplingSettings) -> Comple
             hint = "; `kogpt serve --engine vllm` returns them" if name == "logprobs" else ""
             raise bad_request(f"{name} is not supported by kogpt serve{hint}; leave it out", param=name)
     given = {setting: _setting(name, setting, data[name]) for name, setting in SETTINGS.items() if data.get(name) is not None}
-    if "stop" in data:
+    if data.get("stop") is not None:
         given["stop"] = _stops(data["stop"])
     settings = dataclasses.replace(defaults, **given)
     if "max_tokens" in given:
@@ -145,8 +145,6 @@ def _setting(name: str, setting: str, value: Any) -> Any:
 
 
 def _stops(value: Any) -> list[str]:
-    if value is None:
-        return []
     stops = [value] if isinstance(value, str) else value
     if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
         raise bad_request("stop must be a string or a list of strings", param="stop")
