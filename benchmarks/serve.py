@@ -2,7 +2,8 @@
 
 `overhead`: on one loaded model, the same prompt and the same number of sampled tokens through
 (a) `KoGPT.stream()` in this process and (b) `POST /v1/completions` with `stream: true` to the server
-running in this process on 127.0.0.1 (uvicorn, as `kogpt serve` runs it), read with httpx. Per-token
+running in this process on 127.0.0.1 (uvicorn, as `kogpt serve` runs it), read with httpx by a
+client process of its own. Per-token
 time is (last token - first token) / (tokens - 1); time to first token (API) is set against time to
 the first SSE data byte (server). Rounds alternate; the figures are each path's best round and the
 median over the paired rounds (a shared machine's load changes from minute to minute). Targets:
@@ -55,21 +56,50 @@ def server_once(http, url: str, body: dict) -> dict:
     return {"first_s": first, "per_token_s": (stamps[-1] - first) / max(tokens - 1, 1), "tokens": tokens}
 
 
-def measure(gpt, url: str, new_tokens: int, rounds: int, clients: list[int]) -> dict:
-    import httpx
+class Clients:
+    """HTTP clients in a process of their own, as real clients are, so that reading the stream does
+    not compete with the server for this process's interpreter lock."""
 
+    def __init__(self, url: str) -> None:
+        import subprocess
+
+        argv = [sys.executable, __file__, "--client", url]
+        self.process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+    def run(self, body: dict, n: int = 1) -> dict:
+        self.process.stdin.write(json.dumps({"body": body, "n": n}) + "\n")
+        self.process.stdin.flush()
+        return json.loads(self.process.stdout.readline())
+
+    def close(self) -> None:
+        self.process.stdin.close()
+        self.process.wait(60)
+
+
+def client_loop(url: str) -> None:
+    """`--client URL`: for each JSON line {"body", "n"} on stdin, run n concurrent streams; print the result."""
+    for line in sys.stdin:
+        order = json.loads(line)
+        print(json.dumps(concurrent(url, order["body"], order["n"])), flush=True)
+
+
+def measure(gpt, url: str, new_tokens: int, rounds: int, clients: list[int]) -> dict:
     from kogpt import SamplingSettings
 
     settings = SamplingSettings(temperature=0.8, max_new_tokens=new_tokens, seed=1)
     body = {"prompt": PROMPT, "max_tokens": new_tokens, "temperature": 0.8, "seed": 1, "stream": True,
             "stream_options": {"include_usage": True}}  # fmt: skip
     api, server = [], []
-    with httpx.Client(timeout=600) as http:
-        server_once(http, url, {**body, "max_tokens": 2})  # warm both paths once
+    http = Clients(url)
+    try:
+        http.run({**body, "max_tokens": 2})  # warm both paths once
         api_once(gpt, SamplingSettings(temperature=0.8, max_new_tokens=2))
         for _ in range(rounds):
             api.append(api_once(gpt, settings))
-            server.append(server_once(http, url, body))
+            server.append(http.run(body)["each"][0])
+        scaling = [{k: v for k, v in http.run(body, n).items() if k != "each"} for n in clients]
+    finally:
+        http.close()
 
     def best(rows, key):  # the best round: the least disturbed by the rest of a shared machine
         return min(row[key] for row in rows)
@@ -90,17 +120,18 @@ def measure(gpt, url: str, new_tokens: int, rounds: int, clients: list[int]) -> 
     }
     overhead["per_token_ratio_best"] = overhead["server_per_token_s"] / overhead["api_per_token_s"]
     overhead["first_byte_minus_first_token_ms_best"] = 1000 * (overhead["server_first_byte_s"] - overhead["api_first_token_s"])
-    return {"overhead": overhead, "concurrency": [concurrent(url, body, n) for n in clients]}
+    return {"overhead": overhead, "concurrency": scaling}
 
 
 def concurrent(url: str, body: dict, n: int) -> dict:
+    """n clients streaming `body` at once (seeds 0..n-1): total tokens / wall time, and each one's figures."""
     import httpx
 
     results: list[dict] = [{} for _ in range(n)]
 
     def client(i: int) -> None:
-        with httpx.Client(timeout=600) as http:
-            results[i] = server_once(http, url, {**body, "seed": i})
+        with httpx.Client(timeout=3600) as http:
+            results[i] = server_once(http, url, {**body, "seed": body.get("seed", 0) + i})
 
     threads = [threading.Thread(target=client, args=(i,)) for i in range(n)]
     started = time.perf_counter()
@@ -111,7 +142,7 @@ def concurrent(url: str, body: dict, n: int) -> dict:
     wall = time.perf_counter() - started
     tokens = sum(r["tokens"] for r in results)
     return {"clients": n, "tokens": tokens, "seconds": round(wall, 3), "tokens_per_s": round(tokens / wall, 2),
-            "first_byte_s_max": round(max(r["first_s"] for r in results), 3)}  # fmt: skip
+            "first_byte_s_max": round(max(r["first_s"] for r in results), 3), "each": results}  # fmt: skip
 
 
 def cpu() -> dict:
@@ -146,6 +177,9 @@ def run(checkpoint: str, new_tokens: int, rounds: int, clients: list[int], quant
 
 
 def main(argv: list[str] | None = None) -> dict:
+    if argv is None and sys.argv[1:2] == ["--client"]:
+        client_loop(sys.argv[2])
+        return {}
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", help="a checkpoint directory (benchmarks/checkpoint.py builds presets)")
