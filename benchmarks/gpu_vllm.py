@@ -71,7 +71,10 @@ def greedy(url: str, new_tokens: int) -> list[str]:
     import openai
 
     client = openai.OpenAI(base_url=url + "/v1", api_key=os.environ.get("KOGPT_API_KEY", "none"), timeout=600)
-    return [client.completions.create(model=NAME, prompt=p, max_tokens=new_tokens, temperature=0).choices[0].text for p in PROMPTS]
+    return [
+        client.completions.create(model=NAME, prompt=p, max_tokens=new_tokens, temperature=0).choices[0].text
+        for p in PROMPTS
+    ]
 
 
 def throughput(url: str, new_tokens: int) -> list[dict]:

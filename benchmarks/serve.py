@@ -114,12 +114,13 @@ def measure(gpt, url: str, new_tokens: int, rounds: int, clients: list[int]) -> 
         "server_per_token_s": best(server, "per_token_s"),
         "tokens": api[0]["tokens"],
         "per_token_ratio_median_of_pairs": paired("per_token_s"),
-        "first_byte_minus_first_token_ms_median_of_pairs": 1000 * statistics.median(
-            s["first_s"] - a["first_s"] for a, s in zip(api, server, strict=True)
-        ),
+        "first_byte_minus_first_token_ms_median_of_pairs": 1000
+        * statistics.median(s["first_s"] - a["first_s"] for a, s in zip(api, server, strict=True)),
     }
     overhead["per_token_ratio_best"] = overhead["server_per_token_s"] / overhead["api_per_token_s"]
-    overhead["first_byte_minus_first_token_ms_best"] = 1000 * (overhead["server_first_byte_s"] - overhead["api_first_token_s"])
+    overhead["first_byte_minus_first_token_ms_best"] = 1000 * (
+        overhead["server_first_byte_s"] - overhead["api_first_token_s"]
+    )
     return {"overhead": overhead, "concurrency": scaling}
 
 
@@ -151,7 +152,9 @@ def cpu() -> dict:
     info = {"machine": platform.machine()}
     try:
         text = Path("/proc/cpuinfo").read_text()
-        info["model"] = next(line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name"))
+        info["model"] = next(
+            line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")
+        )
         flags = set(next(line for line in text.splitlines() if line.startswith("flags")).split())
         info["flags"] = sorted(flags & {"avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile"})
     except (OSError, StopIteration):

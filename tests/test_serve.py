@@ -132,7 +132,9 @@ def test_models(client, gpt):
 
 def test_concurrent_clients_are_never_mixed(client):
     prompts = [f"{PROMPT} {i}번" for i in range(6)]
-    expected = [client.completions.create(model=NAME, prompt=p, max_tokens=10, temperature=0).choices[0].text for p in prompts]
+    expected = [
+        client.completions.create(model=NAME, prompt=p, max_tokens=10, temperature=0).choices[0].text for p in prompts
+    ]
 
     def ask(i: int) -> str:
         if i % 2:
@@ -184,7 +186,14 @@ def test_settings_are_judged_as_the_command_line_judges_them(server):
 
 
 def test_neutral_openai_fields_are_accepted(server):
-    neutral = {"frequency_penalty": 0, "presence_penalty": 0.0, "logit_bias": {}, "best_of": 1, "user": "me", "suffix": None}
+    neutral = {
+        "frequency_penalty": 0,
+        "presence_penalty": 0.0,
+        "logit_bias": {},
+        "best_of": 1,
+        "user": "me",
+        "suffix": None,
+    }
     assert post(server, {"prompt": "a", "max_tokens": 2, **neutral}).status_code == 200
 
 

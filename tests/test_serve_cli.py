@@ -66,7 +66,7 @@ def test_vllm_command_line(tmp_path):
 
     argv = vllm.command(
         "kakaobrain/kogpt", "KoGPT6B-ryan1.5b-float16", tmp_path, "kakaobrain/kogpt", "127.0.0.1", 8000,
-        api_key="s3cret", tensor_parallel=4, pipeline_parallel=2, defaults=SamplingSettings(temperature=0.5),
+        tensor_parallel=4, pipeline_parallel=2, defaults=SamplingSettings(temperature=0.5),
     )  # fmt: skip
     assert argv[1:3] == ["-m", "vllm.entrypoints.openai.api_server"]
     options = dict(zip(argv[3::2], argv[4::2], strict=True))
@@ -75,7 +75,26 @@ def test_vllm_command_line(tmp_path):
     assert options["--tensor-parallel-size"] == "4" and options["--pipeline-parallel-size"] == "2"
     assert options["--max-model-len"] == "2048"
     assert json.loads(options["--override-generation-config"])["temperature"] == 0.5
-    assert "s3cret" not in argv  # the key goes through the environment, out of `ps`
+
+
+def test_serve_engine_vllm_execs_vllms_server(tiny_dir, monkeypatch):
+    """The whole `kogpt serve --engine vllm` path up to the exec, with vLLM and the GPU stood in for."""
+    from transformers import AutoTokenizer
+
+    calls = []
+    monkeypatch.setattr("kogpt.loading.vllm.check_available", lambda: None)
+    monkeypatch.setattr(os, "execvpe", lambda file, argv, env: calls.append((argv, env)))
+    argv = ["serve", "--engine", "vllm", "--model", str(tiny_dir), "--host", "0.0.0.0", "--api-key", "s3cret",
+            "--temperature", "0.3", "--tensor-parallel-size", "2"]  # fmt: skip
+    assert main(argv) == 0
+    ((command, env),) = calls
+    options = dict(zip(command[3::2], command[4::2], strict=True))
+    assert options["--model"] == str(tiny_dir) and "--revision" not in options  # a local directory
+    assert options["--served-model-name"] == str(tiny_dir) and options["--host"] == "0.0.0.0"
+    assert options["--tensor-parallel-size"] == "2"
+    assert json.loads(options["--override-generation-config"])["temperature"] == 0.3
+    assert AutoTokenizer.from_pretrained(options["--tokenizer"]).eos_token == "[EOS]"
+    assert "s3cret" not in command and env["VLLM_API_KEY"] == "s3cret"  # out of `ps`
 
 
 def test_vllm_parallel_sizes_fit_kogpt():
@@ -107,7 +126,9 @@ def test_sigterm_mid_stream_cancels_and_exits_cleanly(tiny_dir, gpt, monkeypatch
     gated, runners = GatedGPT(gpt), []
     monkeypatch.setattr(serve, "load_model", lambda args: gated)
     ready = ServerState.ready
-    monkeypatch.setattr(ServerState, "ready", lambda self, g, serialise=True: runners.append(ready(self, g, serialise)) or runners[-1])
+    monkeypatch.setattr(
+        ServerState, "ready", lambda self, g, serialise=True: runners.append(ready(self, g, serialise)) or runners[-1]
+    )
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     seen: list[str] = []

@@ -37,7 +37,9 @@ class FakeLLM:
             with torch.inference_mode():
                 logits = self.model(torch.tensor([ids])).logits[0].float()
             logp = torch.log_softmax(logits, dim=-1)
-            positions = [None] + [{ids[i]: types.SimpleNamespace(logprob=logp[i - 1, ids[i]].item())} for i in range(1, len(ids))]
+            positions = [None] + [
+                {ids[i]: types.SimpleNamespace(logprob=logp[i - 1, ids[i]].item())} for i in range(1, len(ids))
+            ]
             outputs.append(types.SimpleNamespace(prompt_logprobs=positions))
         return outputs
 
@@ -89,11 +91,25 @@ def test_eval_engine_vllm_gives_the_same_metrics(task, long_dir, fake_vllm, monk
 
     def load(model, revision, dtype, tp, pp, trust_remote_code=False):
         described = eval_vllm.Described(model, "cuda (vLLM stand-in)", "float32")
-        return eval_vllm.Engine(gpt.tokenizer, gpt.context_length, eval_vllm.VLLMScorer(llm=FakeLLM(gpt.model)), described)
+        return eval_vllm.Engine(
+            gpt.tokenizer, gpt.context_length, eval_vllm.VLLMScorer(llm=FakeLLM(gpt.model)), described
+        )
 
     monkeypatch.setattr(eval_vllm, "load", load)
     monkeypatch.setattr("kogpt.loading.vllm.check_available", lambda: None)  # no GPU here
-    argv = ["eval", task, "--data", str(FILES[task]), "--model", str(long_dir), "--device", "cpu", "--json", "--shots", "2"]
+    argv = [
+        "eval",
+        task,
+        "--data",
+        str(FILES[task]),
+        "--model",
+        str(long_dir),
+        "--device",
+        "cpu",
+        "--json",
+        "--shots",
+        "2",
+    ]
     reports = []
     for engine in ("kogpt", "vllm"):
         assert main([*argv, "--engine", engine]) == 0

@@ -37,7 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
         "GET /v1/models, GET /health.",
     )
     server = parser.add_argument_group("server")
-    server.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on (default:{DEFAULT_HOST}, this machine only)")
+    server.add_argument(
+        "--host", default=DEFAULT_HOST, help=f"address to listen on (default:{DEFAULT_HOST}, this machine only)"
+    )
     server.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"(default:{DEFAULT_PORT})")
     server.add_argument(
         "--api-key",
@@ -52,16 +54,30 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="?",
         const="",
         metavar="FILE",
-        help="append every request and completion to FILE (JSON Lines); off by default: the prompts are other people's data",
+        help="append every request and completion to FILE (JSON Lines; default FILE: in the user data "
+        "directory); off unless given: the prompts are other people's data",
     )
     server.add_argument(
         "--shutdown-timeout", type=float, default=SHUTDOWN_SECONDS, metavar="S",
         help=f"on SIGTERM, seconds requests get to finish before they are cancelled (default:{SHUTDOWN_SECONDS:g})",
     )  # fmt: skip
     engine = parser.add_argument_group("engine")
-    engine.add_argument("--engine", choices=ENGINES, default="kogpt", help="kogpt (built in, CPU or GPU) or vllm (GPUs, batching, multi-node)")
-    engine.add_argument("--tensor-parallel-size", type=int, default=1, metavar="N", help="vllm: GPUs per model replica, 1, 2, 4, 8 or 16")
-    engine.add_argument("--pipeline-parallel-size", type=int, default=1, metavar="M", help="vllm: pipeline stages (nodes)")
+    engine.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default="kogpt",
+        help="kogpt (built in, CPU or GPU) or vllm (GPUs, batching, multi-node)",
+    )
+    engine.add_argument(
+        "--tensor-parallel-size",
+        type=int,
+        default=1,
+        metavar="N",
+        help="vllm: GPUs per model replica, 1, 2, 4, 8 or 16",
+    )
+    engine.add_argument(
+        "--pipeline-parallel-size", type=int, default=1, metavar="M", help="vllm: pipeline stages (nodes)"
+    )
     flags.add_model_arguments(parser)
     sampling = parser.add_argument_group("sampling defaults (a request's own fields win)")
     for flag, metavar in SAMPLING_FLAGS.items():
@@ -85,7 +101,9 @@ def run(args: argparse.Namespace, renderer) -> int:
     if args.engine == "vllm":
         return exec_vllm(args, defaults, name)
     if (args.tensor_parallel_size, args.pipeline_parallel_size) != (1, 1):
-        raise KoGPTError("--tensor-parallel-size and --pipeline-parallel-size need --engine vllm; kogpt's own engine splits a model with --device-map")
+        raise KoGPTError(
+            "--tensor-parallel-size and --pipeline-parallel-size need --engine vllm; kogpt's own engine splits a model with --device-map"
+        )
     try:
         from kogpt.server.app import ServerState, create_app
     except ImportError as exc:
@@ -161,7 +179,12 @@ def serve(args: argparse.Namespace, state, app) -> int:
         log.info("ready: %s on %s; %d-token context", state.served_name, gpt.loaded.device, gpt.context_length)
 
     host = f"[{args.host}]" if ":" in args.host else args.host
-    log.info("kogpt serve: http://%s:%d/v1 (model %s), loading; GET /health answers 200 when ready", host, port, state.served_name)
+    log.info(
+        "kogpt serve: http://%s:%d/v1 (model %s), loading; GET /health answers 200 when ready",
+        host,
+        port,
+        state.served_name,
+    )
     loader = threading.Thread(target=load, name="kogpt-load", daemon=True)
     loader.start()
     # uvicorn handles SIGTERM and Ctrl-C itself (a graceful shutdown) and raises the signal again
@@ -214,8 +237,8 @@ def exec_vllm(args: argparse.Namespace, defaults, name: str) -> int:
     """Replace this process with vLLM's OpenAI server, set up for KoGPT (see `kogpt.server.vllm`)."""
     from platformdirs import user_cache_dir
 
-    from kogpt.loading.checkpoint import load_config, looks_local, resolve_checkpoint
     from kogpt.loading import vllm as vllm_support
+    from kogpt.loading.checkpoint import load_config, looks_local, resolve_checkpoint
     from kogpt.server import vllm
 
     vllm_support.check_parallel(args.tensor_parallel_size, args.pipeline_parallel_size)
@@ -226,8 +249,7 @@ def exec_vllm(args: argparse.Namespace, defaults, name: str) -> int:
     cache = Path(user_cache_dir("kogpt")) / "vllm-tokenizer" / (checkpoint.name if local else revision)
     tokenizer = vllm_support.tokenizer_dir(checkpoint, load_config(checkpoint).vocab_size, cache)
     argv = vllm.command(
-        args.model, revision, tokenizer, name, args.host, args.port, args.dtype, args.api_key,
-        args.tensor_parallel_size, args.pipeline_parallel_size, defaults, args.trust_remote_code,
+        args.model, revision, tokenizer, name, args.host, args.port, args.dtype, args.tensor_parallel_size, args.pipeline_parallel_size, defaults, args.trust_remote_code,
     )  # fmt: skip
     env = dict(os.environ)
     if args.api_key:

@@ -47,7 +47,10 @@ class VLLMScorer:
             batch = requests[begin : begin + step]
             seqs = [(r.context + c, len(r.context)) for r in batch for c in r.continuations]
             outputs = self.llm.generate([TokensPrompt(prompt_token_ids=ids) for ids, _ in seqs], params, use_tqdm=False)
-            flat = [continuation_logprob(o.prompt_logprobs, ids, start) for o, (ids, start) in zip(outputs, seqs, strict=True)]
+            flat = [
+                continuation_logprob(o.prompt_logprobs, ids, start)
+                for o, (ids, start) in zip(outputs, seqs, strict=True)
+            ]
             at = 0
             for r in batch:
                 yield flat[at : at + len(r.continuations)]
@@ -77,7 +80,9 @@ class Described:
     dtype: str
 
 
-def load(model: str, revision: str, dtype: str, tensor_parallel: int, pipeline_parallel: int, trust_remote_code: bool = False) -> Engine:
+def load(
+    model: str, revision: str, dtype: str, tensor_parallel: int, pipeline_parallel: int, trust_remote_code: bool = False
+) -> Engine:
     """KoGPT on vLLM for scoring; a one-line `KoGPTError` without vLLM or a GPU."""
     from kogpt.loading import vllm as support
     from kogpt.loading.checkpoint import load_config, load_tokenizer, looks_local, resolve_checkpoint
@@ -96,4 +101,9 @@ def load(model: str, revision: str, dtype: str, tensor_parallel: int, pipeline_p
         trust_remote_code=trust_remote_code,
     )
     where = f"cuda (vLLM, tensor parallel {tensor_parallel}, pipeline parallel {pipeline_parallel})"
-    return Engine(load_tokenizer(path, config.vocab_size), config.n_positions, scorer, Described(str(path), where, support.DTYPES[dtype]))
+    return Engine(
+        load_tokenizer(path, config.vocab_size),
+        config.n_positions,
+        scorer,
+        Described(str(path), where, support.DTYPES[dtype]),
+    )

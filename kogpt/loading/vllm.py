@@ -16,11 +16,15 @@ HEADS, LAYERS = 16, 28
 def check_available() -> None:
     """Raise a one-line `KoGPTError` unless vLLM is installed and a CUDA GPU is visible."""
     if importlib.util.find_spec("vllm") is None:
-        raise KoGPTError("--engine vllm needs vLLM, which is not installed: pip install 'kogpt[vllm]' (Linux, NVIDIA GPU)")
+        raise KoGPTError(
+            "--engine vllm needs vLLM, which is not installed: pip install 'kogpt[vllm]' (Linux, NVIDIA GPU)"
+        )
     import torch
 
     if not torch.cuda.is_available():
-        raise KoGPTError("--engine vllm needs an NVIDIA GPU and this machine has none; leave out --engine to use kogpt's own")
+        raise KoGPTError(
+            "--engine vllm needs an NVIDIA GPU and this machine has none; leave out --engine to use kogpt's own"
+        )
 
 
 def check_parallel(tensor_parallel: int, pipeline_parallel: int) -> None:

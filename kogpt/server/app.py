@@ -87,8 +87,12 @@ def create_app(state: ServerState) -> Starlette:
         body = await read_body(request, state.max_body)
         checked = parse_completion(parse_json(body), state.defaults)
         if checked.model is not None and checked.model != state.served_name:
-            raise APIError(404, f"model {checked.model!r} is not served here; this server serves {state.served_name!r}",
-                           param="model", code="model_not_found")
+            raise APIError(
+                404,
+                f"model {checked.model!r} is not served here; this server serves {state.served_name!r}",
+                param="model",
+                code="model_not_found",
+            )
         completion = Completion(checked, plan(checked, runner), runner, state.served_name, state.transcript)
         if checked.stream:
             return EventSourceResponse(completion.events(), sep="\n", ping=PING_SECONDS)
@@ -96,7 +100,10 @@ def create_app(state: ServerState) -> Starlette:
         return JSONResponse(result) if result is not None else Response(status_code=499)
 
     async def http_error(request: Request, exc: HTTPException) -> Response:
-        message = {404: f"no route {request.url.path}; the API is under /v1", 405: f"{request.method} is not allowed on {request.url.path}"}
+        message = {
+            404: f"no route {request.url.path}; the API is under /v1",
+            405: f"{request.method} is not allowed on {request.url.path}",
+        }
         return APIError(exc.status_code, message.get(exc.status_code, str(exc.detail))).response()
 
     async def server_error(request: Request, exc: Exception) -> Response:
@@ -118,7 +125,9 @@ def _authorise(state: ServerState, request: Request) -> None:
         return
     scheme, _, key = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(key.strip().encode(), state.api_key.encode()):
-        raise APIError(401, "missing or wrong API key: send the header Authorization: Bearer KEY", code="invalid_api_key")
+        raise APIError(
+            401, "missing or wrong API key: send the header Authorization: Bearer KEY", code="invalid_api_key"
+        )
 
 
 async def _unless_disconnected(request: Request, work):

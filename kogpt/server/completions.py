@@ -77,7 +77,9 @@ def _too_long(prompt: str, settings: SamplingSettings, runner: Runner) -> APIErr
 class Completion:
     """The replies to one request, plain or streamed; `transcript` records each finished choice."""
 
-    def __init__(self, request: CompletionRequest, jobs: list[Job], runner: Runner, model: str, transcript: Transcript | None):
+    def __init__(
+        self, request: CompletionRequest, jobs: list[Job], runner: Runner, model: str, transcript: Transcript | None
+    ):
         self.request, self.jobs, self.runner, self.model = request, jobs, runner, model
         self.transcript = transcript
         self.id = f"cmpl-{uuid.uuid4().hex}"
@@ -111,8 +113,13 @@ class Completion:
 
     async def _pieces(self, job: Job) -> AsyncIterator[tuple[str, str | None]]:
         """(text, finish_reason) of one choice; the reason is set on the last piece only."""
-        record = Record(job.prompt, settings=job.settings.as_dict(), seed=job.settings.seed, index=job.index,
-                        prompt_tokens=job.prompt_tokens)
+        record = Record(
+            job.prompt,
+            settings=job.settings.as_dict(),
+            seed=job.settings.seed,
+            index=job.index,
+            prompt_tokens=job.prompt_tokens,
+        )
         if self.request.echo:
             yield job.prompt, None
         try:
@@ -133,8 +140,14 @@ class Completion:
             self.transcript.add([record])
 
     def _object(self, choices: list[dict], **extra) -> dict:
-        return {"id": self.id, "object": "text_completion", "created": self.created, "model": self.model,
-                "choices": choices, **extra}
+        return {
+            "id": self.id,
+            "object": "text_completion",
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+            **extra,
+        }
 
     @staticmethod
     def _event(data: dict) -> dict:

@@ -100,7 +100,9 @@ def parse_completion(data: dict[str, Any], defaults: SamplingSettings) -> Comple
         if name in data and not any(_same(data[name], value) for value in neutral):
             hint = "; `kogpt serve --engine vllm` returns them" if name == "logprobs" else ""
             raise bad_request(f"{name} is not supported by kogpt serve{hint}; leave it out", param=name)
-    given = {setting: _setting(name, setting, data[name]) for name, setting in SETTINGS.items() if data.get(name) is not None}
+    given = {
+        setting: _setting(name, setting, data[name]) for name, setting in SETTINGS.items() if data.get(name) is not None
+    }
     if data.get("stop") is not None:
         given["stop"] = _stops(data["stop"])
     settings = dataclasses.replace(defaults, **given)
@@ -111,7 +113,10 @@ def parse_completion(data: dict[str, Any], defaults: SamplingSettings) -> Comple
         raise bad_request("best_of is not supported by kogpt serve; leave it out (or equal to n)", param="best_of")
     prompts = _prompts(data.get("prompt"))
     if len(prompts) * settings.num_return_sequences > MAX_CHOICES:
-        raise bad_request(f"{len(prompts)} prompts x n={settings.num_return_sequences} is more than {MAX_CHOICES} completions in one request", param="n")
+        raise bad_request(
+            f"{len(prompts)} prompts x n={settings.num_return_sequences} is more than {MAX_CHOICES} completions in one request",
+            param="n",
+        )
     stream = _flag(data, "stream")
     options = data.get("stream_options")
     include_usage = False
@@ -178,7 +183,9 @@ def _check_unicode(text: str, param: str) -> None:
         text.encode("utf-8")
     except UnicodeEncodeError as exc:  # JSON's "\ud800": a lone surrogate, not a character
         code = ord(text[exc.start])
-        raise bad_request(f"{param} holds a lone surrogate \\u{code:04x}, which is not valid Unicode", param=param) from None
+        raise bad_request(
+            f"{param} holds a lone surrogate \\u{code:04x}, which is not valid Unicode", param=param
+        ) from None
 
 
 def _flag(data: dict, name: str) -> bool:

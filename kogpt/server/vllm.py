@@ -40,7 +40,6 @@ def command(
     host: str,
     port: int,
     dtype: str = "auto",
-    api_key: str | None = None,
     tensor_parallel: int = 1,
     pipeline_parallel: int = 1,
     defaults: SamplingSettings | None = None,
