@@ -28,6 +28,7 @@ PRESETS = {
     "6b": dict(n_layer=28, n_embd=4096, n_head=16, rotary_dim=64),
     "1b": dict(n_layer=16, n_embd=2048, n_head=16, rotary_dim=64),
     "125m": dict(n_layer=12, n_embd=768, n_head=12, rotary_dim=32),
+    "tiny": dict(n_layer=2, n_embd=64, n_head=4, rotary_dim=8),  # seconds: the test suite runs it
 }
 
 
@@ -47,8 +48,8 @@ def save_tokenizer(path: Path, vocab_size: int) -> None:
     The padding entries have no merges that produce them, so they never appear when encoding;
     they exist so that tools that check vocabulary size against the model (CTranslate2) accept it.
     """
-    sys.path.insert(0, str(REPO / "tests"))
-    from conftest import train_tokenizer
+    sys.path.insert(0, str(REPO))
+    from tests.tiny import train_tokenizer
 
     train_tokenizer().save_pretrained(path)
     spec = json.loads((path / "tokenizer.json").read_text(encoding="utf-8"))

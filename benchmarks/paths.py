@@ -9,30 +9,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
-import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-PROMPT_TEXT = "인간처럼 생각하고, 행동하는 '지능'을 통해 인류가 이제까지 풀지 못했던 문제의 해답을 찾을 수 있을 것이다. " * 4
-
-
-def peak_rss_gib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
-
-
-def prompt_ids(tokenizer, n: int) -> list[int]:
-    ids = tokenizer.encode(PROMPT_TEXT, add_special_tokens=False)
-    assert len(ids) >= n, f"the benchmark prompt has only {len(ids)} tokens"
-    return ids[:n]
-
-
-def rates(started: float, stamps: list[float]) -> dict:
-    first = stamps[0] - started
-    decode = (len(stamps) - 1) / (stamps[-1] - stamps[0]) if len(stamps) > 1 else float("nan")
-    return {"first_token_s": first, "decode_tok_s": decode, "tokens": len(stamps), "total_s": stamps[-1] - started}
+import overhead
+from common import peak_rss_gib, prompt_ids, rates
 
 
 def seed_snippet(checkpoint: str, n_prompt: int, n_new: int) -> dict:
@@ -160,6 +141,7 @@ def main() -> None:
     parser.add_argument("--prompt-tokens", type=int, default=20)
     parser.add_argument("--new-tokens", type=int, default=16)
     parser.add_argument("--converted", default="")
+    parser.add_argument("--bandwidth-gib", type=float, default=2.0, help="bytes read to measure the bandwidth")
     args = parser.parse_args()
     common = (args.checkpoint, args.prompt_tokens, args.new_tokens)
     if args.path == "int8":
@@ -169,9 +151,9 @@ def main() -> None:
     elif args.path == "ct2-convert":
         result = ctranslate2_convert(args.checkpoint, args.converted)
     elif args.path in ("overhead", "first-prompt"):
-        import overhead
-
         result = overhead.main(args.path, *common)
+    elif args.path == "bandwidth":
+        result = bandwidth(*common, gib=args.bandwidth_gib)
     else:
         result = PATHS[args.path](*common)
     result["peak_rss_gib"] = peak_rss_gib()

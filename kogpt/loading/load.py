@@ -9,91 +9,76 @@ from pathlib import Path
 
 import torch
 
-from kogpt.defaults import DEFAULT_MODEL, DEFAULT_REVISION
 from kogpt.errors import KoGPTError, first_line
 from kogpt.loading import prefill
 from kogpt.loading import quantize as quantize_lib
 from kogpt.loading import weights as weights_lib
 from kogpt.loading.checkpoint import load_config, load_tokenizer, resolve_checkpoint
-from kogpt.placement import memory
-from kogpt.placement import options as placement
-from kogpt.placement import plan as plan_lib
+from kogpt.placement.decide import Decision, decide
 from kogpt.placement.devicemap import quiet_accelerate
+from kogpt.placement.options import Options, load_kwargs
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class Loaded:
-    """A model ready to generate, with what was decided on the way."""
+    """A model ready to generate, with the decision it was loaded by."""
 
     model: torch.nn.Module
     tokenizer: object
-    device: torch.device
-    dtype: torch.dtype
+    decision: Decision
     source: str  # what was asked for: a hub repo id or a directory
     n_params: int
     context_length: int
-    quantize: str = "none"
+
+    @property
+    def device(self) -> torch.device:
+        return self.decision.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.decision.dtype
+
+    @property
+    def quantize(self) -> str:
+        return self.decision.quantize
 
 
-def resolve_device(device: str) -> torch.device:
-    if device == "cuda" and not torch.cuda.is_available():
-        log.warning("CUDA is not available; running on the CPU")
-        device = "cpu"
-    return torch.device(device)
+def load(options: Options, path: Path | None = None) -> Loaded:
+    """Load what `options` asks for: tokenizer and weights, placed and typed as `decide` says.
 
-
-def load(
-    model: str = DEFAULT_MODEL,
-    revision: str = DEFAULT_REVISION,
-    device: str = "cuda",
-    dtype: str = "auto",
-    trust_remote_code: bool = False,
-    quantize: str = "none",
-    device_map: str | None = None,
-    max_memory: str | dict | None = None,
-    offload_dir: str | None = None,
-) -> Loaded:
-    """Load tokenizer and weights, choose the dtype, and place the model on `device`.
-
-    Code shipped inside a checkpoint never runs unless `trust_remote_code` is set.
-    `device_map` (auto, balanced, sequential) splits the model over the GPUs and the CPU within
-    `max_memory` ("0=10GiB,cpu=30GiB" or a dict), putting what is left in `offload_dir`;
-    `quantize` (none, int8, int4) shrinks the weights. The placement is planned on the meta device
-    first, and nothing is loaded when the plan does not fit.
+    `path` is the checkpoint directory when the caller has already resolved `options.model` (a
+    hub download shows its own progress, before the loading spinner). Code shipped inside a
+    checkpoint never runs unless `options.trust_remote_code` is set. Nothing is loaded when the
+    plan does not fit.
     """
     started = time.perf_counter()
-    if trust_remote_code:
-        log.warning("--trust-remote-code: Python code inside %s will run on this machine", model)
-    path = resolve_checkpoint(model, revision)
-    config = load_config(path, trust_remote_code)
-    tokenizer = load_tokenizer(path, config.vocab_size, trust_remote_code)
+    if options.trust_remote_code:
+        log.warning("--trust-remote-code: Python code inside %s will run on this machine", options.model)
+    path = path or resolve_checkpoint(options.model, options.revision)
+    config = load_config(path, options.trust_remote_code)
+    tokenizer = load_tokenizer(path, config.vocab_size, options.trust_remote_code)
     log.debug("loaded the tokenizer from %s (%d tokens)", path, len(tokenizer))
 
-    target = resolve_device(device)
-    context = config.n_positions
-    options = placement.Options(device_map, placement.parse_max_memory(max_memory), offload_dir, quantize)
-    choice, plan = plan_lib.prepare(config, target, dtype, options)
-    if not plan.fits:
-        raise KoGPTError(plan.refusal())
-    streamed = target.type == "cpu" and not options.strategy  # an offload dir implies a strategy
-    if quantize != "none" and streamed:
-        choice = memory.DtypeChoice(quantize_lib.COMPUTE_DTYPE, f"--quantize {quantize} computes in bfloat16")
-    log.info("dtype %s on %s: %s", str(choice.dtype).removeprefix("torch."), target, choice.reason)
-
-    if streamed:  # tensor by tensor: peak memory is the model plus one tensor
-        weights = load_streamed_weights(path, config, choice.dtype, quantize, tokenizer.eos_token_id)
-        if choice.dtype == torch.bfloat16 and quantize == "none" and prefill.needs_upcast():
+    decision = decide(config, options)
+    if not decision.plan.fits:
+        raise KoGPTError(decision.plan.refusal())
+    dtype, quantize = decision.dtype, options.quantize
+    log.info("dtype %s on %s: %s", str(dtype).removeprefix("torch."), decision.device, decision.choice.reason)
+    if decision.streamed:  # tensor by tensor: peak memory is the model plus one tensor
+        weights = load_streamed_weights(path, config, dtype, quantize, tokenizer.eos_token_id)
+        if dtype == torch.bfloat16 and quantize == "none" and prefill.needs_upcast():
             log.debug("prompts computed in float32 (no fast bfloat16 GEMM): %d layers", prefill.apply(weights))
     else:
-        placed = placement.load_kwargs(plan.device_map, target, options, choice.dtype)
+        placed = load_kwargs(decision.plan.device_map, decision.device, options, dtype)
         with quiet_accelerate("accelerate.big_modeling"):
-            weights = load_weights(path, choice.dtype, target, tokenizer.eos_token_id, trust_remote_code, placed)
+            weights = load_weights(path, dtype, decision.device, tokenizer.eos_token_id, options.trust_remote_code, placed)
     if options.strategy:
-        log.info("placement: %s", plan.summary())
-    log.debug("loaded %d parameters from %s in %.1f s", plan.n_params, path, time.perf_counter() - started)
-    return Loaded(weights, tokenizer, target, choice.dtype, model, plan.n_params, context, quantize)
+        log.info("placement: %s", decision.plan.summary())
+    n_params = decision.plan.n_params
+    log.debug("loaded %d parameters from %s in %.1f s", n_params, path, time.perf_counter() - started)
+    return Loaded(weights, tokenizer, decision, options.model, n_params, config.n_positions)
 
 
 def load_weights(

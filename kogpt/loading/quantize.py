@@ -1,4 +1,4 @@
-"""Weight-only int8 on the CPU: `Int8Linear`, `quantize_model()`, and a loader that quantizes as it reads.
+"""Weight-only int8 on the CPU: `Int8Linear`, and a loader that quantizes as it reads.
 
 Each Linear keeps int8 weights with one bfloat16 scale per output channel and computes with
 `torch.ops.aten._weight_int8pack_mm` on bfloat16 activations; the rest of the model (embeddings,
@@ -18,7 +18,6 @@ from kogpt.loading import weights
 
 log = logging.getLogger(__name__)
 
-METHODS = ("none", "int8")
 COMPUTE_DTYPE = torch.bfloat16
 
 
@@ -44,11 +43,12 @@ class Int8Linear(nn.Module):
         step = max(1, (1 << 20) // n_in)
         for start in range(0, out, step):
             w = weight[start : start + step].to(torch.float32, copy=True)  # (rows, in)
-            scale = w.abs().amax(dim=1).clamp(min=1e-8) / 127  # (rows,)
+            # The scale as it will be stored (bfloat16), so the int8 values are rounded against it.
+            scale = (w.abs().amax(dim=1).clamp(min=1e-8) / 127).to(COMPUTE_DTYPE).float()  # (rows,)
             quantized[start : start + step] = w.div_(scale[:, None]).round_().clamp_(-127, 127)
             scales[start : start + step] = scale
         self.weight = quantized
-        self.scales = scales.to(COMPUTE_DTYPE)
+        self.scales = scales.to(COMPUTE_DTYPE)  # exact: every value came from COMPUTE_DTYPE
 
     @classmethod
     def from_linear(cls, linear: nn.Linear) -> Int8Linear:
@@ -69,28 +69,8 @@ class Int8Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
 
 
-def check_method(method: str, device: str) -> None:
-    """Raise ValueError for a method this module cannot run on `device`."""
-    if method not in METHODS:
-        raise ValueError(f"unknown quantization {method!r}; choose one of {', '.join(METHODS)}")
-    if method == "int8" and device != "cpu":
-        raise ValueError("--quantize int8 runs on the CPU; use --device cpu")
-
-
 def _linear_names(model: nn.Module) -> list[str]:
     return [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
-
-
-def quantize_model(model: nn.Module, method: str = "int8") -> nn.Module:
-    """Replace every `nn.Linear` of a loaded float model by an `Int8Linear`, in place; returns the model."""
-    check_method(method, "cpu")
-    if method == "none":
-        return model
-    for name in _linear_names(model):
-        parent, _, attr = name.rpartition(".")
-        linear = model.get_submodule(name)
-        setattr(model.get_submodule(parent), attr, Int8Linear.from_linear(linear))
-    return model.to(COMPUTE_DTYPE)
 
 
 def load_quantized(path: Path, config, method: str = "int8", **model_kwargs) -> nn.Module:
@@ -98,7 +78,8 @@ def load_quantized(path: Path, config, method: str = "int8", **model_kwargs) -> 
 
     Linear weights are quantized as they are read; everything else is cast to bfloat16.
     """
-    check_method(method, "cpu")
+    if method != "int8":  # the plan refuses other methods on the CPU before any load
+        raise ValueError(f"no CPU loader for --quantize {method}")
 
     def prepare(model: nn.Module) -> None:
         for name in _linear_names(model):

@@ -57,10 +57,12 @@ def load_streaming(
             continue
         if setter is not None and setter(module, attr, tensor):
             continue
+        # Only floating-point tensors take the compute dtype; integer ones (ids, masks) keep theirs.
+        value = tensor.to(dtype, copy=True) if tensor.is_floating_point() else tensor.clone()
         if attr in module._parameters:
-            module._parameters[attr] = nn.Parameter(tensor.to(dtype, copy=True), requires_grad=False)
+            module._parameters[attr] = nn.Parameter(value, requires_grad=False)
         elif attr in module._buffers:
-            module._buffers[attr] = tensor.to(dtype, copy=True)
+            module._buffers[attr] = value
         else:
             log.debug("skipping %s: not part of the model", name)
     if getattr(config, "tie_word_embeddings", False):
