@@ -91,8 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace, renderer) -> int:
     if args.plan:
         flags.quiet_libraries(args.debug)
-        flags.check_early(args, flags.options_from_args(args))
-        return flags.show_plan(args, renderer.out)
+        from kogpt.cli.planview import show_plan
+
+        return show_plan(flags.options_from_args(args), renderer.out)
     check_host(args.host, args.api_key)
     defaults = sampling_settings(args)
     if defaults.max_new_tokens is None and args.max_length is None:
@@ -108,7 +109,9 @@ def run(args: argparse.Namespace, renderer) -> int:
         from kogpt.server.app import ServerState, create_app
     except ImportError as exc:
         raise KoGPTError(f"kogpt serve needs its extra: pip install 'kogpt[serve]' ({exc.name} is missing)") from None
-    flags.check_early(args, flags.options_from_args(args))
+    from kogpt.placement.decide import check_early
+
+    check_early(flags.options_from_args(args))  # impossible flag combinations, before listening
     state = ServerState(name, defaults, args.api_key, transcript(args))
     return serve(args, state, create_app(state))
 
@@ -195,6 +198,9 @@ def serve(args: argparse.Namespace, state, app) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        from sse_starlette.sse import AppStatus
+
+        AppStatus.should_exit = False  # process-wide: it would end every stream of a later server here
     if failure:
         raise failure[0]
     # Threads still inside torch when the interpreter exits abort it ("terminate called without an
@@ -221,16 +227,13 @@ def _exit_now(code: int) -> None:
 
 
 def load_model(args: argparse.Namespace):
+    """The model the flags ask for (as `flags.load_model` loads it, without the spinner: a server logs)."""
     from kogpt.api import KoGPT
     from kogpt.loading.checkpoint import resolve_checkpoint
 
     flags.quiet_libraries(args.debug)
-    hw = flags.options_from_args(args)
-    resolve_checkpoint(args.model, args.revision)
-    return KoGPT.load(
-        args.model, args.revision, args.device, args.dtype, args.trust_remote_code,
-        quantize=hw.quantize, device_map=hw.device_map, max_memory=hw.max_memory, offload_dir=hw.offload_dir,
-    )  # fmt: skip
+    options = flags.options_from_args(args)
+    return KoGPT.from_options(options, resolve_checkpoint(options.model, options.revision))
 
 
 def exec_vllm(args: argparse.Namespace, defaults, name: str) -> int:
