@@ -11,46 +11,12 @@ from pathlib import Path
 
 from kogpt import __version__
 from kogpt.cli import flags
+from kogpt.cli.flags import sampling_settings
 from kogpt.errors import KoGPTError
 
 log = logging.getLogger("kogpt")
 
 DEBUG_FORMAT = "[%(asctime)s] [%(levelname)s] %(name)s: %(message)s"
-SAMPLING_FLAGS = {  # flag -> metavar; each flag's dest is its setting's name
-    "--temperature": "T",
-    "--max-length": "N",
-    "--max-new-tokens": "N",
-    "--top-p": "P",
-    "--top-k": "K",
-    "--repetition-penalty": "R",
-    "--no-repeat-ngram-size": "N",
-    "--seed": "S",
-    "--num-return-sequences": "N",
-}
-
-
-def setting_type(name: str):
-    """An argparse type that validates a flag exactly as `/set name` does."""
-    from kogpt.settings import InputError, parse_setting
-
-    def parse(text: str):
-        try:
-            return parse_setting(name, text)
-        except InputError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
-
-    return parse
-
-
-def escaped(text: str) -> str:
-    from kogpt.settings import InputError, decode_escapes
-
-    try:
-        return decode_escapes(text)
-    except InputError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="KoGPT inference",
@@ -61,14 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     flags.add_model_arguments(parser)
     parser.add_argument("--version", action="version", version=f"kogpt {__version__}")
 
-    sampling = parser.add_argument_group("sampling (in the REPL: /set NAME VALUE)")
-    for flag, metavar in SAMPLING_FLAGS.items():
-        name = flag[2:].replace("-", "_")
-        sampling.add_argument(flag, dest=name, metavar=metavar, type=setting_type(name), help=setting_help(name))
-    sampling.add_argument(
-        "--stop", action="append", metavar="TEXT", type=escaped, help="stop sequence, escapes allowed (\\n); repeatable"
-    )
-    sampling.add_argument("--truncate", action="store_true", default=None, help=setting_help("truncate"))
+    flags.add_sampling_arguments(parser.add_argument_group("sampling (in the REPL: /set NAME VALUE)"))
 
     repl = parser.add_argument_group("interactive session")
     repl.add_argument("--quick", action="store_true", help="skip the temperature and max_length questions")
@@ -81,12 +40,6 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--prompts-file", metavar="FILE", help="one prompt per line, or JSON Lines with a prompt field")
     script.add_argument("--json", action="store_true", help="print JSON Lines: prompt, completion, settings, figures")
     return parser
-
-
-def setting_help(name: str) -> str:
-    from kogpt.settings import HELP
-
-    return HELP[name]
 
 
 class _CurrentStderr(logging.StreamHandler):
@@ -111,15 +64,6 @@ def setup_logging(debug: bool) -> None:
     log.setLevel(logging.DEBUG if debug else logging.INFO)
     if debug:
         logging.getLogger("transformers").setLevel(logging.INFO)
-
-
-def sampling_settings(args: argparse.Namespace):
-    from dataclasses import fields
-
-    from kogpt.settings import SamplingSettings
-
-    given = {f.name: getattr(args, f.name) for f in fields(SamplingSettings) if getattr(args, f.name, None) is not None}
-    return SamplingSettings(**given)
 
 
 def main(argv: list[str] | None = None) -> int:

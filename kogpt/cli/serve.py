@@ -18,7 +18,6 @@ import threading
 from pathlib import Path
 
 from kogpt.cli import flags
-from kogpt.cli.main import SAMPLING_FLAGS, escaped, sampling_settings, setting_help, setting_type
 from kogpt.errors import KoGPTError
 
 log = logging.getLogger("kogpt")
@@ -79,12 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--pipeline-parallel-size", type=int, default=1, metavar="M", help="vllm: pipeline stages (nodes)"
     )
     flags.add_model_arguments(parser)
-    sampling = parser.add_argument_group("sampling defaults (a request's own fields win)")
-    for flag, metavar in SAMPLING_FLAGS.items():
-        name = flag[2:].replace("-", "_")
-        sampling.add_argument(flag, dest=name, metavar=metavar, type=setting_type(name), help=setting_help(name))
-    sampling.add_argument("--stop", action="append", metavar="TEXT", type=escaped, help="stop sequence; repeatable")
-    sampling.add_argument("--truncate", action="store_true", default=None, help=setting_help("truncate"))
+    flags.add_sampling_arguments(parser.add_argument_group("sampling defaults (a request's own fields win)"))
     return parser
 
 
@@ -95,7 +89,7 @@ def run(args: argparse.Namespace, renderer) -> int:
 
         return show_plan(flags.options_from_args(args), renderer.out)
     check_host(args.host, args.api_key)
-    defaults = sampling_settings(args)
+    defaults = flags.sampling_settings(args)
     if defaults.max_new_tokens is None and args.max_length is None:
         defaults.max_new_tokens = DEFAULT_MAX_TOKENS
     name = args.served_model_name or args.model
