@@ -112,10 +112,6 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     checkpoint = args.checkpoint
     if checkpoint is None:
-        import importlib
-
-        # benchmarks/checkpoint.py still imports its tokenizer trainer from `conftest` (now tests/tiny.py)
-        sys.modules.setdefault("conftest", importlib.import_module("tests.tiny"))
         import checkpoint as builder
 
         checkpoint = str(builder.build(args.out / args.preset, args.preset))
