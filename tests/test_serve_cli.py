@@ -68,7 +68,7 @@ def test_vllm_command_line(tmp_path):
         "kakaobrain/kogpt", "KoGPT6B-ryan1.5b-float16", tmp_path, "kakaobrain/kogpt", "127.0.0.1", 8000,
         tensor_parallel=4, pipeline_parallel=2, defaults=SamplingSettings(temperature=0.5),
     )  # fmt: skip
-    assert argv[1:3] == ["-m", "vllm.entrypoints.openai.api_server"]
+    assert Path(argv[0]).name == "vllm" and argv[1:3] == ["serve", "kakaobrain/kogpt"]
     options = dict(zip(argv[3::2], argv[4::2], strict=True))
     assert options["--revision"] == "KoGPT6B-ryan1.5b-float16" and options["--dtype"] == "float16"
     assert options["--tokenizer"] == str(tmp_path) and options["--served-model-name"] == "kakaobrain/kogpt"
@@ -89,7 +89,7 @@ def test_serve_engine_vllm_execs_vllms_server(tiny_dir, monkeypatch):
     assert main(argv) == 0
     ((command, env),) = calls
     options = dict(zip(command[3::2], command[4::2], strict=True))
-    assert options["--model"] == str(tiny_dir) and "--revision" not in options  # a local directory
+    assert command[1:3] == ["serve", str(tiny_dir)] and "--revision" not in options  # a local directory
     assert options["--served-model-name"] == str(tiny_dir) and options["--host"] == "0.0.0.0"
     assert options["--tensor-parallel-size"] == "2"
     assert json.loads(options["--override-generation-config"])["temperature"] == 0.3

@@ -1,4 +1,4 @@
-"""`kogpt serve --engine vllm`: the command line of vLLM's own OpenAI server, set up for KoGPT.
+"""`kogpt serve --engine vllm`: the command line of vLLM's own OpenAI server (`vllm serve`), set up for KoGPT.
 
 vLLM serves the same API (`/v1/completions`, `/v1/models`, `/health`) with continuous batching,
 tensor and pipeline parallelism, and multi-node through Ray. kogpt only fills in what KoGPT needs:
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import sys
 from pathlib import Path
 
@@ -17,6 +18,12 @@ from kogpt.loading.vllm import CONTEXT, DTYPES
 from kogpt.settings import SamplingSettings
 
 log = logging.getLogger(__name__)
+
+
+def executable() -> str:
+    """The `vllm` command of this Python environment (beside its interpreter), else the one on PATH."""
+    beside = Path(sys.executable).with_name("vllm")
+    return str(beside) if beside.exists() else shutil.which("vllm") or "vllm"
 
 
 def generation_defaults(settings: SamplingSettings) -> dict:
@@ -45,11 +52,12 @@ def command(
     defaults: SamplingSettings | None = None,
     trust_remote_code: bool = False,
 ) -> list[str]:
-    """`python -m vllm.entrypoints.openai.api_server ...` (what `vllm serve` runs) for KoGPT.
+    """`vllm serve MODEL ...` for KoGPT (the deprecated `python -m vllm.entrypoints.openai.api_server`
+    takes the same flags).
 
     The API key goes in the environment (`VLLM_API_KEY`), not here, so `ps` does not show it.
     """
-    argv = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model]
+    argv = [executable(), "serve", model]
     if revision is not None:
         argv += ["--revision", revision]
     argv += [
