@@ -53,13 +53,16 @@ class SamplingSettings:
         return max(0, min(wanted, context - prompt_tokens))
 
     def generate_kwargs(self) -> dict:
-        """Keyword arguments for `transformers`' `generate` (sampling and penalties)."""
+        """Keyword arguments for `transformers`' `generate` (sampling and penalties).
+
+        Float settings are passed as floats: transformers refuses `temperature=2`, a valid value.
+        """
         greedy = self.temperature == 0
         kwargs: dict = {"do_sample": not greedy}
         if not greedy:
-            kwargs.update(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k)
+            kwargs.update(temperature=float(self.temperature), top_p=float(self.top_p), top_k=self.top_k)
         if self.repetition_penalty != 1.0:
-            kwargs["repetition_penalty"] = self.repetition_penalty
+            kwargs["repetition_penalty"] = float(self.repetition_penalty)
         if self.no_repeat_ngram_size:
             kwargs["no_repeat_ngram_size"] = self.no_repeat_ngram_size
         return kwargs

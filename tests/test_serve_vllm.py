@@ -89,11 +89,11 @@ def test_eval_engine_vllm_gives_the_same_metrics(task, long_dir, fake_vllm, monk
 
     gpt = KoGPT.load(str(long_dir), device="cpu")
 
-    def load(model, revision, dtype, tp, pp, trust_remote_code=False):
+    def load(model, revision, dtype, tp, pp, trust_remote_code=False, before_loading=None):
+        before_loading(long_dir)  # the prompts are checked before vLLM would load
         described = eval_vllm.Described(model, "cuda (vLLM stand-in)", "float32")
-        return eval_vllm.Engine(
-            gpt.tokenizer, gpt.context_length, eval_vllm.VLLMScorer(llm=FakeLLM(gpt.model)), described
-        )
+        scorer = eval_vllm.VLLMScorer(llm=FakeLLM(gpt.model))
+        return eval_vllm.Engine(gpt.tokenizer, gpt.context_length, scorer, described)
 
     monkeypatch.setattr(eval_vllm, "load", load)
     monkeypatch.setattr("kogpt.loading.vllm.check_available", lambda: None)  # no GPU here

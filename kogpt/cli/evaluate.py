@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from kogpt.errors import KoGPTError
 from kogpt.evaluate.templates import TASKS, Task, Template
 
 if TYPE_CHECKING:  # torch stays unimported for --help and --show-prompt
@@ -95,7 +96,9 @@ def run(args: argparse.Namespace, renderer: Renderer) -> int:
     from kogpt.evaluate.fewshot import build
     from kogpt.evaluate.templates import load_template
 
-    if args.engine == "vllm" and not args.show_prompt:  # before any data is read
+    if args.show_prompt and args.plan:
+        raise KoGPTError("--show-prompt and --plan both exit without scoring: choose one")
+    if args.engine == "vllm" and not (args.show_prompt or args.plan):  # before any data is read
         from kogpt.loading.vllm import check_available, check_parallel
 
         check_parallel(args.tensor_parallel_size, args.pipeline_parallel_size)
@@ -111,24 +114,48 @@ def run(args: argparse.Namespace, renderer: Renderer) -> int:
     if args.show_prompt:
         render.show_prompt(renderer.out, task, template, prompts[0])
         return 0
+    if args.plan:  # the inputs are checked above; the plan loads no weights
+        from kogpt.cli import flags
+        from kogpt.cli.planview import show_plan
+
+        flags.quiet_libraries(args.debug)
+        return show_plan(flags.options_from_args(args), renderer.out, as_json=args.json)
 
     from kogpt.cli.flags import load_model
     from kogpt.evaluate.runner import evaluate, requests
 
+    batch = []
+
+    def check_prompts(path: Path) -> None:  # too long for the context? Said before the weights load.
+        batch.extend(requests(tokenizer_only(path, args.trust_remote_code), task, template, prompts, str(data.path)))
+
     if args.engine == "vllm":
         from kogpt.evaluate import vllm
 
-        gpt = vllm.load(args.model, args.revision, args.dtype, args.tensor_parallel_size,
-                        args.pipeline_parallel_size, args.trust_remote_code)  # fmt: skip
+        gpt = vllm.load(
+            args.model, args.revision, args.dtype, args.tensor_parallel_size, args.pipeline_parallel_size,
+            args.trust_remote_code, before_loading=check_prompts,
+        )  # fmt: skip
         scorer = gpt.scorer
     else:
-        gpt, scorer = load_model(args, renderer), None
-    batch = requests(gpt, task, template, prompts, str(data.path))
+        gpt, scorer = load_model(args, renderer, before_loading=check_prompts), None
     with render.progress(renderer.err, len(prompts), task.name) as advance:
         outcome = evaluate(gpt, task, prompts, batch, args.batch_size, advance=advance, scorer=scorer)
     result = report(args, gpt, task, template, data, train, outcome)
     (render.print_json if args.json else render.print_table)(renderer.out, result)
     return 0
+
+
+def tokenizer_only(path: Path, trust_remote_code: bool) -> KoGPT:
+    """A `KoGPT` holding the checkpoint's tokenizer and context length but no weights: it encodes
+    exactly as the loaded model will, so prompts are checked before the slow load."""
+    from kogpt.api import KoGPT
+    from kogpt.loading.checkpoint import load_config, load_tokenizer
+    from kogpt.loading.load import Loaded
+
+    config = load_config(path, trust_remote_code)
+    tokenizer = load_tokenizer(path, config.vocab_size, trust_remote_code)
+    return KoGPT(Loaded(None, tokenizer, None, str(path), 0, config.n_positions), static_cache=False)
 
 
 def report(

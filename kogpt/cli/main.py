@@ -17,6 +17,19 @@ from kogpt.errors import KoGPTError
 log = logging.getLogger("kogpt")
 
 DEBUG_FORMAT = "[%(asctime)s] [%(levelname)s] %(name)s: %(message)s"
+# What --plan, which loads no model, would ignore: refused with it.
+IGNORED_BY_PLAN = (
+    "prompt",
+    "prompt_file",
+    "prompts_file",
+    *(flag[2:].replace("-", "_") for flag in flags.SAMPLING_FLAGS),
+    "stop",
+    "truncate",
+    "quick",
+    "no_transcript",
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="KoGPT inference",
@@ -110,10 +123,11 @@ def _terminate(signum, frame) -> None:
 
 def run(args: argparse.Namespace, renderer) -> int:
     if args.plan:
+        flags.refuse_ignored_by_plan(args, IGNORED_BY_PLAN)
         flags.quiet_libraries(args.debug)
         from kogpt.cli.planview import show_plan
 
-        return show_plan(flags.options_from_args(args), renderer.out)
+        return show_plan(flags.options_from_args(args), renderer.out, as_json=args.json)
     settings = sampling_settings(args)
     prompts = scripted_prompts(args, settings)  # read (and check) input before the slow load
     gpt = flags.load_model(args, renderer)

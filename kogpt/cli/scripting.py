@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +17,8 @@ from kogpt.api import KoGPT
 from kogpt.cli.render import Renderer, printable
 from kogpt.errors import KoGPTError
 from kogpt.settings import InputError, SamplingSettings, parse_setting
+
+LINE_END = re.compile(r"\r\n|\r|\n")
 
 
 def read_text(source: str, stdin: TextIO | None = None) -> str:
@@ -34,7 +37,8 @@ def read_text(source: str, stdin: TextIO | None = None) -> str:
 def parse_prompts_file(text: str, name: str, base: SamplingSettings) -> Iterator[tuple[int, str, SamplingSettings]]:
     """(line number, prompt, settings) for each non-empty line: plain text, or a JSON object with a
     `prompt` field and optional setting fields (`{"prompt": "...", "temperature": 0.5}`)."""
-    for number, line in enumerate(text.splitlines(), 1):
+    # Line ends only: str.splitlines() would also split at U+2028, form feed, NEL and others inside a prompt.
+    for number, line in enumerate(LINE_END.split(text), 1):
         if not line.strip():
             continue
         if not line.lstrip().startswith("{"):

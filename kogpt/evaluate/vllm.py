@@ -9,7 +9,7 @@ computes it. vLLM batches and caches the shared few-shot prefix itself.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -81,9 +81,16 @@ class Described:
 
 
 def load(
-    model: str, revision: str, dtype: str, tensor_parallel: int, pipeline_parallel: int, trust_remote_code: bool = False
+    model: str,
+    revision: str,
+    dtype: str,
+    tensor_parallel: int,
+    pipeline_parallel: int,
+    trust_remote_code: bool = False,
+    before_loading: Callable[[Path], None] | None = None,
 ) -> Engine:
-    """KoGPT on vLLM for scoring; a one-line `KoGPTError` without vLLM or a GPU."""
+    """KoGPT on vLLM for scoring; a one-line `KoGPTError` without vLLM or a GPU. `before_loading(path)`
+    runs once the checkpoint is found, before vLLM loads it (to check the prompts first)."""
     from kogpt.loading import vllm as support
     from kogpt.loading.checkpoint import load_config, load_tokenizer, looks_local, resolve_checkpoint
 
@@ -91,6 +98,8 @@ def load(
     support.check_available()
     path: Path = resolve_checkpoint(model, revision)
     config = load_config(path, trust_remote_code)
+    if before_loading is not None:
+        before_loading(path)
     scorer = VLLMScorer(
         model=model if not looks_local(model) else str(path),
         revision=None if looks_local(model) else revision,
@@ -102,7 +111,7 @@ def load(
     )
     where = f"cuda (vLLM, tensor parallel {tensor_parallel}, pipeline parallel {pipeline_parallel})"
     return Engine(
-        load_tokenizer(path, config.vocab_size),
+        load_tokenizer(path, config.vocab_size, trust_remote_code),
         config.n_positions,
         scorer,
         Described(str(path), where, support.DTYPES[dtype]),
