@@ -15,9 +15,12 @@ import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from kogpt.generate import Chunk
 from kogpt.settings import SamplingSettings
+
+if TYPE_CHECKING:
+    from kogpt import Chunk  # the public name: the engine (issue 12) replaces kogpt.generate
 
 log = logging.getLogger(__name__)
 
