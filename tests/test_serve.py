@@ -15,8 +15,9 @@ pytest.importorskip("starlette")
 openai = pytest.importorskip("openai")
 httpx = pytest.importorskip("httpx")
 
+from kogpt.errors import InputError  # noqa: E402
 from kogpt.server.app import ServerState, create_app  # noqa: E402
-from kogpt.settings import InputError, SamplingSettings, parse_setting  # noqa: E402
+from kogpt.settings import SamplingSettings, check_value  # noqa: E402
 from tests.serving import GatedGPT, running, wait_for  # noqa: E402
 
 NAME = "kakaobrain/kogpt"
@@ -181,7 +182,7 @@ def test_bad_requests_get_one_line_400(server, body, param, words):
 
 def test_settings_are_judged_as_the_command_line_judges_them(server):
     with pytest.raises(InputError) as cli:
-        parse_setting("temperature", "-1")
+        check_value("temperature", -1)  # the rule of the flags, /set and JSON fields
     assert error_of(post(server, {"prompt": "a", "temperature": -1}))["message"] == str(cli.value)
 
 

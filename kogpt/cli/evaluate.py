@@ -38,9 +38,9 @@ def count(minimum: int):
 
 def build_parser() -> argparse.ArgumentParser:
     """The parser of `kogpt eval`; the model flags are the REPL's own (`kogpt.cli.add_model_arguments`)."""
-    from kogpt.cli.flags import add_model_arguments
+    from kogpt.cli.flags import Parser, add_model_arguments
 
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="kogpt eval",
         description="Few-shot evaluation: each label is scored by the model's log-likelihood of its "
         "continuation after the prompt (no sampling); the most likely label is the answer.",
@@ -171,7 +171,7 @@ def report(
     import torch
     import transformers
 
-    from kogpt import __version__
+    from kogpt.defaults import VERSION as __version__
     from kogpt.evaluate import metrics
     from kogpt.loading.checkpoint import looks_local
 

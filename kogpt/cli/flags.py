@@ -25,6 +25,13 @@ if TYPE_CHECKING:
     from kogpt.placement.options import Options
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, with its errors in one line (exit code 2) instead of the whole usage block."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (--help lists the flags)\n")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the placement and quantization flags to `parser`."""
     group = parser.add_argument_group("smaller hardware")
@@ -171,10 +178,12 @@ def setting_type(name: str):
 
 
 def escaped(text: str) -> str:
-    from kogpt.settings import InputError, decode_escapes
+    """One `--stop` sequence: escapes decoded, then checked as `/set stop` and JSON's are."""
+    from kogpt.settings import InputError, check_value, decode_escapes
+    from kogpt.text import check
 
     try:
-        return decode_escapes(text)
+        return check_value("stop", decode_escapes(check(text, "the stop sequence")))[0]
     except InputError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 

@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import signal
 import sys
+import warnings
 from pathlib import Path
 
-from kogpt import __version__
-from kogpt.cli import flags
+from kogpt.cli import flags, terminal
 from kogpt.cli.flags import sampling_settings
-from kogpt.errors import KoGPTError
+from kogpt.defaults import VERSION
+from kogpt.errors import KoGPTError, Terminated
 
 log = logging.getLogger("kogpt")
 
 DEBUG_FORMAT = "[%(asctime)s] [%(levelname)s] %(name)s: %(message)s"
+
 # What --plan, which loads no model, would ignore: refused with it.
 IGNORED_BY_PLAN = (
     "prompt",
@@ -31,14 +31,14 @@ IGNORED_BY_PLAN = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = flags.Parser(
         prog="KoGPT inference",
         description="KakaoBrain Korean(hangul) Generative Pre-Training Model",
         epilog="few-shot evaluation: kogpt eval {nsmc,ynat,klue-sts} --data FILE (see kogpt eval --help); "
         "an OpenAI-compatible API: kogpt serve (see kogpt serve --help)",
     )
     flags.add_model_arguments(parser)
-    parser.add_argument("--version", action="version", version=f"kogpt {__version__}")
+    parser.add_argument("--version", action="version", version=f"kogpt {VERSION}")
 
     flags.add_sampling_arguments(parser.add_argument_group("sampling (in the REPL: /set NAME VALUE)"))
 
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     from kogpt.cli.render import Renderer
 
     renderer = Renderer()
-    signal.signal(signal.SIGTERM, _terminate)
+    terminal.install_signal_handlers()
     try:
         return runner(args, renderer)
     except KoGPTError as exc:
@@ -105,20 +105,11 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
-    except Terminated:
-        return 143
+    except Terminated as exc:
+        return 128 + exc.signum
     except BrokenPipeError:  # `kogpt -p ... | head -1`: the reader left; end quietly
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
+        terminal.silence(sys.stdout)
         return 141
-
-
-class Terminated(BaseException):
-    """SIGTERM: unwinds like Ctrl-C (the generation stops, files are closed) and exits 143."""
-
-
-def _terminate(signum, frame) -> None:
-    raise Terminated
 
 
 def run(args: argparse.Namespace, renderer) -> int:
@@ -127,9 +118,16 @@ def run(args: argparse.Namespace, renderer) -> int:
         flags.quiet_libraries(args.debug)
         from kogpt.cli.planview import show_plan
 
-        return show_plan(flags.options_from_args(args), renderer.out, as_json=args.json)
+        with warnings.catch_warnings():
+            if not args.debug:  # library warnings (accelerate's) only with --debug
+                warnings.simplefilter("ignore")
+            return show_plan(flags.options_from_args(args), renderer.out, as_json=args.json)
     settings = sampling_settings(args)
     prompts = scripted_prompts(args, settings)  # read (and check) input before the slow load
+    if prompts is not None:
+        check_prompts(args, prompts, renderer)
+    else:
+        terminal.warn_locale(renderer)
     gpt = flags.load_model(args, renderer)
     if prompts is not None:
         from kogpt.cli.scripting import run_batch
@@ -143,13 +141,43 @@ def scripted_prompts(args: argparse.Namespace, settings):
     from kogpt.cli.scripting import parse_prompts_file, read_text
 
     if args.prompt is not None:
-        return [("", read_text("-") if args.prompt == "-" else args.prompt, settings)]
+        from kogpt.text import check
+
+        return [("", read_text("-") if args.prompt == "-" else check(args.prompt, "-p"), settings)]
     if args.prompt_file is not None:
         return [("", read_text(args.prompt_file), settings)]
     if args.prompts_file is not None:
         name = args.prompts_file
         return [(f"{name}:{n}", p, s) for n, p, s in parse_prompts_file(read_text(name), name, settings)]
     return None
+
+
+def check_prompts(args: argparse.Namespace, prompts, renderer) -> None:
+    """What the tokenizer alone can tell (an empty prompt, one too long for the context, a limit
+    above the context), for every prompt, before the minutes a model load takes."""
+    from kogpt.api import encode
+    from kogpt.loading.checkpoint import load_config, load_tokenizer, resolve_checkpoint
+    from kogpt.placement.decide import check_early
+    from kogpt.context import fit_prompt
+    from kogpt.settings import InputError
+
+    flags.quiet_libraries(args.debug)
+    options = flags.options_from_args(args)
+    check_early(options)  # impossible flag combinations, before any download
+    path = resolve_checkpoint(options.model, options.revision)
+    config = load_config(path, args.trust_remote_code)
+    tokenizer = load_tokenizer(path, config.vocab_size, args.trust_remote_code)
+    failures = []
+    for label, prompt, settings in prompts:
+        try:
+            fit_prompt(encode(tokenizer, prompt), settings, config.n_positions, announce=False)
+        except InputError as exc:
+            failures.append(f"{label}: {exc}" if label else str(exc))
+    for line in failures[:-1]:
+        renderer.error(f"error: {line}")
+    if failures:
+        raise KoGPTError(failures[-1] + (f" ({len(failures)} prompts failed; nothing was generated)"
+                                         if len(failures) > 1 else ""))
 
 
 def interactive(args: argparse.Namespace, gpt, renderer, settings) -> int:

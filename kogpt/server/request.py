@@ -14,8 +14,10 @@ from typing import Any
 
 from starlette.requests import Request
 
+from kogpt import text as text_lib
+from kogpt.errors import InputError
 from kogpt.server.errors import APIError, bad_request
-from kogpt.settings import InputError, SamplingSettings, parse_setting
+from kogpt.settings import SamplingSettings, check_value
 
 MAX_BODY_BYTES = 1 << 20
 MAX_CHOICES = 64  # prompts x n in one request
@@ -75,9 +77,9 @@ async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
 def parse_json(body: bytes) -> dict[str, Any]:
     """The body as a JSON object; bad UTF-8, bad JSON and other values each get their own line."""
     try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise bad_request(f"the body is not valid UTF-8: byte {exc.start} is {body[exc.start]:#04x}") from None
+        text = text_lib.decode(body, "the body")
+    except InputError as exc:
+        raise bad_request(str(exc)) from None
     if not text.strip():
         raise bad_request('the body is empty: send a JSON object, e.g. {"prompt": "...", "max_tokens": 32}')
     try:
@@ -136,12 +138,16 @@ def parse_completion(data: dict[str, Any], defaults: SamplingSettings) -> Comple
 
 
 def _setting(name: str, setting: str, value: Any) -> Any:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise bad_request(f"{name} must be a number, not {_kind(value)}", param=name)
-    if name == "top_k" and value == -1:  # vLLM's and OpenAI-style servers' "off"
+    if name == "top_k" and value == -1 and not isinstance(value, bool):  # vLLM's and OpenAI-style servers' "off"
         value = 0
+    return _checked(name, setting, value)
+
+
+def _checked(name: str, setting: str, value: Any) -> Any:
+    """`value` checked by `settings.check_value`, the rule of the flags and `/set`; its message says
+    the API's name of the field."""
     try:
-        return parse_setting(setting, str(value))
+        return check_value(setting, value)
     except InputError as exc:
         message = str(exc)
         if message.startswith(setting):
@@ -150,16 +156,10 @@ def _setting(name: str, setting: str, value: Any) -> Any:
 
 
 def _stops(value: Any) -> list[str]:
-    stops = [value] if isinstance(value, str) else value
-    if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
-        raise bad_request("stop must be a string or a list of strings", param="stop")
+    stops = _checked("stop", "stop", value)
     if len(stops) > MAX_STOPS:
         raise bad_request(f"stop holds {len(stops)} sequences; at most {MAX_STOPS}", param="stop")
-    if not all(stops):
-        raise bad_request("stop sequences must not be empty strings", param="stop")
-    for stop in stops:
-        _check_unicode(stop, "stop")
-    return list(stops)
+    return stops
 
 
 def _prompts(value: Any) -> list[str]:
@@ -174,18 +174,11 @@ def _prompts(value: Any) -> list[str]:
             raise bad_request(what or f"prompt must hold strings, not {_kind(prompt)}", param="prompt")
         if not prompt:
             raise bad_request("prompt is empty", param="prompt")
-        _check_unicode(prompt, "prompt")
+        try:
+            text_lib.check(prompt, "prompt")
+        except InputError as exc:  # JSON's "\ud800": a lone surrogate, not a character
+            raise bad_request(str(exc), param="prompt") from None
     return prompts
-
-
-def _check_unicode(text: str, param: str) -> None:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:  # JSON's "\ud800": a lone surrogate, not a character
-        code = ord(text[exc.start])
-        raise bad_request(
-            f"{param} holds a lone surrogate \\u{code:04x}, which is not valid Unicode", param=param
-        ) from None
 
 
 def _flag(data: dict, name: str) -> bool:
