@@ -17,7 +17,7 @@ import sys
 import threading
 from pathlib import Path
 
-from kogpt.cli import flags
+from kogpt.cli import flags, terminal
 from kogpt.errors import KoGPTError
 
 log = logging.getLogger("kogpt")
@@ -185,8 +185,15 @@ def serve(args: argparse.Namespace, state, app) -> int:
     loader = threading.Thread(target=load, name="kogpt-load", daemon=True)
     loader.start()
     # uvicorn handles SIGTERM and Ctrl-C itself (a graceful shutdown) and raises the signal again
-    # afterwards; by then there is nothing left to interrupt.
+    # afterwards, when there is nothing left to interrupt.
     previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGINT, signal.SIGTERM)}
+    if hasattr(signal, "SIGHUP"):  # the terminal closed: stop as SIGTERM does, writing nothing to it
+
+        def hang_up(signum, frame) -> None:
+            terminal.silence(*(s for s in (sys.stdout, sys.stderr) if s.isatty()))
+            server.handle_exit(signal.SIGTERM, frame)
+
+        previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, hang_up)
     try:
         server.run(sockets=[sock])
     finally:
