@@ -163,7 +163,8 @@ def _status(url: str) -> int:
         return 0
 
 
-def test_the_real_command_serves_and_stops_on_sigterm(tiny_dir, tmp_path):
+@pytest.mark.parametrize("stop", ["SIGTERM", "SIGHUP"])
+def test_the_real_command_serves_and_stops_cleanly(tiny_dir, tmp_path, stop):
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
     transcript = tmp_path / "t.jsonl"
@@ -175,7 +176,7 @@ def test_the_real_command_serves_and_stops_on_sigterm(tiny_dir, tmp_path):
         wait_for(lambda: _status(url + "/health") == 200 or process.poll() is not None, "the server to be ready", 120)
         reply = httpx.post(url + "/v1/completions", json={"prompt": "안녕", "max_tokens": 3}, timeout=30)
         assert reply.status_code == 200
-        process.send_signal(signal.SIGTERM)
+        process.send_signal(getattr(signal, stop))
         out, _ = process.communicate(timeout=60)
     finally:
         if process.poll() is None:
