@@ -9,7 +9,7 @@ import warnings
 from pathlib import Path
 
 from kogpt.cli import flags, terminal
-from kogpt.cli.flags import sampling_settings
+from kogpt.cli.flags import escaped, sampling_settings, setting_type  # noqa: F401 (also reached as cli.main.*)
 from kogpt.defaults import VERSION
 from kogpt.errors import KoGPTError, Terminated
 

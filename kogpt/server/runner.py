@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from kogpt.settings import SamplingSettings
 
 if TYPE_CHECKING:
-    from kogpt import Chunk  # the public name: the engine (issue 12) replaces kogpt.generate
+    from kogpt.generate import Chunk
 
 log = logging.getLogger(__name__)
 
