@@ -47,7 +47,6 @@ def measure_overhead(checkpoint: str, n_prompt: int, n_new: int) -> dict:
     from kogpt import KoGPT, SamplingSettings
     from kogpt.cli.render import Renderer
     from kogpt.cli.repl import PlainInput, Repl
-    from kogpt.generate import stream
 
     gpt = KoGPT.load(checkpoint, device="cpu")
     ids = prompt_ids(gpt.tokenizer, n_prompt)
@@ -66,7 +65,7 @@ def measure_overhead(checkpoint: str, n_prompt: int, n_new: int) -> dict:
 
     def streamed() -> float:
         started = time.perf_counter()
-        for _ in stream(gpt.model, gpt.tokenizer, ids, settings, gpt.context_length):
+        for _ in gpt.engine.stream(ids, settings, 0):
             pass
         return time.perf_counter() - started
 

@@ -56,7 +56,6 @@ def seed_snippet(checkpoint: str, n_prompt: int, n_new: int) -> dict:
 def package(checkpoint: str, n_prompt: int, n_new: int, quantize: str = "none") -> dict:
     """`KoGPT.load(device='cpu')` and the package's streaming `stream()`."""
     from kogpt import KoGPT, SamplingSettings
-    from kogpt.generate import stream
 
     started = time.perf_counter()
     gpt = KoGPT.load(checkpoint, device="cpu", quantize=quantize)
@@ -66,7 +65,7 @@ def package(checkpoint: str, n_prompt: int, n_new: int, quantize: str = "none") 
     started = time.perf_counter()
     stamps = []
     last = None
-    for chunk in stream(gpt.model, gpt.tokenizer, ids, settings, gpt.context_length):
+    for chunk in gpt.engine.stream(ids, settings, 0):
         last = chunk
         stamps.append(time.perf_counter())
     # Random weights mostly sample ids past the tokenizer's vocabulary, which decode to no text,

@@ -11,7 +11,7 @@ _EXPORTS = {
     "KoGPTError": "kogpt.errors",
     "Interrupted": "kogpt.errors",
     "Record": "kogpt.transcript",
-    "Chunk": "kogpt.generate",
+    "Chunk": "kogpt.engine",
     "SamplingSettings": "kogpt.settings",
 }
 

@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import random
+import threading
 import unicodedata
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from kogpt.defaults import DEFAULT_MODEL, DEFAULT_REVISION
 from kogpt import text as text_lib
+from kogpt.engine import Chunk, Engine
 from kogpt.errors import Interrupted, Terminated
-from kogpt.generate import Chunk, stream
 from kogpt.loading.load import Loaded, load
-from kogpt.placement.options import Options, parse_max_memory
+from kogpt.placement.options import Options, input_device, parse_max_memory
 from kogpt.context import fit_prompt
 from kogpt.settings import InputError, SamplingSettings, check_settings
 from kogpt.transcript import Record
@@ -29,11 +29,25 @@ class KoGPT:
     >>> print(gpt.generate("인간처럼 생각하고,", max_length=64))  # doctest: +SKIP
     """
 
-    def __init__(self, loaded: Loaded, static_cache: bool | None = None) -> None:
+    def __init__(self, loaded: Loaded, static_cache: bool | None = None, compile: bool = True) -> None:
         self.loaded = loaded
         self.model = loaded.model
         self.tokenizer = loaded.tokenizer
         self.static_cache = loaded.decision.static_cache if static_cache is None else static_cache
+        # Compiling the step pays off on CUDA only (CUDA graphs over the static cache).
+        self.compile = compile and self.static_cache and loaded.device.type == "cuda"
+        self._engine: Engine | None = None
+        self._engine_lock = threading.Lock()
+
+    @property
+    def engine(self) -> Engine:
+        """The model's generation engine (made on first use: a tokenizer-only KoGPT never needs one)."""
+        with self._engine_lock:
+            if self._engine is None:
+                # Input ids go where the first block runs: not model.device, `meta` when it is on disk.
+                self._engine = Engine(self.model, self.tokenizer, self.loaded.context_length,
+                                      input_device(self.model), static_cache=self.static_cache, compile=self.compile)
+            return self._engine
 
     @classmethod
     def load(
@@ -48,6 +62,7 @@ class KoGPT:
         max_memory: str | dict | None = None,
         offload_dir: str | None = None,
         static_cache: bool | None = None,
+        compile: bool = True,
     ) -> KoGPT:
         """Load from a hub repo id or a local checkpoint directory.
 
@@ -55,7 +70,8 @@ class KoGPT:
         memory of bfloat16 and faster; on a GPU: bitsandbytes). `device_map` (auto, balanced,
         sequential) splits the model over the GPUs and the CPU within `max_memory`
         ("0=10GiB,cpu=30GiB" or a dict), putting what is left in `offload_dir`. `static_cache`
-        (default: on one plain CUDA GPU only) decodes with a preallocated, compiled KV cache.
+        (default: on one plain CUDA GPU only) decodes with a preallocated KV cache, over which the
+        engine compiles its one-token step with `torch.compile` (CUDA graphs) unless `compile=False`.
         """
         options = Options(
             model=model,
@@ -69,12 +85,12 @@ class KoGPT:
             offload_dir=offload_dir,
             static_cache=static_cache,
         )
-        return cls.from_options(options)
+        return cls.from_options(options, compile=compile)
 
     @classmethod
-    def from_options(cls, options: Options, path: Path | None = None) -> KoGPT:
+    def from_options(cls, options: Options, path: Path | None = None, compile: bool = True) -> KoGPT:
         """Load what `options` asks for (`path`: the checkpoint directory, when already resolved)."""
-        return cls(load(options, path))
+        return cls(load(options, path), compile=compile)
 
     @property
     def context_length(self) -> int:
@@ -98,7 +114,8 @@ class KoGPT:
 
     def _stream(self, ids: list[int], settings: SamplingSettings) -> Iterator[Chunk]:
         log.debug("prompt: %d tokens; settings %s", len(ids), settings.as_dict())
-        return stream(self.model, self.tokenizer, ids, settings, self.context_length, self.static_cache)
+        seed = settings.seed if settings.seed is not None else random.randrange(2**31)
+        return self.engine.stream(ids, settings, seed)
 
     def fit_context(self, ids: list[int], settings: SamplingSettings, announce: bool = True) -> list[int]:
         """Check the prompt fits the context with room to generate; with `truncate`, keep its end
@@ -118,39 +135,44 @@ class KoGPT:
         prompt: str,
         settings: SamplingSettings,
         on_text: Callable[[int, str], None] | None = None,
+        *,
+        interleaved: bool = False,
     ) -> list[Record]:
-        """All `settings.num_return_sequences` completions of `prompt`, one after another.
+        """All `settings.num_return_sequences` completions of `prompt`, decoded together in one batch.
 
-        Sequence i uses seed `settings.seed + i` (a fresh random base seed when unset), so every
-        record can be reproduced. `on_text(i, text)` receives the text as it streams. Ctrl-C raises
-        `Interrupted`, and the command line's SIGTERM/SIGHUP `Terminated`: both carry the finished
-        records and the partial one (`finish_reason` "interrupted").
+        The prompt is fed once; sequence i uses seed `settings.seed + i` (a fresh random base seed
+        when unset), so every record can be reproduced. `on_text(i, text)` receives the text as it
+        streams: sequence by sequence in order (later ones are held back until the earlier ones
+        end), or, with `interleaved`, as soon as any sequence grows. Ctrl-C raises `Interrupted`,
+        and the command line's SIGTERM/SIGHUP `Terminated`: both carry the records shown so far, the
+        unfinished ones marked 'interrupted'.
         """
         settings = check_settings(settings)
         ids = self.fit_context(self.encode(prompt), settings)
         base = settings.seed if settings.seed is not None else random.randrange(2**31)
-        prompt_tokens = len(ids)
-        records: list[Record] = []
-        for index in range(settings.num_return_sequences):
-            seed = base + index
-            record = Record(prompt, settings=settings.as_dict(), seed=seed, index=index, prompt_tokens=prompt_tokens)
-            records.append(record)
-            try:
-                for chunk in self._stream(ids, dataclasses.replace(settings, seed=seed)):
-                    if on_text and chunk.text:
-                        on_text(index, chunk.text)
-                    record.completion += chunk.text  # after it was shown: the record is what was seen
-                    record.completion_tokens = chunk.tokens
-                    record.seconds = chunk.seconds
-                    record.first_token_seconds = chunk.first_token_seconds
-                    record.finish_reason = chunk.finish_reason
-            except KeyboardInterrupt:
-                record.finish_reason = "interrupted"
-                raise Interrupted(records) from None
-            except Terminated as exc:
-                record.finish_reason = "interrupted"
-                exc.records = records
-                raise
+        count = settings.num_return_sequences
+        records = [Record(prompt, settings=settings.as_dict(), seed=base + i, index=i, prompt_tokens=len(ids))
+                   for i in range(count)]
+        budget = settings.new_tokens(len(ids), self.context_length)
+        if budget == 0:
+            for record in records:
+                record.finish_reason = "length"
+            return records
+        log.debug("prompt: %d tokens; %d sequences; settings %s", len(ids), count, settings.as_dict())
+        shown = _InOrder(records, on_text, interleaved)
+        try:
+            request = self.engine.submit(ids, settings, [r.seed for r in records], budget)
+            for piece in self.engine.pieces(request):
+                record = records[piece.row]
+                record.completion_tokens = piece.tokens
+                record.seconds = piece.at - request.submitted
+                record.first_token_seconds = piece.first_at - request.submitted if piece.first_at else None
+                shown.add(piece.row, piece.text, piece.finish_reason)
+        except KeyboardInterrupt:
+            raise Interrupted(shown.interrupted()) from None
+        except Terminated as exc:
+            exc.records = shown.interrupted()
+            raise
         return records
 
 
@@ -161,3 +183,44 @@ def encode(tokenizer, text: str) -> list[int]:
     if normal != text:
         log.debug("normalised the prompt to NFC (%d -> %d characters)", len(text), len(normal))
     return tokenizer.encode(normal, add_special_tokens=False, split_special_tokens=True)
+
+
+class _InOrder:
+    """Shows the text of several sequences, in index order unless `interleaved`; a record's
+    completion is what was shown of it."""
+
+    def __init__(self, records: list[Record], on_text: Callable[[int, str], None] | None, interleaved: bool) -> None:
+        self.records, self.on_text, self.interleaved = records, on_text, interleaved
+        self.current = 0  # in order: the sequence being shown
+        self.held: list[list[str]] = [[] for _ in records]
+        self.finish: list[str | None] = [None] * len(records)
+
+    def add(self, index: int, text: str, finish: str | None) -> None:
+        if self.interleaved:
+            self._show(index, text)
+            self.records[index].finish_reason = finish
+            return
+        if index == self.current:
+            self._show(index, text)
+        else:
+            self.held[index].append(text)
+        self.finish[index] = finish
+        while self.current < len(self.records) and self.finish[self.current]:
+            self.records[self.current].finish_reason = self.finish[self.current]
+            self.current += 1
+            if self.current < len(self.records):
+                for held in self.held[self.current]:
+                    self._show(self.current, held)
+                self.held[self.current] = []
+
+    def _show(self, index: int, text: str) -> None:
+        if self.on_text and text:
+            self.on_text(index, text)
+        self.records[index].completion += text  # after it was shown: the record is what was seen
+
+    def interrupted(self) -> list[Record]:
+        kept = self.records if self.interleaved else self.records[: self.current + 1]
+        for record in kept:
+            if record.finish_reason is None:
+                record.finish_reason = "interrupted"
+        return kept

@@ -19,6 +19,7 @@ SMALLEST = {
     "run.py": ["--preset", "tiny", "--out", "{out}", "--paths", "bandwidth,seed,default,int8,overhead,first-prompt"],
     "prefill.py": ["--layers", "1", "--tokens", "4", "20"],
     "checkpoint.py": ["{out}/ckpt", "tiny"],
+    "engine.py": ["--preset", "tiny", "--formats", "default", "--rounds", "1", "--out", "{out}"],
 }
 IMPORTED = {
     "common.py": "run.py",
@@ -53,3 +54,9 @@ def test_benchmark_runs_on_its_smallest_preset(script, tmp_path):
             assert "error" not in results[path], results[path]
         assert results["default"]["tokens"] == 16 and results["default"]["decode_tok_s"] > 0
         assert "| (2) kogpt default" in done.stdout
+    if script == "engine.py":
+        (fmt,) = json.loads((tmp_path / "engine-results.json").read_text())["formats"]
+        assert fmt["retry"]["reused"] == fmt["retry"]["prompt_tokens"]  # the retry fed nothing again
+        # /continue feeds the completion again and the partial prefill chunk before it, never the history.
+        assert all(c["fed"] < fmt["prefill_chunk"] + 8 for c in fmt["continue"])
+        assert done.stdout.count("| default (float32) |") == 5

@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-import threading
-
 import pytest
 import torch
 
 from kogpt import KoGPTError, SamplingSettings
-from kogpt.textstream import REPLACEMENT
+from kogpt.engine.textstream import REPLACEMENT
 
 PROMPT = "오늘은 날씨가"
 
 
-def workers_alive() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name == "kogpt-generate" and t.is_alive()]
+def raising(exc: BaseException):
+    def forward(*args, **kwargs):
+        raise exc
+
+    return forward
 
 
 def test_streamed_text_equals_the_joined_generate(gpt):
@@ -89,36 +90,33 @@ def test_no_replacement_character_reaches_the_stream_mid_text(gpt):
             assert not text.endswith(REPLACEMENT)
 
 
-def test_closing_the_stream_stops_the_worker(gpt):
+def test_closing_the_stream_stops_its_request(gpt):
     it = gpt.stream(PROMPT, seed=1, max_new_tokens=100)
     next(it)
     it.close()
-    assert not workers_alive()
+    assert not gpt.engine.busy
+    assert gpt.engine.last_stats.steps < 99
 
 
 def test_an_exception_in_the_worker_reaches_the_caller_as_one_line(gpt, monkeypatch):
-    def fail(**kwargs):
-        raise ValueError("something inside generate\nwith a second line")
-
-    monkeypatch.setattr(gpt.model, "generate", fail)
+    monkeypatch.setattr(gpt.model, "forward", raising(ValueError("something inside the forward\nwith a second line")))
     with pytest.raises(KoGPTError, match="generation failed: ValueError: ") as info:
         gpt.generate(PROMPT)
     assert isinstance(info.value.__cause__, ValueError)
     assert "\n" not in str(info.value)
-    assert not workers_alive()
+    assert not gpt.engine.busy
 
 
 def test_out_of_memory_in_the_worker_suggests_what_to_try(gpt, monkeypatch):
-    def oom(**kwargs):
-        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-
-    monkeypatch.setattr(gpt.model, "generate", oom)
+    monkeypatch.setattr(gpt.model, "forward", raising(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate")))
     with pytest.raises(KoGPTError, match="out of memory generating up to .* smaller max_length"):
-        gpt.generate(PROMPT)
-    monkeypatch.setattr(gpt.model, "generate", lambda **kw: (_ for _ in ()).throw(MemoryError()))
+        gpt.generate(PROMPT + "!")
+    monkeypatch.setattr(gpt.model, "forward", raising(MemoryError()))
     with pytest.raises(KoGPTError, match="out of memory"):
-        gpt.generate(PROMPT)
-    assert not workers_alive()
+        gpt.generate(PROMPT + "?")
+    assert not gpt.engine.busy
+    monkeypatch.undo()
+    assert gpt.generate(PROMPT, seed=1, max_new_tokens=8)  # the engine goes on
 
 
 def test_prompt_special_token_strings_are_plain_text(gpt):

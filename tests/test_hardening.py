@@ -20,23 +20,22 @@ from kogpt.transcript import Transcript
 from tests.test_repl import CTRL_D, ENTER, make_renderer, run_repl
 
 
-def slow_generate(gpt, step_seconds: float, stop_delay: float = 0.0):
-    """A stand-in for `model.generate` that emits a token every `step_seconds` until stopped,
-    and takes `stop_delay` to notice the stop (a slow decoding step)."""
+def slow_forward(gpt, step_seconds: float, always: str | None = None):
+    """A stand-in for the model's forward that takes `step_seconds` (a slow decoding step) and,
+    with `always`, makes the first token of that text the only likely next token."""
+    original = gpt.model.forward
+    token = gpt.encode(always)[0] if always else None
 
-    def generate(**kwargs):
-        streamer, criteria = kwargs["streamer"], kwargs["stopping_criteria"]
-        ids = kwargs["input_ids"]
-        streamer.put(ids)
-        for _ in range(kwargs["max_new_tokens"]):
-            time.sleep(step_seconds)
-            streamer.put(torch.tensor([gpt.encode("가")[0]]))
-            if bool(criteria(ids, None)[0]):
-                time.sleep(stop_delay)
-                break
-        streamer.end()
+    def forward(*args, **kwargs):
+        time.sleep(step_seconds)
+        out = original(*args, **kwargs)
+        if token is not None:
+            forced = torch.full_like(out.logits, -1e4)
+            forced[..., token] = 1e4
+            out.logits = forced
+        return out
 
-    return generate
+    return forward
 
 
 def test_special_token_strings_typed_in_the_repl_are_text(gpt, tmp_path):
@@ -96,14 +95,14 @@ def test_empty_prompt_in_one_shot_mode(gpt):
 def test_out_of_memory_in_the_repl_goes_on(gpt, tmp_path, monkeypatch):
     calls = []
 
-    def generate(**kwargs):
+    def forward(*args, **kwargs):
         calls.append(1)
         if len(calls) == 1:
             raise torch.OutOfMemoryError("CUDA out of memory")
-        return original(**kwargs)
+        return original(*args, **kwargs)
 
-    original = gpt.model.generate
-    monkeypatch.setattr(gpt.model, "generate", generate)
+    original = gpt.model.forward
+    monkeypatch.setattr(gpt.model, "forward", forward)
     keys = "봄" + ENTER + ENTER + "20" + ENTER + "여름" + ENTER + ENTER + "20" + ENTER + CTRL_D
     code, out, err = run_repl(gpt, keys, tmp_path)
     assert code == 0 and "out of memory" in err and "max_length" in err
@@ -111,10 +110,10 @@ def test_out_of_memory_in_the_repl_goes_on(gpt, tmp_path, monkeypatch):
 
 
 def test_an_unexpected_worker_error_is_one_line_and_never_hangs(gpt, tmp_path, monkeypatch):
-    def broken(**kwargs):
+    def broken(*args, **kwargs):
         raise RuntimeError("expected all tensors to be on the same device\nsecond line")
 
-    monkeypatch.setattr(gpt.model, "generate", broken)
+    monkeypatch.setattr(gpt.model, "forward", broken)
     code, out, err = run_repl(gpt, "봄" + ENTER + ENTER + "20" + ENTER + CTRL_D, tmp_path)
     assert code == 0
     assert "generation failed: RuntimeError: expected all tensors" in err
@@ -122,7 +121,7 @@ def test_an_unexpected_worker_error_is_one_line_and_never_hangs(gpt, tmp_path, m
 
 
 def test_ctrl_c_twice_quickly_stops_once_and_leaves_no_worker(gpt, tmp_path, monkeypatch):
-    monkeypatch.setattr(gpt.model, "generate", slow_generate(gpt, 0.01, stop_delay=0.5))
+    monkeypatch.setattr(gpt.model, "forward", slow_forward(gpt, 0.05))
     renderer = make_renderer()
     original = renderer.completion
     fired = []
@@ -145,7 +144,7 @@ def test_ctrl_c_twice_quickly_stops_once_and_leaves_no_worker(gpt, tmp_path, mon
     code, out, err = run_repl(gpt, keys, tmp_path, renderer=renderer)
     assert code == 0 and "[interrupted]" in err
     time.sleep(0.1)
-    assert not [t for t in threading.enumerate() if t.name == "kogpt-generate" and t.is_alive()]
+    assert not gpt.engine.busy
 
 
 def test_unreadable_directory(tiny_dir, monkeypatch):

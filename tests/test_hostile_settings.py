@@ -68,7 +68,7 @@ def test_json_and_api_values_are_taken_as_the_type_they_are(name, value):
 @pytest.mark.parametrize("kwargs", [dict(max_new_tokens=0), dict(max_new_tokens=-3), dict(seed=-1), dict(top_p=0),
                                     dict(temperature=float("nan")), dict(max_length=True), dict(colour="red")])
 def test_the_api_rejects_what_the_cli_rejects(gpt, monkeypatch, kwargs):
-    monkeypatch.setattr(gpt.model, "generate", lambda **kw: pytest.fail("the model ran"))
+    monkeypatch.setattr(gpt.model, "forward", lambda *a, **kw: pytest.fail("the model ran"))
     with pytest.raises(InputError, match=next(iter(kwargs))):
         gpt.generate("봄", **kwargs)
     with pytest.raises(InputError):

@@ -17,7 +17,7 @@ import pytest
 
 from kogpt.cli import flags, terminal
 cli = importlib.import_module("kogpt.cli.main")  # `kogpt.cli.main` the attribute is the function
-from tests.test_hardening import slow_generate
+from tests.test_hardening import slow_forward
 
 
 @pytest.fixture
@@ -39,7 +39,7 @@ def kill_when(condition, signum):
 
 
 def start(gpt, monkeypatch):
-    monkeypatch.setattr(gpt.model, "generate", slow_generate(gpt, 0.05))
+    monkeypatch.setattr(gpt.model, "forward", slow_forward(gpt, 0.05, always="가"))
     monkeypatch.setattr(flags, "load_model", lambda args, renderer: gpt)
 
 
@@ -53,7 +53,8 @@ def test_json_batch_keeps_the_interrupted_record(gpt, tiny_dir, tmp_path, monkey
     prompts.write_text("봄\n여름\n가을\n", encoding="utf-8")
     out = io.StringIO()
     monkeypatch.setattr(sys, "stdout", out)
-    kill_when(lambda: out.getvalue().count("\n") >= 1 and len(out.getvalue()) > 0, signum)
+    # Once the first record is out and the second prompt is being generated (not between the two).
+    kill_when(lambda: out.getvalue().count("\n") >= 1 and gpt.engine.busy, signum)
     result = cli.main(["--model", str(tiny_dir), "--device", "cpu", "--prompts-file", str(prompts), "--json",
                        "--max-new-tokens", "60", "--seed", "1"])
     assert result == code

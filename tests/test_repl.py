@@ -124,7 +124,7 @@ def test_ctrl_c_during_generation_stops_it_and_the_repl_goes_on(gpt, tmp_path):
     assert code == 0
     assert "[interrupted]" in err
     assert "여름" in out and err.count("tokens/s") == 1  # the next turn completed
-    assert not [t for t in threading.enumerate() if t.name == "kogpt-generate" and t.is_alive()]
+    assert not gpt.engine.busy
 
 
 def test_model_text_is_never_markup():

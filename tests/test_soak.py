@@ -5,7 +5,6 @@ from __future__ import annotations
 import gc
 import json
 import random
-import threading
 
 import psutil
 
@@ -64,6 +63,6 @@ def test_two_hundred_generations(gpt, tmp_path):
     interrupted = {i for i, r in enumerate(records) if r["finish_reason"] == "interrupted"}
     assert interrupted == interrupt_at
     assert all(r["finish_reason"] in {"length", "eos"} for i, r in enumerate(records) if i not in interrupted)
-    assert not [t for t in threading.enumerate() if t.name == "kogpt-generate" and t.is_alive()]
+    assert not gpt.engine.busy
     warm, final = state["rss"]
     assert final < warm * 1.05, f"RSS grew from {warm >> 20} MiB to {final >> 20} MiB"

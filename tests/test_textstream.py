@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from kogpt.textstream import REPLACEMENT, IncrementalDecoder, StopMatcher
+from kogpt.engine.textstream import REPLACEMENT, IncrementalDecoder, StopMatcher
 from tests.tiny import korean_lines, train_tokenizer
 
 
@@ -90,3 +90,34 @@ def test_a_short_stop_that_completes_first_wins_over_a_longer_one_still_open():
 
 def test_no_stops_passes_text_through():
     assert feed_all(StopMatcher(), ["a", "b"]) == "ab"
+
+
+class _SlowTokenizer:
+    """The tokenizer without its `tokenizers` backend: the decoder's own windowed path."""
+
+    def __init__(self, tokenizer) -> None:
+        self.decode = tokenizer.decode
+
+
+@pytest.mark.parametrize("path", ["DecodeStream", "window"])
+def test_both_decoding_paths_keep_whole_characters_and_join_to_the_decode(tokenizer, path):
+    import random
+
+    tok = tokenizer if path == "DecodeStream" else _SlowTokenizer(tokenizer)
+    assert (IncrementalDecoder(tok)._stream is not None) == (path == "DecodeStream")
+    rng = random.Random(0)
+    unfinished = 0
+    for _ in range(300):
+        ids = [rng.randrange(len(tokenizer)) for _ in range(rng.randrange(1, 30))]
+        full = tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        decoder = IncrementalDecoder(tok)
+        shown = ""
+        for token in ids:
+            piece = decoder.push(token)
+            assert not piece.endswith(REPLACEMENT)
+            shown += piece
+            assert full.startswith(shown)
+        tail = decoder.flush()
+        unfinished += bool(tail)
+        assert shown + tail == full
+    assert unfinished > 50  # random bytes often end inside a character: the flush matters

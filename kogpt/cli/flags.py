@@ -58,6 +58,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="weight quantization: int8 (GPU: bitsandbytes; CPU: weight-only), int4 (GPU only); default none",
     )
     group.add_argument(
+        "--no-compile",
+        action="store_true",
+        help="CUDA: do not compile the decoding step with torch.compile (starts faster, decodes slower)",
+    )
+    group.add_argument(
         "--plan", action="store_true", help="print where each block would go and the memory it needs, then exit"
     )
 
@@ -148,7 +153,7 @@ def load_model(args: argparse.Namespace, renderer, before_loading=None):
     if before_loading is not None:
         before_loading(path)
     with renderer.loading(options.model):
-        return KoGPT.from_options(options, path)
+        return KoGPT.from_options(options, path, compile=not getattr(args, "no_compile", False))
 
 
 SAMPLING_FLAGS = {  # flag -> metavar; each flag's dest is its setting's name

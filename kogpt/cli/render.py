@@ -5,10 +5,12 @@ Model text is data, never markup: it is always printed as `rich.text.Text`.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from rich import box
-from rich.console import Console
+from rich.console import Console, Group
+from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 from rich.theme import Theme
@@ -63,6 +65,44 @@ class Renderer:
 
     def sequence_header(self, index: int, total: int) -> None:
         self.err.print(Text(f"[{index + 1}/{total}]", style="stats"))
+
+    @contextmanager
+    def samples(self, total: int, prompt: str | None = None) -> Iterator[Callable[[int, str], None]]:
+        """Show `total` completions growing together (a terminal: rich `Live`); yields `update(i, text)`.
+
+        When they end, or are interrupted, each is printed whole, in order, as the one-by-one path does.
+        """
+        texts = [""] * total
+
+        def view() -> Group:
+            parts = []
+            for index, text in enumerate(texts):
+                body = Text()
+                if prompt:
+                    body.append(printable(prompt), style="prompt.echo")
+                body.append(printable(text), style="completion")
+                parts += [Text(f"[{index + 1}/{total}]", style="stats"), body]
+            return Group(*parts)
+
+        live = Live(view(), console=self.out, transient=True, refresh_per_second=10)
+
+        def update(index: int, text: str) -> None:
+            texts[index] += text
+            live.update(view())
+
+        finished = False
+        try:
+            with live:
+                yield update
+            finished = True
+        finally:
+            for index, text in enumerate(texts if finished or any(texts) else []):
+                if index:
+                    self.out.print()
+                self.sequence_header(index, total)
+                if prompt:
+                    self.prompt_echo(prompt)
+                self.completion(text)
 
     def settings_table(self, rows: list[tuple[str, str, str, str]]) -> None:
         table = Table("setting", "value", "default", "meaning", box=box.SIMPLE_HEAD)

@@ -207,8 +207,14 @@ class Repl(Session):
                 shown[0] = index
             self.renderer.completion(text)
 
+        count = turn.settings.num_return_sequences
         try:
-            records = self.gpt.complete(turn.prompt, turn.settings, on_text)
+            if count > 1 and self.renderer.out.is_terminal:  # watch them grow together
+                shown[0] = 0
+                with self.renderer.samples(count, turn.prompt if turn.echo else None) as update:
+                    records = self.gpt.complete(turn.prompt, turn.settings, update, interleaved=True)
+            else:
+                records = self.gpt.complete(turn.prompt, turn.settings, on_text)
         except Interrupted as stop:
             self.finish(stop.records)
             self.renderer.interrupted()
@@ -227,8 +233,9 @@ class Repl(Session):
             self.renderer.prompt_echo(turn.prompt)
         self.finish(records)
         last = records[-1]
+        # The sequences are decoded together: the time is the longest one's.
         self.renderer.end_completion(sum(r.completion_tokens for r in records),
-                                     sum(r.seconds for r in records), last.finish_reason)
+                                     max(r.seconds for r in records), last.finish_reason)
 
     def finish(self, records: list[Record]) -> None:
         self.records.extend(records)

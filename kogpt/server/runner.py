@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from kogpt.settings import SamplingSettings
 
 if TYPE_CHECKING:
-    from kogpt.generate import Chunk
+    from kogpt.engine import Chunk
 
 log = logging.getLogger(__name__)
 

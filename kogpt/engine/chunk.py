@@ -1,0 +1,38 @@
+"""What the engine hands back: `Chunk`s of one stream, `Piece`s of one row of a request."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+@dataclass
+class Chunk:
+    """A piece of streamed completion text, with the running totals.
+
+    The last chunk of a stream has `finish_reason` set: 'eos' (the model ended the text), 'length'
+    (max_length or max_new_tokens reached), or 'stop' (a stop sequence appeared; not included).
+    """
+
+    text: str
+    tokens: int
+    seconds: float
+    seed: int
+    first_token_seconds: float | None = None
+    finish_reason: str | None = None
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / self.seconds if self.seconds > 0 else math.nan
+
+
+@dataclass
+class Piece:
+    """New text of row `row` of a request, made by the worker; times are `time.perf_counter()` values."""
+
+    row: int
+    text: str
+    tokens: int
+    at: float
+    first_at: float | None
+    finish_reason: str | None = None

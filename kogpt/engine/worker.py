@@ -1,0 +1,281 @@
+"""The engine: one long-lived worker thread per loaded model, fed by a queue of requests.
+
+Callers in any thread submit a `Request` and read its `Piece`s; requests are served one after
+another, never mixed. The worker makes the model's KV caches, compiles its step (CUDA) and runs
+every forward pass; nothing else touches them. Closing a stream (Ctrl-C, `break`, garbage
+collection) cancels its request at the next token or prompt chunk; a worker exception reaches the
+caller as a one-line `KoGPTError`.
+
+A worker that has run torch must have ended before the interpreter exits: one still alive then,
+even idle, aborts the process ("terminate called without an active exception", exit 134). So at
+exit every worker is stopped (its running request cancelled at the next token) and joined,
+including those of engines collected just before.
+"""
+
+from __future__ import annotations
+
+import atexit
+import gc
+import logging
+import queue
+import threading
+import time
+import weakref
+from collections.abc import Iterator
+
+import torch
+
+from kogpt.engine import decode, loop
+from kogpt.engine.chunk import Chunk, Piece
+from kogpt.engine.prefix import PrefixCache
+from kogpt.errors import KoGPTError, first_line
+from kogpt.settings import SamplingSettings
+
+log = logging.getLogger(__name__)
+
+WORKER_NAME = "kogpt-engine"
+_STOP = object()
+_END = object()
+_model_locks: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_model_locks_guard = threading.Lock()
+_cores: weakref.WeakSet = weakref.WeakSet()
+_threads: set[threading.Thread] = set()  # every worker still to be joined at exit
+_threads_guard = threading.Lock()
+
+
+class Failure:
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
+class Request:
+    """Generate up to `budget` tokens after `ids`, one row per seed; `events` carries the results."""
+
+    def __init__(self, ids: list[int], settings: SamplingSettings, seeds: list[int], budget: int) -> None:
+        self.ids, self.settings, self.seeds, self.budget = ids, settings, seeds, budget
+        self.events: queue.SimpleQueue = queue.SimpleQueue()
+        self.cancel = threading.Event()
+        self.started = threading.Event()
+        self.finished = threading.Event()
+        self.submitted = time.perf_counter()
+        self.stats = loop.Stats()
+
+
+def _model_lock(model) -> threading.Lock:
+    """One lock per model object: two engines over one model still never run it at once."""
+    with _model_locks_guard:
+        return _model_locks.setdefault(model, threading.Lock())
+
+
+class _Core:
+    """What the worker thread serves. It holds no reference to the `Engine`, so an engine that is no
+    longer used is collected, and its finalizer hands the thread back."""
+
+    def __init__(self, model, tokenizer, device, context, static_cache, compile, backend) -> None:
+        self.model, self.tokenizer, self.device, self.context = model, tokenizer, device, context
+        self.static_cache, self.compile, self.backend = static_cache, compile, backend
+        self.prefill_chunk = decode.PREFILL_CHUNK.get(device.type, 128)
+        self.requests: queue.SimpleQueue = queue.SimpleQueue()
+        self.current: Request | None = None
+        self.serving = False
+        self.start_lock = threading.Lock()
+        self.last_stats: loop.Stats | None = None
+
+    def start(self) -> None:
+        """Start the worker thread on the first request."""
+        with self.start_lock:
+            if self.serving:
+                return
+            self.serving = True
+            _cores.add(self)
+            thread = threading.Thread(target=self.serve, name=WORKER_NAME, daemon=True)
+            with _threads_guard:
+                _threads.difference_update([t for t in _threads if not t.is_alive()])
+                _threads.add(thread)
+            thread.start()
+
+    def stop(self) -> None:
+        """Cancel the running request; the thread ends after its current token or chunk."""
+        current = self.current
+        if current is not None:
+            current.cancel.set()
+        self.requests.put(_STOP)
+
+    def serve(self) -> None:
+        grad = torch.no_grad() if self.static_cache else torch.inference_mode()
+        with grad:
+            stepper = decode.Stepper(self.model, self.compile, self.backend)  # compiled in this thread
+            prefix = PrefixCache(self.model, self.device, self.context, self.static_cache, stepper)
+            while True:
+                item = self.requests.get()
+                if item is _STOP:
+                    break
+                if callable(item):  # a command for the worker's state, e.g. forget the prefix cache
+                    item(prefix)
+                    continue
+                self.run(item, prefix, stepper)
+        self.serving = False
+        while True:  # anything still queued ends now
+            try:
+                item = self.requests.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(item, Request):
+                item.finished.set()
+                item.events.put(_END)
+
+    def run(self, request: Request, prefix: PrefixCache, stepper: decode.Stepper) -> None:
+        if request.cancel.is_set():
+            request.finished.set()
+            request.events.put(_END)
+            return
+        self.current = request
+        request.started.set()
+        log.debug("generating up to %d tokens after %d prompt tokens, seeds %s", request.budget, len(request.ids),
+                  request.seeds)
+        try:
+            with _model_lock(self.model):
+                loop.run(prefix, stepper, self.tokenizer, request.ids, request.settings, request.seeds,
+                         request.budget, self.prefill_chunk, request.cancel.is_set, request.events.put, request.stats)
+        except BaseException as exc:  # handed to the caller, who raises it
+            prefix.forget()  # a failed forward may have half-written the cache
+            request.events.put(Failure(exc))
+        finally:
+            stats = request.stats
+            log.debug("%d tokens in %.2f s (%d prompt tokens fed, %d reused)", stats.tokens,
+                      time.perf_counter() - request.submitted, stats.prefill_tokens, stats.reused_tokens)
+            self.last_stats = stats
+            self.current = None
+            request.finished.set()
+            request.events.put(_END)
+
+
+class Engine:
+    """Generation for one loaded model: `stream()` one sequence, or `submit()` + `pieces()` for many.
+
+    `device` is where input ids go (the first block's device); `static_cache` preallocates KV
+    caches in size buckets (CUDA), and `compile` compiles the one-token step over them.
+    """
+
+    def __init__(self, model, tokenizer, context: int, device: torch.device, static_cache: bool = False,
+                 compile: bool = False, backend: str = "inductor") -> None:
+        self.context = context
+        self._core = _Core(model, tokenizer, device, context, static_cache, compile and static_cache, backend)
+        weakref.finalize(self, self._core.stop)
+
+    @property
+    def prefill_chunk(self) -> int:
+        return self._core.prefill_chunk
+
+    @prefill_chunk.setter
+    def prefill_chunk(self, tokens: int) -> None:
+        self._core.prefill_chunk = tokens
+
+    @property
+    def busy(self) -> bool:
+        """Whether a request is being served now."""
+        return self._core.current is not None
+
+    @property
+    def last_stats(self) -> loop.Stats | None:
+        """Where the time of the last finished request went."""
+        return self._core.last_stats
+
+    def submit(self, ids: list[int], settings: SamplingSettings, seeds: list[int], budget: int) -> Request:
+        request = Request(ids, settings, seeds, budget)
+        self._core.start()
+        self._core.requests.put(request)
+        return request
+
+    def forget(self) -> None:
+        """Empty the prefix cache (the next request starts cold); waits for requests queued before."""
+        done = threading.Event()
+
+        def clear(prefix: PrefixCache) -> None:
+            prefix.forget()
+            done.set()
+
+        self._core.start()
+        self._core.requests.put(clear)
+        _wait(done, self._core)
+
+    def pieces(self, request: Request) -> Iterator[Piece]:
+        """The request's pieces as the worker makes them; leaving early cancels it."""
+        try:
+            while True:
+                item = _get(request.events, self._core)
+                if item is _END:
+                    return
+                if isinstance(item, Failure):
+                    error = _caller_error(item.exc, len(request.ids) + request.budget)
+                    if error is item.exc:
+                        raise error
+                    raise error from item.exc
+                yield item
+        finally:
+            if not request.finished.is_set():
+                request.cancel.set()
+                if request.started.is_set():
+                    _wait(request.finished, self._core)
+
+    def stream(self, ids: list[int], settings: SamplingSettings, seed: int) -> Iterator[Chunk]:
+        """One sequence after `ids`, as `Chunk`s of text (the last one has `finish_reason`)."""
+        budget = settings.new_tokens(len(ids), self.context)
+        if budget == 0:
+            yield Chunk("", 0, 0.0, seed, finish_reason="length")
+            return
+        request = self.submit(ids, settings, [seed], budget)
+        for piece in self.pieces(request):
+            first = piece.first_at - request.submitted if piece.first_at is not None else None
+            yield Chunk(piece.text, piece.tokens, piece.at - request.submitted, seed, first, piece.finish_reason)
+
+
+def _alive(core: _Core) -> bool:
+    return core.serving
+
+
+def _get(events: queue.SimpleQueue, core: _Core):
+    """`events.get()` that still lets Ctrl-C (KeyboardInterrupt) reach the main thread promptly."""
+    while True:
+        try:
+            return events.get(timeout=0.1)
+        except queue.Empty:
+            if not _alive(core) and events.empty():
+                raise KoGPTError("the generation worker has stopped (is the interpreter exiting?)") from None
+
+
+def _wait(event: threading.Event, core: _Core) -> None:
+    """Wait for the worker to finish its current token; a second Ctrl-C does not abandon it running."""
+    while not event.is_set() and _alive(core):
+        try:
+            event.wait(timeout=0.1)
+        except KeyboardInterrupt:
+            log.info("stopping the generation ...")
+
+
+def _caller_error(exc: BaseException, tokens: int) -> BaseException:
+    if isinstance(exc, (MemoryError, torch.OutOfMemoryError)):
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        return KoGPTError(
+            f"out of memory generating up to {tokens} tokens; try a smaller max_length or "
+            "max_new_tokens, fewer num_return_sequences, or --quantize int8"
+        )
+    if isinstance(exc, KoGPTError):
+        return exc
+    if isinstance(exc, Exception):
+        log.debug("the generation worker failed", exc_info=exc)
+        return KoGPTError(f"generation failed: {type(exc).__name__}: {first_line(exc)}")
+    return exc
+
+
+@atexit.register
+def _stop_workers() -> None:
+    """Before the interpreter tears down: cancel what runs, end every worker and join it."""
+    for core in list(_cores):
+        core.stop()
+    with _threads_guard:
+        threads = list(_threads)
+    for thread in threads:
+        thread.join()
