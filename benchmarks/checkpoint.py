@@ -47,8 +47,8 @@ def save_tokenizer(path: Path, vocab_size: int) -> None:
     The padding entries have no merges that produce them, so they never appear when encoding;
     they exist so that tools that check vocabulary size against the model (CTranslate2) accept it.
     """
-    sys.path.insert(0, str(REPO / "tests"))
-    from conftest import train_tokenizer
+    sys.path.insert(0, str(REPO))
+    from tests.tiny import train_tokenizer
 
     train_tokenizer().save_pretrained(path)
     spec = json.loads((path / "tokenizer.json").read_text(encoding="utf-8"))
