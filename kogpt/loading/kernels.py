@@ -43,6 +43,7 @@ class Kernel:
     pack: Callable[[torch.Tensor], Tensors]  # float weight (out, in) -> the tensors a layer keeps
     run: Callable[[torch.Tensor, Tensors], torch.Tensor]  # x (rows, in) -> (rows, out)
     about: str
+    buffers: tuple[str, ...] = ("weight",)  # the names `pack` returns, the buffers a layer registers
     fits: Callable[[int], bool] = lambda in_features: True
 
 
@@ -71,7 +72,7 @@ def _run_w8(x: torch.Tensor, t: Tensors) -> torch.Tensor:
 
 def _pack_w8a8(weight: torch.Tensor) -> Tensors:
     codes, scales = int8_rows(weight)
-    return {"weight": codes, "scales": scales}
+    return {"weight": codes, "scales": scales.to(torch.bfloat16)}  # bfloat16, as the rest of a quantized model
 
 
 def _run_w8a8(x: torch.Tensor, t: Tensors) -> torch.Tensor:
@@ -92,7 +93,7 @@ def _int4(group: int) -> Kernel:
         f"w4g{group}", "int4", 0.5 + 4 / group,
         lambda w: int4.pack(w, group), lambda x, t: int4.matmul(x, t, group),
         f"int4 weights, groups of {group}, bfloat16 activations (_weight_int4pack_mm_for_cpu)",
-        lambda n_in: int4.fits(n_in, group),
+        ("packed", "scales_and_zeros"), lambda n_in: int4.fits(n_in, group),
     )  # fmt: skip
 
 
@@ -102,11 +103,15 @@ KERNELS: dict[str, Kernel] = {
         Kernel("bf16", "16bit", 2, *_float(torch.bfloat16), "bfloat16 weights and activations (F.linear)"),
         Kernel("fp16", "16bit", 2, *_float(torch.float16), "float16 weights and activations (F.linear)"),
         Kernel("fp32", "32bit", 4, *_float(torch.float32), "float32 (F.linear); the accuracy reference"),
-        Kernel("w8", "int8", 1, _pack_w8, _run_w8, "int8 weights, bfloat16 activations (_weight_int8pack_mm)"),
-        Kernel("w8a8", "int8", 1, _pack_w8a8, _run_w8a8, "int8 weights x int8 activations quantized per token (torch._int_mm)"),
+        Kernel("w8", "int8", 1, _pack_w8, _run_w8, "int8 weights, bfloat16 activations (_weight_int8pack_mm)", ("weight", "scales")),
+        Kernel("w8a8", "int8", 1, _pack_w8a8, _run_w8a8, "int8 weights x int8 activations quantized per token (torch._int_mm)", ("weight", "scales")),
         *(_int4(group) for group in int4.GROUPS),
     ]
 }  # fmt: skip
+
+
+# Used without a measurement (quantize_model, tests): the kernels that run everywhere torch does.
+DEFAULTS = {"16bit": "bf16", "int8": "w8", "int4": "w4g128"}
 
 
 def candidates(fmt: str, in_features: int = 4096) -> list[Kernel]:
