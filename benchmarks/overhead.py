@@ -40,13 +40,13 @@ def bare_loop(model, ids: list[int], n_new: int) -> float:
 
 def measure_overhead(checkpoint: str, n_prompt: int, n_new: int) -> dict:
     import torch
+    from paths import prompt_ids
     from rich.console import Console
 
     from kogpt import KoGPT, SamplingSettings
+    from kogpt.cli.render import Renderer
+    from kogpt.cli.repl import PlainInput, Repl
     from kogpt.generate import stream
-    from kogpt.render import Renderer
-    from kogpt.repl import PlainInput, Repl
-    from paths import prompt_ids
 
     gpt = KoGPT.load(checkpoint, device="cpu")
     ids = prompt_ids(gpt.tokenizer, n_prompt)
@@ -90,7 +90,7 @@ def measure_overhead(checkpoint: str, n_prompt: int, n_new: int) -> dict:
 
 
 def read_once(checkpoint: str) -> float:
-    from kogpt.weights import weight_files
+    from kogpt.loading.weights import weight_files
 
     started = time.perf_counter()
     for file in weight_files(Path(checkpoint)):

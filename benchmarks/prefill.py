@@ -14,7 +14,7 @@ import time
 import torch
 from transformers import GPTJConfig, GPTJForCausalLM
 
-from kogpt import prefill
+from kogpt.loading import prefill
 
 
 def timed(model, ids) -> float:

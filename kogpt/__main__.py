@@ -1,3 +1,3 @@
-from kogpt.cli import main
+from kogpt.cli.main import main
 
 raise SystemExit(main())

@@ -8,10 +8,10 @@ import random
 import unicodedata
 from collections.abc import Callable, Iterator
 
-from kogpt import model as model_lib
 from kogpt.defaults import DEFAULT_MODEL, DEFAULT_REVISION
 from kogpt.errors import Interrupted, KoGPTError
 from kogpt.generate import Chunk, stream
+from kogpt.loading import load as model_lib
 from kogpt.settings import SamplingSettings
 from kogpt.transcript import Record
 
@@ -45,7 +45,7 @@ class KoGPT:
         offload_dir: str | None = None,
         static_cache: bool | None = None,
     ) -> KoGPT:
-        """Load from a hub repo id or a local checkpoint directory; see `kogpt.model.load`.
+        """Load from a hub repo id or a local checkpoint directory; see `kogpt.loading.load.load`.
 
         `quantize="int8"` keeps int8 weights (on the CPU: kogpt's weight-only kernels, half the
         memory of bfloat16 and faster; on a GPU: bitsandbytes). `static_cache` (default: on CUDA

@@ -13,3 +13,8 @@ class Interrupted(KeyboardInterrupt):
     def __init__(self, records: list) -> None:
         super().__init__()
         self.records = records
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]

@@ -20,9 +20,8 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
-from kogpt.errors import KoGPTError
-from kogpt.model import first_line
-from kogpt.placement import input_device
+from kogpt.errors import KoGPTError, first_line
+from kogpt.placement.options import input_device
 from kogpt.settings import SamplingSettings
 from kogpt.textstream import IncrementalDecoder, StopMatcher
 

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from kogpt.cli import build_parser, main
-from kogpt.repl import GOODBYE
+from kogpt.cli.main import build_parser, main
+from kogpt.cli.repl import GOODBYE
 
 
 def test_help_keeps_the_original_interface(capsys):

@@ -9,7 +9,7 @@ import pytest
 from prompt_toolkit.completion import CompleteEvent
 from prompt_toolkit.document import Document
 
-from kogpt.commands import CommandCompleter
+from kogpt.cli.commands import CommandCompleter
 from tests.test_repl import CTRL_C, CTRL_D, ENTER, run_repl
 
 ESC_ENTER = "\x1b\r"
@@ -161,12 +161,12 @@ def test_ctrl_c_at_the_prompt_keeps_the_session(gpt, tmp_path):
 def toolbar_text(gpt, tmp_path, monkeypatch, typed: str, keys: str = CTRL_D) -> str:
     from types import SimpleNamespace
 
-    import kogpt.repl
+    import kogpt.cli.repl
 
     holder = []
     run_repl(gpt, keys, tmp_path, repl_hook=holder.append)
     app = SimpleNamespace(current_buffer=SimpleNamespace(text=typed))
-    monkeypatch.setattr(kogpt.repl, "get_app", lambda: app)
+    monkeypatch.setattr(kogpt.cli.repl, "get_app", lambda: app)
     return "".join(text for _, text in holder[0].toolbar())
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from kogpt.cli import build_parser, main
-from kogpt.evaluate import cli as eval_cli
+from kogpt.cli import evaluate as eval_cli
+from kogpt.cli.main import build_parser, main
 from kogpt.evaluate.metrics import accuracy, f1, macro_f1
 
 DATA = Path(__file__).parent / "data"

@@ -17,7 +17,7 @@ import torch
 from rich.console import Console
 
 from kogpt import KoGPT, KoGPTError
-from kogpt.render import Renderer, printable
+from kogpt.cli.render import Renderer, printable
 from kogpt.transcript import Transcript
 from tests.test_repl import CTRL_D, ENTER, make_renderer, run_repl
 
@@ -200,7 +200,6 @@ def test_pickled_weights_never_run_code(tiny_bin_dir, tmp_path):
 
 
 def test_remote_code_is_off_unless_asked(tiny_dir, tmp_path, monkeypatch):
-    import shutil
 
     from transformers import AutoConfig
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kogpt import memory
+from kogpt.placement import memory
 
 GiB = memory.GiB
 N6B = 6_166_502_400
@@ -61,7 +61,7 @@ def test_explicit_dtype_always_wins():
 
 
 def test_the_published_config_is_kogpts():
-    from kogpt.model import published_config
+    from kogpt.loading.checkpoint import published_config
 
     assert published_config().to_dict() | {"dtype": None} == kogpt_config().to_dict() | {"dtype": None}
     assert str(published_config("KoGPT6B-ryan1.5b").dtype).endswith("float32")

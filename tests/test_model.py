@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from kogpt import KoGPT, KoGPTError
-from kogpt.model import SPECIAL_TOKENS
+from kogpt.loading.checkpoint import SPECIAL_TOKENS
 
 
 def copy_ckpt(src, dst):
@@ -107,7 +107,7 @@ def test_offline_with_nothing_cached(tmp_path, monkeypatch):
 
 
 def test_not_enough_memory_stops_before_loading(tiny_dir, monkeypatch):
-    from kogpt import memory
+    from kogpt.placement import memory
 
     monkeypatch.setattr(memory, "free_memory", lambda device: 1000)
     with pytest.raises(KoGPTError, match="not enough memory on cpu"):

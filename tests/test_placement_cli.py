@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kogpt import model as model_lib
-from kogpt import placement
-from kogpt import plan as plan_lib
-from kogpt.cli import build_parser, main
+from kogpt.cli.main import build_parser, main
 from kogpt.errors import KoGPTError
-from kogpt.placement import Hardware, parse_max_memory
+from kogpt.loading import load as model_lib
+from kogpt.placement import options as placement
+from kogpt.placement import plan as plan_lib
+from kogpt.placement.options import Hardware, parse_max_memory
 
 GiB = 1024**3
 

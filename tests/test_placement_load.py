@@ -8,11 +8,17 @@ import pytest
 import torch
 
 from kogpt import KoGPT
-from kogpt import model as model_lib
-from kogpt import plan as plan_lib
 from kogpt.errors import KoGPTError
-from kogpt.memory import CPU_HEADROOM_BYTES
-from kogpt.placement import Hardware, Options, input_device, load_kwargs, quantization_config
+from kogpt.loading import load as model_lib
+from kogpt.placement import plan as plan_lib
+from kogpt.placement.memory import CPU_HEADROOM_BYTES
+from kogpt.placement.options import (
+    Hardware,
+    Options,
+    input_device,
+    load_kwargs,
+    quantization_config,
+)
 from tests.tiny import korean_lines
 
 # Tiny float32 checkpoint: wte 84,992 B, two blocks of 198,400 B, ln_f 512 B, lm_head 86,320 B;

@@ -25,9 +25,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kogpt.devicemap import kv_by_device, meta_model
-from kogpt.placement import Hardware, Options
-from kogpt.plan import make_plan, prepare
+from kogpt.placement.devicemap import kv_by_device, meta_model
+from kogpt.placement.options import Hardware, Options
+from kogpt.placement.plan import make_plan, prepare
 
 GiB = 1024**3
 BLOCK = 402_710_528

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from kogpt import KoGPT, prefill
+from kogpt import KoGPT
+from kogpt.loading import prefill
 
 
 def test_blocked_float32_linear_equals_a_float32_linear(monkeypatch):

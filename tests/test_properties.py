@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from kogpt.cli.scripting import parse_prompts_file
 from kogpt.errors import KoGPTError
-from kogpt.scripting import parse_prompts_file
 from kogpt.settings import PARSERS, InputError, SamplingSettings, parse_setting
 from kogpt.textstream import REPLACEMENT, IncrementalDecoder, StopMatcher
 from tests.tiny import train_tokenizer

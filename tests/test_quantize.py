@@ -6,9 +6,14 @@ import pytest
 import torch
 
 from kogpt import KoGPT, KoGPTError
-from kogpt.cli import build_parser
-from kogpt.model import load_config
-from kogpt.quantize import Int8Linear, check_method, load_quantized, quantize_model
+from kogpt.cli.main import build_parser
+from kogpt.loading.checkpoint import load_config
+from kogpt.loading.quantize import (
+    Int8Linear,
+    check_method,
+    load_quantized,
+    quantize_model,
+)
 
 
 def test_int8_linear_matches_float_linear():

@@ -11,8 +11,8 @@ from prompt_toolkit.input import create_pipe_input
 from prompt_toolkit.output import DummyOutput
 from rich.console import Console
 
-from kogpt.render import Renderer
-from kogpt.repl import GOODBYE, Repl
+from kogpt.cli.render import Renderer
+from kogpt.cli.repl import GOODBYE, Repl
 
 ENTER = "\r"
 CTRL_C = "\x03"

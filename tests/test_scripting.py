@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
+from kogpt.cli.scripting import parse_prompts_file
 from kogpt.errors import KoGPTError
-from kogpt.scripting import parse_prompts_file
 from kogpt.settings import SamplingSettings
 from tests.test_cli import run_kogpt
 

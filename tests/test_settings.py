@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 
 from kogpt.settings import (
-    HELP, PARSERS, InputError, SamplingSettings, format_value, parse_max_length_answer, parse_setting,
+    HELP,
+    PARSERS,
+    InputError,
+    SamplingSettings,
+    format_value,
+    parse_max_length_answer,
+    parse_setting,
 )
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kogpt.model import load_config
-from kogpt.weights import load_streaming, read_tensors
+from kogpt.loading.checkpoint import load_config
+from kogpt.loading.weights import load_streaming, read_tensors
 
 
 @pytest.mark.parametrize("fixture", ["tiny_dir", "tiny_bin_dir"])

@@ -2,5 +2,6 @@
 
 `data` reads the files, `templates` holds the prompt formats, `fewshot` draws demonstrations and
 builds prompts, `scoring` computes label log-likelihoods, `metrics` turns predictions into scores,
-`runner` ties them together, `cli` is the command and `render` prints for it.
+`runner` ties them together. The command (`kogpt.cli.evaluate`) and its output
+(`kogpt.cli.evalview`) live with the rest of the command line.
 """

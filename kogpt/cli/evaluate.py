@@ -11,9 +11,9 @@ from kogpt.evaluate.templates import TASKS, Task, Template
 
 if TYPE_CHECKING:  # torch stays unimported for --help and --show-prompt
     from kogpt.api import KoGPT
+    from kogpt.cli.render import Renderer
     from kogpt.evaluate.data import Dataset
     from kogpt.evaluate.runner import Outcome
-    from kogpt.render import Renderer
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ def count(minimum: int):
 
 def build_parser() -> argparse.ArgumentParser:
     """The parser of `kogpt eval`; the model flags are the REPL's own (`kogpt.cli.add_model_arguments`)."""
-    from kogpt.cli import add_model_arguments
+    from kogpt.cli.flags import add_model_arguments
 
     parser = argparse.ArgumentParser(
         prog="kogpt eval",
@@ -83,8 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace, renderer: Renderer) -> int:
     """Read the data, build the prompts, score them and print the results; returns the exit code."""
+    from kogpt.cli import evalview as render
     from kogpt.evaluate import data as data_lib
-    from kogpt.evaluate import render
     from kogpt.evaluate.fewshot import build
     from kogpt.evaluate.templates import load_template
 
@@ -100,7 +100,7 @@ def run(args: argparse.Namespace, renderer: Renderer) -> int:
         render.show_prompt(renderer.out, task, template, prompts[0])
         return 0
 
-    from kogpt.cli import load_model
+    from kogpt.cli.flags import load_model
     from kogpt.evaluate.runner import evaluate, requests
 
     gpt = load_model(args, renderer)
@@ -127,7 +127,7 @@ def report(
 
     from kogpt import __version__
     from kogpt.evaluate import metrics
-    from kogpt.model import looks_local
+    from kogpt.loading.checkpoint import looks_local
 
     def source(dataset: Dataset | None) -> dict[str, Any] | None:
         if dataset is None:

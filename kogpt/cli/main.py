@@ -9,8 +9,8 @@ import signal
 import sys
 from pathlib import Path
 
-from kogpt import __version__, hwcli
-from kogpt.defaults import DEFAULT_MODEL, DEFAULT_REVISION, DEVICES, DTYPE_CHOICES, REVISIONS
+from kogpt import __version__
+from kogpt.cli import flags
 from kogpt.errors import KoGPTError
 
 log = logging.getLogger("kogpt")
@@ -51,38 +51,13 @@ def escaped(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """The flags that choose and place the model (shared by the REPL and `kogpt eval`), and --debug."""
-    parser.add_argument(
-        "--model", default=DEFAULT_MODEL, help=f"huggingface repo or local directory (default:{DEFAULT_MODEL})"
-    )
-    parser.add_argument(
-        "--revision",
-        default=DEFAULT_REVISION,
-        choices=REVISIONS,
-        help=f"hub revision; ignored for a local directory (default:{DEFAULT_REVISION})",
-    )
-    parser.add_argument("--device", default="cuda", choices=DEVICES, help="(default:cuda; the CPU when CUDA is missing)")
-    parser.add_argument(
-        "--dtype",
-        default="auto",
-        choices=DTYPE_CHOICES,
-        help="compute dtype (default:auto: float16 on GPUs, float32 or bfloat16 on CPUs by memory)",
-    )
-    hwcli.add_arguments(parser)
-    parser.add_argument("-d", "--debug", action="store_true", help="debug logging and full tracebacks")
-    parser.add_argument(
-        "--trust-remote-code", action="store_true", help="let a checkpoint run its own Python code (off: never)"
-    )
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="KoGPT inference",
         description="KakaoBrain Korean(hangul) Generative Pre-Training Model",
         epilog="few-shot evaluation: kogpt eval {nsmc,ynat,klue-sts} --data FILE (see kogpt eval --help)",
     )
-    add_model_arguments(parser)
+    flags.add_model_arguments(parser)
     parser.add_argument("--version", action="version", version=f"kogpt {__version__}")
 
     sampling = parser.add_argument_group("sampling (in the REPL: /set NAME VALUE)")
@@ -150,12 +125,12 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser, runner = build_parser(), run
     if argv[:1] == ["eval"]:
-        from kogpt.evaluate import cli as evaluate
+        from kogpt.cli import evaluate
 
         parser, runner, argv = evaluate.build_parser(), evaluate.run, argv[1:]
     args = parser.parse_args(argv)
     setup_logging(args.debug)
-    from kogpt.render import Renderer
+    from kogpt.cli.render import Renderer
 
     renderer = Renderer()
     signal.signal(signal.SIGTERM, _terminate)
@@ -186,56 +161,22 @@ def _terminate(signum, frame) -> None:
 
 def run(args: argparse.Namespace, renderer) -> int:
     if args.plan:
-        quiet_libraries(args.debug)
-        hwcli.check_early(args, hwcli.options_from_args(args))
-        return hwcli.show_plan(args, renderer.out)
+        flags.quiet_libraries(args.debug)
+        flags.check_early(args, flags.options_from_args(args))
+        return flags.show_plan(args, renderer.out)
     settings = sampling_settings(args)
     prompts = scripted_prompts(args, settings)  # read (and check) input before the slow load
-    gpt = load_model(args, renderer)
+    gpt = flags.load_model(args, renderer)
     if prompts is not None:
-        from kogpt.scripting import run_batch
+        from kogpt.cli.scripting import run_batch
 
         return run_batch(gpt, prompts, renderer, args.json)
     return interactive(args, gpt, renderer, settings)
 
 
-def quiet_libraries(debug: bool) -> None:
-    """Library warnings (hub retries, generation notes) only with --debug; our own lines say what failed."""
-    import huggingface_hub
-    import transformers
-
-    if not debug:
-        transformers.utils.logging.set_verbosity_error()
-        huggingface_hub.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-
-
-def load_model(args: argparse.Namespace, renderer):
-    """The model the `add_model_arguments` flags ask for, with a spinner while it loads."""
-    from kogpt.api import KoGPT
-    from kogpt.model import resolve_checkpoint
-
-    quiet_libraries(args.debug)
-    hw = hwcli.options_from_args(args)
-    hwcli.check_early(args, hw)  # impossible flag combinations, before any download
-    resolve_checkpoint(args.model, args.revision)  # a download shows its own progress bars
-    with renderer.loading(args.model):
-        return KoGPT.load(
-            args.model,
-            args.revision,
-            args.device,
-            args.dtype,
-            args.trust_remote_code,
-            quantize=hw.quantize,
-            device_map=hw.device_map,
-            max_memory=hw.max_memory,
-            offload_dir=hw.offload_dir,
-        )
-
-
 def scripted_prompts(args: argparse.Namespace, settings):
     """The (label, prompt, settings) list of a scripting mode, or None for the interactive REPL."""
-    from kogpt.scripting import parse_prompts_file, read_text
+    from kogpt.cli.scripting import parse_prompts_file, read_text
 
     if args.prompt is not None:
         return [("", read_text("-") if args.prompt == "-" else args.prompt, settings)]
@@ -250,7 +191,7 @@ def scripted_prompts(args: argparse.Namespace, settings):
 def interactive(args: argparse.Namespace, gpt, renderer, settings) -> int:
     from platformdirs import user_data_dir, user_state_dir
 
-    from kogpt.repl import PlainInput, Repl
+    from kogpt.cli.repl import PlainInput, Repl
     from kogpt.transcript import Transcript
 
     transcript_path = None if args.no_transcript else Path(user_data_dir("kogpt")) / "transcript.jsonl"

@@ -15,8 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from kogpt import weights
-from kogpt.loading import kernels
+from kogpt.loading import kernels, weights
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import TextIO
 
 from kogpt.api import KoGPT
+from kogpt.cli.render import Renderer, printable
 from kogpt.errors import KoGPTError
-from kogpt.render import Renderer, printable
 from kogpt.settings import InputError, SamplingSettings, parse_setting
 
 

@@ -2,7 +2,7 @@
 
 Made on the meta device with accelerate (`init_empty_weights`, `compute_module_sizes`,
 `get_balanced_memory`, `infer_auto_device_map`), so it allocates no weights. `--plan` prints it;
-`kogpt.model.load` makes the same plan first and stops, saying what would fit, when it cannot run.
+`kogpt.loading.load.load` makes the same plan first and stops, saying what would fit, when it cannot run.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from kogpt import memory
-from kogpt.devicemap import (
+from kogpt.placement import memory
+from kogpt.placement.devicemap import (
     block_names,
     count_parameters,
     device_of,
@@ -23,8 +23,8 @@ from kogpt.devicemap import (
     meta_model,
     size_dtypes,
 )
-from kogpt.memory import CPU_HEADROOM_BYTES, DtypeChoice, GiB
-from kogpt.placement import Hardware, Options, check_options, detect_hardware
+from kogpt.placement.memory import CPU_HEADROOM_BYTES, DtypeChoice, GiB
+from kogpt.placement.options import Hardware, Options, check_options, detect_hardware
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ CPU_HEADROOM_BYTES = 1 * GiB
 
 def parameter_count(config) -> int:
     """Exact parameter count of the causal LM built from `config`, without allocating weights."""
-    from kogpt.devicemap import count_parameters, meta_model
+    from kogpt.placement.devicemap import count_parameters, meta_model
 
     return count_parameters(meta_model(config))
 

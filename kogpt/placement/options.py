@@ -95,7 +95,7 @@ def detect_hardware(device: str, offload_dir: str | None = None, every_gpu: bool
 
     Asking a GPU starts a CUDA context on it, so a one-device load asks GPU 0 alone (`every_gpu`).
     """
-    from kogpt import memory
+    from kogpt.placement import memory
 
     gpus: tuple[int, ...] = ()
     if device == "cuda" and torch.cuda.is_available():

@@ -20,11 +20,19 @@ from typing import TYPE_CHECKING
 from prompt_toolkit.completion import CompleteEvent, Completer, Completion
 from prompt_toolkit.document import Document
 
-from kogpt.settings import HELP, PARSERS, InputError, SamplingSettings, format_value, parse_bool, parse_setting
+from kogpt.settings import (
+    HELP,
+    PARSERS,
+    InputError,
+    SamplingSettings,
+    format_value,
+    parse_bool,
+    parse_setting,
+)
 from kogpt.transcript import append_jsonl
 
 if TYPE_CHECKING:
-    from kogpt.repl import Repl
+    from kogpt.cli.repl import Repl
 
 QUICK_HELP = "on: skip the temperature and max_length questions and use the settings"
 SETTING_NAMES = [*PARSERS, "quick"]

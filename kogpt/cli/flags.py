@@ -1,4 +1,5 @@
-"""The command line's hardware flags (--device-map, --max-memory, --offload-dir, --quantize, --plan)."""
+"""The flags every subcommand shares: the model, its revision, device and dtype, the hardware flags
+(--device-map, --max-memory, --offload-dir, --quantize, --plan), and loading the model they ask for."""
 
 from __future__ import annotations
 
@@ -9,13 +10,21 @@ from typing import TYPE_CHECKING
 
 from rich.console import Console
 
+from kogpt.defaults import (
+    DEFAULT_MODEL,
+    DEFAULT_REVISION,
+    DEVICE_MAP_STRATEGIES,
+    DEVICES,
+    DTYPE_CHOICES,
+    QUANTIZE_CHOICES,
+    REVISIONS,
+)
 from kogpt.errors import KoGPTError
 
 log = logging.getLogger(__name__)
-from kogpt.defaults import DEVICE_MAP_STRATEGIES, QUANTIZE_CHOICES
 
 if TYPE_CHECKING:
-    from kogpt.placement import Options
+    from kogpt.placement.options import Options
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -50,7 +59,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def options_from_args(args: argparse.Namespace) -> Options:
     """The placement `Options` the flags ask for; conflicting flags raise KoGPTError."""
-    from kogpt.placement import Options, parse_max_memory
+    from kogpt.placement.options import Options, parse_max_memory
 
     device_map = args.device_map
     if args.model_parallel:
@@ -66,7 +75,7 @@ def check_early(args: argparse.Namespace, options: Options) -> None:
     """Refuse impossible flag combinations before anything is downloaded or loaded."""
     import torch
 
-    from kogpt.placement import check_options
+    from kogpt.placement.options import check_options
 
     device = compute_device(args, options)
     gpu_count = torch.cuda.device_count() if device == "cuda" and torch.cuda.is_available() else 0
@@ -85,8 +94,13 @@ def compute_device(args: argparse.Namespace, options: Options) -> str:
 
 def plan_config(model: str, revision: str):
     """The model's config alone: a local directory's config.json, or the hub's (no weights fetched)."""
-    from kogpt.defaults import DEFAULT_MODEL
-    from kogpt.model import check_gptj, first_line, load_config, looks_local, published_config
+    from kogpt.errors import first_line
+    from kogpt.loading.checkpoint import (
+        check_gptj,
+        load_config,
+        looks_local,
+        published_config,
+    )
 
     if looks_local(model):
         path = Path(model).expanduser()
@@ -112,9 +126,9 @@ def show_plan(args: argparse.Namespace, console: Console, hardware=None) -> int:
     """
     import torch
 
-    from kogpt.model import resolve_device
-    from kogpt.plan import prepare
-    from kogpt.planview import print_plan
+    from kogpt.cli.planview import print_plan
+    from kogpt.loading.load import resolve_device
+    from kogpt.placement.plan import prepare
 
     options = options_from_args(args)
     config = plan_config(args.model, args.revision)
@@ -124,3 +138,62 @@ def show_plan(args: argparse.Namespace, console: Console, hardware=None) -> int:
     _choice, plan = prepare(config, torch.device(device), args.dtype, options, hardware, planning=True)
     print_plan(console, plan, title=Path(args.model).name or args.model)
     return 0
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags that choose and place the model (shared by the REPL and `kogpt eval`), and --debug."""
+    parser.add_argument(
+        "--model", default=DEFAULT_MODEL, help=f"huggingface repo or local directory (default:{DEFAULT_MODEL})"
+    )
+    parser.add_argument(
+        "--revision",
+        default=DEFAULT_REVISION,
+        choices=REVISIONS,
+        help=f"hub revision; ignored for a local directory (default:{DEFAULT_REVISION})",
+    )
+    parser.add_argument("--device", default="cuda", choices=DEVICES, help="(default:cuda; the CPU when CUDA is missing)")
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        choices=DTYPE_CHOICES,
+        help="compute dtype (default:auto: float16 on GPUs, float32 or bfloat16 on CPUs by memory)",
+    )
+    add_arguments(parser)
+    parser.add_argument("-d", "--debug", action="store_true", help="debug logging and full tracebacks")
+    parser.add_argument(
+        "--trust-remote-code", action="store_true", help="let a checkpoint run its own Python code (off: never)"
+    )
+
+
+def quiet_libraries(debug: bool) -> None:
+    """Library warnings (hub retries, generation notes) only with --debug; our own lines say what failed."""
+    import huggingface_hub
+    import transformers
+
+    if not debug:
+        transformers.utils.logging.set_verbosity_error()
+        huggingface_hub.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def load_model(args: argparse.Namespace, renderer):
+    """The model the `add_model_arguments` flags ask for, with a spinner while it loads."""
+    from kogpt.api import KoGPT
+    from kogpt.loading.checkpoint import resolve_checkpoint
+
+    quiet_libraries(args.debug)
+    hw = options_from_args(args)
+    check_early(args, hw)  # impossible flag combinations, before any download
+    resolve_checkpoint(args.model, args.revision)  # a download shows its own progress bars
+    with renderer.loading(args.model):
+        return KoGPT.load(
+            args.model,
+            args.revision,
+            args.device,
+            args.dtype,
+            args.trust_remote_code,
+            quantize=hw.quantize,
+            device_map=hw.device_map,
+            max_memory=hw.max_memory,
+            offload_dir=hw.offload_dir,
+        )

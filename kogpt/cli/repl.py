@@ -17,11 +17,17 @@ from prompt_toolkit.application import get_app
 from prompt_toolkit.key_binding import KeyBindings
 
 from kogpt.api import KoGPT
-from kogpt.commands import CommandCompleter, Quit, Turn, run_command
+from kogpt.cli.commands import CommandCompleter, Quit, Turn, run_command
+from kogpt.cli.history import open_history
+from kogpt.cli.render import Renderer
 from kogpt.errors import Interrupted, KoGPTError
-from kogpt.history import open_history
-from kogpt.render import Renderer
-from kogpt.settings import InputError, SamplingSettings, format_value, parse_max_length_answer, parse_setting
+from kogpt.settings import (
+    InputError,
+    SamplingSettings,
+    format_value,
+    parse_max_length_answer,
+    parse_setting,
+)
 from kogpt.transcript import Record, Transcript
 
 log = logging.getLogger(__name__)

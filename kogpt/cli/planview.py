@@ -9,7 +9,7 @@ from rich.table import Table
 from rich.text import Text
 
 if TYPE_CHECKING:
-    from kogpt.plan import Plan
+    from kogpt.placement.plan import Plan
 
 GiB = 1024**3
 
