@@ -44,15 +44,22 @@ class KoGPT:
         max_memory: str | dict | None = None,
         offload_dir: str | None = None,
         static_cache: bool | None = None,
+        threads: int | None = None,
+        kernel: str | None = None,
+        cache: bool = True,
     ) -> KoGPT:
         """Load from a hub repo id or a local checkpoint directory; see `kogpt.loading.load.load`.
 
         `quantize="int8"` keeps int8 weights (on the CPU: kogpt's weight-only kernels, half the
         memory of bfloat16 and faster; on a GPU: bitsandbytes). `static_cache` (default: on CUDA
         only) generates with a static KV cache, which transformers compiles with `torch.compile`.
+        On the CPU, `threads` (default: the physical cores) compute, `kernel` overrides the kernel
+        measured fastest on this CPU (`kogpt.loading.kernels.KERNELS`), and `cache=False` skips the
+        converted-weights cache.
         """
         placement = dict(quantize=quantize, device_map=device_map, max_memory=max_memory, offload_dir=offload_dir)
-        loaded = model_lib.load(model, revision, device, dtype, trust_remote_code, **placement)
+        cpu = dict(threads=threads, kernel=kernel, cache=cache)
+        loaded = model_lib.load(model, revision, device, dtype, trust_remote_code, **placement, **cpu)
         # The static cache (compiled decoding) is the fast path on one plain GPU; on the CPU it gains
         # nothing, and split or bitsandbytes models are not what transformers compiles.
         if static_cache is None:

@@ -50,11 +50,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--quantize",
         default="none",
         choices=QUANTIZE_CHOICES,
-        help="weight quantization: int8 (GPU: bitsandbytes; CPU: weight-only), int4 (GPU only); default none",
+        help="weight quantization: int8 or int4 (GPU: bitsandbytes; CPU: kogpt's fastest kernel here); default none",
+    )
+    group.add_argument(
+        "--threads",
+        type=positive_int,
+        metavar="N",
+        help="CPU threads that compute (default: the physical cores)",
+    )
+    group.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="convert the weights in memory; neither read nor write the converted-weights cache (kogpt cache list)",
     )
     group.add_argument(
         "--plan", action="store_true", help="print where each block would go and the memory it needs, then exit"
     )
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer of 1 or more."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
+    return value
 
 
 def options_from_args(args: argparse.Namespace) -> Options:
@@ -196,4 +218,6 @@ def load_model(args: argparse.Namespace, renderer):
             device_map=hw.device_map,
             max_memory=hw.max_memory,
             offload_dir=hw.offload_dir,
+            threads=args.threads,
+            cache=not args.no_cache,
         )

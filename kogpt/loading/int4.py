@@ -45,14 +45,21 @@ def quantize(weight: torch.Tensor, group: int) -> tuple[torch.Tensor, torch.Tens
 
 
 def pack(weight: torch.Tensor, group: int) -> dict[str, torch.Tensor]:
-    """The tensors an int4 Linear keeps: `packed` (out, in/2) uint8 and `scales_and_zeros`."""
+    """The tensors an int4 Linear keeps: `packed` (out, in/2) uint8 and `scales_and_zeros`.
+
+    torch's packer needs a multiple of 16 output rows: others get zero rows, which the layer
+    drops from its output.
+    """
+    short = -weight.shape[0] % 16
+    if short:
+        weight = torch.cat([weight, weight.new_zeros(short, weight.shape[1])])
     codes, scales_and_zeros = quantize(weight, group)
     packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, INNER_K_TILES)
     return {"packed": packed, "scales_and_zeros": scales_and_zeros}
 
 
 def matmul(x: torch.Tensor, tensors: dict[str, torch.Tensor], group: int) -> torch.Tensor:
-    """x (rows, in) -> (rows, out) in bfloat16."""
+    """x (rows, in) -> (rows, out rounded up to 16) in bfloat16."""
     return torch.ops.aten._weight_int4pack_mm_for_cpu(
         x.to(DTYPE).contiguous(), tensors["packed"], group, tensors["scales_and_zeros"]
     )

@@ -45,6 +45,7 @@ class Kernel:
     about: str
     buffers: tuple[str, ...] = ("weight",)  # the names `pack` returns, the buffers a layer registers
     fits: Callable[[int], bool] = lambda in_features: True
+    dtype: torch.dtype = torch.bfloat16  # the model's compute dtype with this kernel
 
 
 def int8_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -101,8 +102,8 @@ KERNELS: dict[str, Kernel] = {
     k.name: k
     for k in [
         Kernel("bf16", "16bit", 2, *_float(torch.bfloat16), "bfloat16 weights and activations (F.linear)"),
-        Kernel("fp16", "16bit", 2, *_float(torch.float16), "float16 weights and activations (F.linear)"),
-        Kernel("fp32", "32bit", 4, *_float(torch.float32), "float32 (F.linear); the accuracy reference"),
+        Kernel("fp16", "16bit", 2, *_float(torch.float16), "float16 weights and activations (F.linear)", dtype=torch.float16),
+        Kernel("fp32", "32bit", 4, *_float(torch.float32), "float32 (F.linear); the accuracy reference", dtype=torch.float32),
         Kernel("w8", "int8", 1, _pack_w8, _run_w8, "int8 weights, bfloat16 activations (_weight_int8pack_mm)", ("weight", "scales")),
         Kernel("w8a8", "int8", 1, _pack_w8a8, _run_w8a8, "int8 weights x int8 activations quantized per token (torch._int_mm)", ("weight", "scales")),
         *(_int4(group) for group in int4.GROUPS),
@@ -181,11 +182,30 @@ def time_kernel(kernel: Kernel, shape: tuple[int, int], rotate_bytes: int, round
         for tensors in copies:
             kernel.run(x, tensors)
         per_round.append((time.perf_counter() - started) / len(copies))
-    return statistics.median(per_round)
+    return min(per_round)  # the least disturbed round: other processes only ever slow a round down
 
 
 Measure = Callable[[Kernel, tuple[int, int]], float]
 MEASURED_WEIGHTS = 1 << 26  # larger matrices (lm_head) are timed on a slice of this many weights and scaled
+
+
+def default_threads() -> int:
+    """The physical cores (hyper-threads share a core's arithmetic units and gain nothing here)."""
+    try:
+        import psutil
+
+        return psutil.cpu_count(logical=False) or os.cpu_count() or 1
+    except ImportError:
+        return os.cpu_count() or 1
+
+
+def set_threads(threads: int | None) -> int:
+    """Make torch compute with `threads` threads (default: the physical cores); return the number."""
+    threads = threads or default_threads()
+    if threads < 1:
+        raise ValueError(f"--threads must be 1 or more, not {threads}")
+    torch.set_num_threads(threads)
+    return threads
 
 
 def default_measure(rotate_bytes: int) -> Measure:
@@ -209,8 +229,9 @@ def choose(fmt: str, shapes: dict[tuple[int, int], int], measure: Measure | None
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown weight format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    if measure is None:
-        measure = default_measure(min(2 * last_level_cache_bytes(), 3 * 2**30 // 2))
+    if measure is None:  # rotate over more than the cache holds, or over the whole model when it is smaller
+        weights = sum(count * out_features * in_features for (out_features, in_features), count in shapes.items())
+        measure = default_measure(min(2 * last_level_cache_bytes(), 3 * 2**30 // 2, weights))
     widths = {n_in for _, n_in in shapes}
     seconds, errors, rejected = {}, {}, []
     for kernel in candidates(fmt):

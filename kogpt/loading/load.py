@@ -11,9 +11,8 @@ import torch
 
 from kogpt.defaults import DEFAULT_MODEL, DEFAULT_REVISION
 from kogpt.errors import KoGPTError, first_line
-from kogpt.loading import prefill
+from kogpt.loading import kernels, prefill
 from kogpt.loading import quantize as quantize_lib
-from kogpt.loading import weights as weights_lib
 from kogpt.loading.checkpoint import load_config, load_tokenizer, resolve_checkpoint
 from kogpt.placement import memory
 from kogpt.placement import options as placement
@@ -35,6 +34,8 @@ class Loaded:
     n_params: int
     context_length: int
     quantize: str = "none"
+    kernel: str = ""  # the CPU kernel of the Linear layers (kogpt.loading.kernels), "" elsewhere
+    threads: int = 0  # torch's CPU threads
 
 
 def resolve_device(device: str) -> torch.device:
@@ -54,6 +55,9 @@ def load(
     device_map: str | None = None,
     max_memory: str | dict | None = None,
     offload_dir: str | None = None,
+    threads: int | None = None,
+    kernel: str | None = None,
+    cache: bool = True,
 ) -> Loaded:
     """Load tokenizer and weights, choose the dtype, and place the model on `device`.
 
@@ -61,7 +65,9 @@ def load(
     `device_map` (auto, balanced, sequential) splits the model over the GPUs and the CPU within
     `max_memory` ("0=10GiB,cpu=30GiB" or a dict), putting what is left in `offload_dir`;
     `quantize` (none, int8, int4) shrinks the weights. The placement is planned on the meta device
-    first, and nothing is loaded when the plan does not fit.
+    first, and nothing is loaded when the plan does not fit. On the CPU, `threads` (default: the
+    physical cores) computes, `kernel` (default: the fastest measured on this CPU) runs the Linear
+    layers, and `cache` keeps the converted weights for the next start.
     """
     started = time.perf_counter()
     if trust_remote_code:
@@ -78,12 +84,13 @@ def load(
     if not plan.fits:
         raise KoGPTError(plan.refusal())
     streamed = target.type == "cpu" and not options.strategy  # an offload dir implies a strategy
-    if quantize != "none" and streamed:
-        choice = memory.DtypeChoice(quantize_lib.COMPUTE_DTYPE, f"--quantize {quantize} computes in bfloat16")
+    threads_used = kernels.set_threads(threads) if target.type == "cpu" else 0
+    if streamed:
+        choice, kernel = cpu_kernel(config, choice, dtype, quantize, threads_used, kernel)
     log.info("dtype %s on %s: %s", str(choice.dtype).removeprefix("torch."), target, choice.reason)
 
     if streamed:  # tensor by tensor: peak memory is the model plus one tensor
-        weights = load_streamed_weights(path, config, choice.dtype, quantize, tokenizer.eos_token_id)
+        weights = load_streamed_weights(path, config, choice.dtype, quantize, tokenizer.eos_token_id, kernel, cache)
         if choice.dtype == torch.bfloat16 and quantize == "none" and prefill.needs_upcast():
             log.debug("prompts computed in float32 (no fast bfloat16 GEMM): %d layers", prefill.apply(weights))
     else:
@@ -93,7 +100,32 @@ def load(
     if options.strategy:
         log.info("placement: %s", plan.summary())
     log.debug("loaded %d parameters from %s in %.1f s", plan.n_params, path, time.perf_counter() - started)
-    return Loaded(weights, tokenizer, target, choice.dtype, model, plan.n_params, context, quantize)
+    return Loaded(
+        weights, tokenizer, target, choice.dtype, model, plan.n_params, context, quantize, kernel or "", threads_used
+    )
+
+
+def cpu_kernel(config, choice, dtype: str, quantize: str, threads: int, kernel: str | None):
+    """(dtype choice, kernel) for a CPU load: the kernel asked for, or the fastest measured here.
+
+    16-bit loads choose between bfloat16 and float16 only when the dtype is `auto` and 16-bit;
+    float32 (which `auto` keeps where it fits) is exact and computed as is.
+    """
+    fmt = quantize if quantize != "none" else ("16bit" if dtype == "auto" and choice.dtype == torch.bfloat16 else None)
+    if kernel is not None:
+        found = kernels.KERNELS.get(kernel)
+        if found is None or found.format != (fmt or found.format) or (fmt is None and quantize == "none"):
+            names = ", ".join(k.name for k in kernels.candidates(fmt or "16bit"))
+            raise KoGPTError(f"kernel {kernel!r} does not compute this format; choose one of {names}")
+    elif fmt is not None:
+        measured = kernels.choice_for(fmt, kernels.linear_shapes(config), threads)
+        log.debug("%s kernel: %s (%s)", fmt, measured.kernel, measured.why)
+        kernel = measured.kernel
+    else:
+        return choice, None
+    if quantize != "none":
+        return memory.DtypeChoice(quantize_lib.COMPUTE_DTYPE, f"--quantize {quantize} computes in bfloat16"), kernel
+    return memory.DtypeChoice(kernels.KERNELS[kernel].dtype, f"{choice.reason}; kernel {kernel} is fastest here"), kernel
 
 
 def load_weights(
@@ -128,13 +160,15 @@ def load_weights(
     return model
 
 
-def load_streamed_weights(path: Path, config, dtype: torch.dtype, quantize: str, pad_token_id: int):
-    """The CPU loader: `kogpt.weights.load_streaming`, quantizing on the way when asked."""
+def load_streamed_weights(
+    path: Path, config, dtype: torch.dtype, quantize: str, pad_token_id: int, kernel: str | None = None, cache: bool = True
+):
+    """The CPU loader: `kogpt.loading.weights.load_streaming`, quantizing on the way when asked,
+    through the converted-weights cache for 16-bit and quantized formats."""
     config.pad_token_id = pad_token_id
     try:
-        if quantize != "none":
-            return quantize_lib.load_quantized(path, config, quantize, attn_implementation="sdpa")
-        return weights_lib.load_streaming(path, config, dtype, attn_implementation="sdpa")
+        use_cache = cache and (quantize != "none" or dtype in (torch.bfloat16, torch.float16))
+        return quantize_lib.load_cpu(path, config, dtype, quantize, kernel, use_cache, attn_implementation="sdpa")
     except (MemoryError, torch.OutOfMemoryError) as exc:
         raise KoGPTError(f"ran out of memory loading {path} in {dtype} (--quantize {quantize})") from exc
     except Exception as exc:  # as in load_weights: name the file and go

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from kogpt.loading import kernels, weights
+from kogpt.loading import cache, int4, kernels, weights
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,9 @@ class PackedLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features)  # (tokens, in)
-        out = self.kernel.run(flat, dict(self.named_buffers(recurse=False)))  # (tokens, out)
+        out = self.kernel.run(flat, dict(self.named_buffers(recurse=False)))  # (tokens, out or more)
+        if out.shape[-1] != self.out_features:  # int4 pads the output rows to a multiple of 16
+            out = out[:, : self.out_features]
         if self.bias is not None:
             out = out + self.bias
         return out.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
@@ -74,8 +76,19 @@ def check_method(method: str, device: str) -> None:
         raise ValueError(f"--quantize {method} with kogpt's kernels runs on the CPU; use --device cpu")
 
 
-def default_kernel(method: str) -> str:
-    return kernels.DEFAULTS[method]
+def default_kernel(method: str, widths: set[int] | None = None) -> str:
+    """The method's portable kernel; for int4, the largest group up to 128 dividing every width in `widths`."""
+    if method != "int4" or not widths:
+        return kernels.DEFAULTS[method]
+    fitting = [group for group in int4.GROUPS if group <= 128 and all(int4.fits(width, group) for width in widths)]
+    if not fitting:
+        raise ValueError(f"--quantize int4 needs Linear inputs divisible by 32; this model has {sorted(widths)}")
+    return f"w4g{max(fitting)}"
+
+
+def widths(config) -> set[int]:
+    """The input widths of a GPT-J's Linear layers."""
+    return {config.n_embd, getattr(config, "n_inner", None) or 4 * config.n_embd}
 
 
 def _linear_names(model: nn.Module) -> list[str]:
@@ -87,7 +100,7 @@ def quantize_model(model: nn.Module, method: str = "int8", kernel: str | None = 
     check_method(method, "cpu")
     if method == "none":
         return model
-    kernel = kernel or default_kernel(method)
+    kernel = kernel or default_kernel(method, {model.get_submodule(n).in_features for n in _linear_names(model)})
     for name in _linear_names(model):
         parent, _, attr = name.rpartition(".")
         linear = model.get_submodule(name)
@@ -123,5 +136,26 @@ def load_quantized(path: Path, config, method: str = "int8", kernel: str | None 
     read; everything else is cast to bfloat16.
     """
     check_method(method, "cpu")
-    kernel = kernel or default_kernel(method)
+    kernel = kernel or default_kernel(method, widths(config))
     return weights.load_streaming(path, config, COMPUTE_DTYPE, prepare(kernel), setter, **model_kwargs)
+
+
+def load_cpu(
+    path: Path, config, dtype: torch.dtype, method: str, kernel: str | None, use_cache: bool = True, **model_kwargs
+) -> nn.Module:
+    """The CPU model in `dtype` (`method` none) or packed for `kernel` (int8, int4), from the
+    converted-weights cache when it holds this checkpoint so converted, else converted and cached.
+    """
+    check_method(method, "cpu")
+    kernel = kernel or (default_kernel(method, widths(config)) if method != "none" else str(dtype).removeprefix("torch."))
+    swap = prepare(kernel) if method != "none" else None
+    fmt = "16bit" if method == "none" else method
+    entry = cache.entry_for(path, weights.weight_files(path), fmt, kernel) if use_cache else None
+    mapped = cache.open_entry(entry) if entry is not None else None
+    if mapped is not None:
+        log.info("weights mapped from the converted-weights cache %s", entry.path)
+        return weights.load_streaming(path, config, dtype, swap, tensors=mapped.items(), **model_kwargs)
+    model = weights.load_streaming(path, config, dtype, swap, setter if swap else None, **model_kwargs)
+    if entry is not None:
+        cache.store(entry, model.state_dict())
+    return model

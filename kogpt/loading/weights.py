@@ -12,7 +12,7 @@ import ctypes
 import json
 import logging
 import mmap
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import torch
@@ -34,12 +34,15 @@ def load_streaming(
     dtype: torch.dtype,
     prepare: Callable[[nn.Module], None] | None = None,
     setter: Setter | None = None,
+    tensors: Iterable[tuple[str, torch.Tensor]] | None = None,
     **model_kwargs,
 ) -> nn.Module:
     """Build the model from `config` on the meta device and fill it from the weight files in `path`.
 
     `prepare(model)` may swap modules (for example quantized Linears) before filling; `setter` then
-    gets the first say on every tensor. Everything else is cast to `dtype`.
+    gets the first say on every tensor. Everything else is cast to `dtype`. `tensors` replaces the
+    weight files with tensors already converted (the converted-weights cache): they are used as
+    they are, without a copy.
     """
     from accelerate import init_empty_weights
     from transformers import AutoModelForCausalLM, GenerationConfig
@@ -48,19 +51,21 @@ def load_streaming(
         model = AutoModelForCausalLM.from_config(config, dtype=dtype, **model_kwargs)
     if prepare is not None:
         prepare(model)
-    for name, tensor in read_tensors(path):
+    as_is = tensors is not None
+    for name, tensor in tensors if as_is else read_tensors(path):
         owner, _, attr = name.rpartition(".")
         try:
             module = model.get_submodule(owner)
         except AttributeError:
             log.debug("skipping %s: not part of the model", name)
             continue
-        if setter is not None and setter(module, attr, tensor):
+        if not as_is and setter is not None and setter(module, attr, tensor):
             continue
+        value = tensor if as_is else tensor.to(dtype, copy=True)
         if attr in module._parameters:
-            module._parameters[attr] = nn.Parameter(tensor.to(dtype, copy=True), requires_grad=False)
+            module._parameters[attr] = nn.Parameter(value, requires_grad=False)
         elif attr in module._buffers:
-            module._buffers[attr] = tensor.to(dtype, copy=True)
+            module._buffers[attr] = value
         else:
             log.debug("skipping %s: not part of the model", name)
     if getattr(config, "tie_word_embeddings", False):

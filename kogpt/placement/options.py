@@ -128,8 +128,6 @@ def check_options(options: Options, device: str, gpu_count: int, planning: bool 
         raise KoGPTError(f"unknown quantization {quantize!r}: choose one of {', '.join(QUANTIZE_CHOICES)}")
     if options.device_map is not None and options.device_map not in STRATEGIES:
         raise KoGPTError(f"unknown device map {options.device_map!r}: choose one of {', '.join(STRATEGIES)}")
-    if quantize == "int4" and device == "cpu":
-        raise KoGPTError("--quantize int4 runs only on a CUDA GPU (bitsandbytes 4-bit); on the CPU use --quantize int8")
     if quantize != "none" and options.offload_dir:
         raise KoGPTError(f"--quantize {quantize} weights cannot be offloaded to disk: drop --offload-dir or --quantize")
     if quantize != "none" and device == "cpu" and options.strategy:
