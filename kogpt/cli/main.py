@@ -55,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="KoGPT inference",
         description="KakaoBrain Korean(hangul) Generative Pre-Training Model",
-        epilog="few-shot evaluation: kogpt eval {nsmc,ynat,klue-sts} --data FILE (see kogpt eval --help)",
+        epilog="few-shot evaluation: kogpt eval {nsmc,ynat,klue-sts} --data FILE (see kogpt eval --help); "
+        "the converted-weights cache: kogpt cache {list,clear}",
     )
     flags.add_model_arguments(parser)
     parser.add_argument("--version", action="version", version=f"kogpt {__version__}")
@@ -128,6 +129,10 @@ def main(argv: list[str] | None = None) -> int:
         from kogpt.cli import evaluate
 
         parser, runner, argv = evaluate.build_parser(), evaluate.run, argv[1:]
+    elif argv[:1] == ["cache"]:
+        from kogpt.cli import cache
+
+        parser, runner, argv = cache.build_parser(), cache.run, argv[1:]
     args = parser.parse_args(argv)
     setup_logging(args.debug)
     from kogpt.cli.render import Renderer

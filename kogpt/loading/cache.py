@@ -153,6 +153,9 @@ def store(entry: Entry, state: dict[str, torch.Tensor]) -> bool:
         reason = getattr(exc, "strerror", None) or str(exc).splitlines()[0]
         log.warning("not caching the converted weights in %s (%s); they are used from memory this time", entry.path.parent, reason)
         return False
+    except BaseException:  # Ctrl-C mid-write: nothing half-written stays behind
+        remove(temporary)
+        raise
     log.info("cached the converted weights in %s (%.2f GiB)", entry.path, entry.path.stat().st_size / 2**30)
     return True
 

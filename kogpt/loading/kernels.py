@@ -221,11 +221,18 @@ def default_measure(rotate_bytes: int) -> Measure:
     return measure
 
 
-def choose(fmt: str, shapes: dict[tuple[int, int], int], measure: Measure | None = None, bandwidth: float = 0.0) -> Choice:
+def choose(
+    fmt: str,
+    shapes: dict[tuple[int, int], int],
+    measure: Measure | None = None,
+    bandwidth: float = 0.0,
+    accuracy: Callable[[Kernel], float] = relative_error,
+) -> Choice:
     """The fastest kernel of `fmt` over the model's `shapes` ({(out, in): count}) that passes the
     accuracy check; among those within 5% of the fastest, the most accurate.
 
-    `measure(kernel, shape)` returns seconds per product; tests inject it, by default it is timed.
+    `measure(kernel, shape)` returns seconds per product and `accuracy(kernel)` the relative error
+    against float32; tests inject them, by default they are measured.
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown weight format {fmt!r}; choose one of {', '.join(FORMATS)}")
@@ -238,7 +245,7 @@ def choose(fmt: str, shapes: dict[tuple[int, int], int], measure: Measure | None
         if not all(kernel.fits(n_in) for n_in in widths):
             continue
         try:
-            errors[kernel.name] = relative_error(kernel)
+            errors[kernel.name] = accuracy(kernel)
         except (RuntimeError, NotImplementedError) as exc:  # not built into this torch, or not for this CPU
             log.debug("kernel %s does not run here: %s", kernel.name, exc)
             continue
@@ -288,7 +295,9 @@ def cached_choice(fmt: str, threads: int) -> Choice | None:
         return None
 
 
-def choice_for(fmt: str, shapes: dict[tuple[int, int], int], threads: int, measure: Measure | None = None) -> Choice:
+def choice_for(
+    fmt: str, shapes: dict[tuple[int, int], int], threads: int, measure: Measure | None = None, **inject
+) -> Choice:
     """The kernel for `fmt` on this machine: remembered, or measured now (seconds) and remembered."""
     found = cached_choice(fmt, threads)
     if found is not None:
@@ -296,7 +305,7 @@ def choice_for(fmt: str, shapes: dict[tuple[int, int], int], threads: int, measu
         return found
     started = time.perf_counter()
     bandwidth = read_bandwidth(min(2 * last_level_cache_bytes(), 2**30)) if measure is None else 0.0
-    choice = choose(fmt, shapes, measure, bandwidth)
+    choice = choose(fmt, shapes, measure, bandwidth, **inject)
     log.debug("%s kernel %s, measured in %.1f s: %s", fmt, choice.kernel, time.perf_counter() - started, choice.why)
     remember(choice, threads)
     return choice
