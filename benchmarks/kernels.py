@@ -24,9 +24,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import torch  # noqa: E402
+import torch
 
-from kogpt.loading import kernels  # noqa: E402
+from kogpt.loading import kernels
 
 SHAPES = {"6b": [(4096, 4096), (16384, 4096), (4096, 16384), (64512, 4096)], "smoke": [(256, 128), (128, 256)]}
 
@@ -150,7 +150,7 @@ def main() -> None:
     wanted = set(filter(None, args.kernels.split(",")))
     ours = [k for k in kernels.KERNELS.values() if not wanted or k.name in wanted]
     theirs = {n: v for n, v in torchao_candidates().items() if not wanted or n in wanted} if args.preset == "6b" or wanted else {}
-    from run import machine  # noqa: PLC0415 - benchmarks/run.py: CPU model and flags
+    from run import machine
 
     print(f"threads {args.threads}, rotating over {rotate / 2**20:.0f} MiB per kernel (last-level cache {llc / 2**20:.0f} MiB)", file=sys.stderr)
     rows = []

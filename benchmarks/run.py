@@ -23,7 +23,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from checkpoint import PRESETS, build, config_for  # noqa: E402
+from checkpoint import PRESETS, build, config_for
 
 LABELS = {
     "seed": "(1) seed snippet: fp16, HF generate",
@@ -103,7 +103,7 @@ def table(results: dict, config) -> str:
     int8 = results.get("int8", {}).get("decode_tok_s")
     rows = ["| path | kernel | load s | first token s | decode tok/s | x seed | x CT2 | x our int8 | % roofline | peak RSS GiB | decode tok/s, CPU clock |",
             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    ratio = lambda a, b: f"{a / b:.2f}" if a and b else "-"  # noqa: E731
+    ratio = lambda a, b: f"{a / b:.2f}" if a and b else "-"
     for name in ROWS:
         r, label = results.get(name), LABELS[name]
         if r is None:
@@ -125,8 +125,8 @@ def table(results: dict, config) -> str:
 
 def targets(results: dict) -> list[str]:
     """Issue 13's targets, each met or not, from this run's figures."""
-    rate = lambda name: results.get(name, {}).get("decode_tok_s")  # noqa: E731
-    rss = lambda name: results.get(name, {}).get("peak_rss_gib")  # noqa: E731
+    rate = lambda name: results.get(name, {}).get("decode_tok_s")
+    rss = lambda name: results.get(name, {}).get("peak_rss_gib")
     checks = []
     for name in ("default", "fp16", "int8", "int4"):
         if results.get(name, {}).get("roofline_pct") is not None:

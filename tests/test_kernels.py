@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from kogpt import KoGPT
-from kogpt.loading import kernels
+from kogpt.loading import choices, kernels
 
 SHAPES = {(64, 64): 8, (256, 64): 2, (64, 256): 2}
 
@@ -72,30 +72,30 @@ def test_int4_groups_that_do_not_divide_the_inputs_are_not_candidates():
 def test_the_choice_is_measured_once_per_machine_and_thread_count():
     calls: list = []
     measure = timings({"w8": 3.0, "w8a8": 2.0}, calls)
-    first = kernels.choice_for("int8", SHAPES, 2, measure, accuracy=errors({}))
+    first = choices.choice_for("int8", SHAPES, 2, measure, accuracy=errors({}))
     measured = len(calls)
-    again = kernels.choice_for("int8", SHAPES, 2, measure, accuracy=errors({}))
+    again = choices.choice_for("int8", SHAPES, 2, measure, accuracy=errors({}))
     assert again == first and len(calls) == measured  # remembered, not measured again
-    kernels.choice_for("int8", SHAPES, 1, measure, accuracy=errors({}))
+    choices.choice_for("int8", SHAPES, 1, measure, accuracy=errors({}))
     assert len(calls) == 2 * measured  # another thread count is another measurement
-    stored = json.loads(kernels.choices_file().read_text())
+    stored = json.loads(choices.choices_file().read_text())
     assert any("torch " + torch.__version__ in key for key in stored)
 
 
 def test_a_damaged_choices_file_is_measured_again():
-    kernels.choices_file().parent.mkdir(parents=True, exist_ok=True)
-    kernels.choices_file().write_text("{not json")
+    choices.choices_file().parent.mkdir(parents=True, exist_ok=True)
+    choices.choices_file().write_text("{not json")
     calls: list = []
-    choice = kernels.choice_for("int8", SHAPES, 2, timings({"w8": 1.0, "w8a8": 2.0}, calls), accuracy=errors({}))
+    choice = choices.choice_for("int8", SHAPES, 2, timings({"w8": 1.0, "w8a8": 2.0}, calls), accuracy=errors({}))
     assert choice.kernel == "w8" and calls
-    assert kernels.cached_choice("int8", 2).kernel == "w8"
+    assert choices.cached_choice("int8", 2).kernel == "w8"
 
 
 def test_an_unwritable_choices_file_only_costs_a_measurement_next_time(monkeypatch, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")
-    monkeypatch.setattr(kernels, "choices_file", lambda: blocker / "kernels.json")
-    choice = kernels.choice_for("int8", SHAPES, 2, timings({"w8": 1.0, "w8a8": 2.0}), accuracy=errors({}))
+    monkeypatch.setattr(choices, "choices_file", lambda: blocker / "kernels.json")
+    choice = choices.choice_for("int8", SHAPES, 2, timings({"w8": 1.0, "w8a8": 2.0}), accuracy=errors({}))
     assert choice.kernel == "w8"
 
 

@@ -8,8 +8,8 @@ import torch
 
 from kogpt import KoGPT, KoGPTError
 from kogpt.cli.main import build_parser
-from kogpt.loading.checkpoint import load_config
 from kogpt.loading import int4, kernels
+from kogpt.loading.checkpoint import load_config
 from kogpt.loading.quantize import (
     Int8Linear,
     PackedLinear,

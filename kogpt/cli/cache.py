@@ -19,13 +19,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace, renderer) -> int:
-    from kogpt.loading import cache, kernels
+    from kogpt.loading import cache, choices
 
     console = renderer.out
     root = cache.directory()
     if args.action == "clear":
         files, total = cache.clear(root)
-        kernels.choices_file().unlink(missing_ok=True)
+        choices.choices_file().unlink(missing_ok=True)
         console.print(Text(f"removed {files} file(s), {total / 2**30:.2f} GiB, from {root}; kernels are measured again at the next load"))
         return 0
     found = cache.entries(root)

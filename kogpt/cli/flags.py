@@ -159,6 +159,10 @@ def show_plan(args: argparse.Namespace, console: Console, hardware=None) -> int:
         resolve_device(args.device)  # says that CUDA is missing
     _choice, plan = prepare(config, torch.device(device), args.dtype, options, hardware, planning=True)
     print_plan(console, plan, title=Path(args.model).name or args.model)
+    if device == "cpu" and not options.strategy and plan.fits:
+        from kogpt.cli.kernelview import cpu_figures, print_cpu
+
+        print_cpu(console, cpu_figures(config, options.quantize, plan.dtype, args.dtype, args.threads))
     return 0
 
 

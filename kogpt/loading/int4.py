@@ -67,7 +67,6 @@ def matmul(x: torch.Tensor, tensors: dict[str, torch.Tensor], group: int) -> tor
 
 def dequantize(codes: torch.Tensor, scales_and_zeros: torch.Tensor, group: int) -> torch.Tensor:
     """The float32 weight (out, in) that int4 codes stand for; the reference the tests compare to."""
-    out, n_in = codes.shape
     scale = scales_and_zeros[..., 0].float().t().repeat_interleave(group, dim=1)  # (out, in)
     zero = scales_and_zeros[..., 1].float().t().repeat_interleave(group, dim=1)
     return (codes.float() - 8) * scale + zero

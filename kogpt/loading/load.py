@@ -11,7 +11,7 @@ import torch
 
 from kogpt.defaults import DEFAULT_MODEL, DEFAULT_REVISION
 from kogpt.errors import KoGPTError, first_line
-from kogpt.loading import kernels, prefill
+from kogpt.loading import choices, kernels, prefill
 from kogpt.loading import quantize as quantize_lib
 from kogpt.loading.checkpoint import load_config, load_tokenizer, resolve_checkpoint
 from kogpt.placement import memory
@@ -118,7 +118,7 @@ def cpu_kernel(config, choice, dtype: str, quantize: str, threads: int, kernel: 
             names = ", ".join(k.name for k in kernels.candidates(fmt or "16bit"))
             raise KoGPTError(f"kernel {kernel!r} does not compute this format; choose one of {names}")
     elif fmt is not None:
-        measured = kernels.choice_for(fmt, kernels.linear_shapes(config), threads)
+        measured = choices.choice_for(fmt, kernels.linear_shapes(config), threads)
         log.debug("%s kernel: %s (%s)", fmt, measured.kernel, measured.why)
         kernel = measured.kernel
     else:
