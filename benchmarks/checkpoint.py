@@ -28,6 +28,7 @@ PRESETS = {
     "6b": dict(n_layer=28, n_embd=4096, n_head=16, rotary_dim=64),
     "1b": dict(n_layer=16, n_embd=2048, n_head=16, rotary_dim=64),
     "125m": dict(n_layer=12, n_embd=768, n_head=12, rotary_dim=32),
+    "tiny": dict(n_layer=2, n_embd=64, n_head=4, rotary_dim=8),  # seconds: the test suite runs it
 }
 
 

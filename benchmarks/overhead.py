@@ -18,7 +18,8 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from common import REPO
+
 ROUNDS = 2
 
 
@@ -40,7 +41,7 @@ def bare_loop(model, ids: list[int], n_new: int) -> float:
 
 def measure_overhead(checkpoint: str, n_prompt: int, n_new: int) -> dict:
     import torch
-    from paths import prompt_ids
+    from common import prompt_ids
     from rich.console import Console
 
     from kogpt import KoGPT, SamplingSettings
@@ -74,7 +75,7 @@ def measure_overhead(checkpoint: str, n_prompt: int, n_new: int) -> dict:
         renderer = Renderer(Console(file=out, width=80, color_system=None), Console(file=io.StringIO(), width=80))
         plain = PlainInput(io.StringIO(repl_input), io.StringIO())
         started = time.perf_counter()
-        Repl(gpt, renderer, None, plain).run()
+        Repl(gpt, renderer, plain=plain).run()
         return time.perf_counter() - started
 
     variants = {"bare_loop_s": lambda: bare_loop(gpt.model, ids, n_new), "generate_s": generate,

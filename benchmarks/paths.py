@@ -9,24 +9,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
-import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-PROMPT_TEXT = "인간처럼 생각하고, 행동하는 '지능'을 통해 인류가 이제까지 풀지 못했던 문제의 해답을 찾을 수 있을 것이다. " * 4
-
-
-def peak_rss_gib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
-
-
-def prompt_ids(tokenizer, n: int) -> list[int]:
-    ids = tokenizer.encode(PROMPT_TEXT, add_special_tokens=False)
-    assert len(ids) >= n, f"the benchmark prompt has only {len(ids)} tokens"
-    return ids[:n]
+import overhead
+from common import peak_rss_gib, prompt_ids, rates
 
 
 def cpu_rate(cpu: list[float], tokens: int) -> dict:
@@ -36,12 +23,6 @@ def cpu_rate(cpu: list[float], tokens: int) -> dict:
     if tokens < 2 or cpu[-1] <= cpu[0]:
         return {}
     return {"decode_cpu_tok_s": (tokens - 1) / ((cpu[-1] - cpu[0]) / torch.get_num_threads())}
-
-
-def rates(started: float, stamps: list[float]) -> dict:
-    first = stamps[0] - started
-    decode = (len(stamps) - 1) / (stamps[-1] - stamps[0]) if len(stamps) > 1 else float("nan")
-    return {"first_token_s": first, "decode_tok_s": decode, "tokens": len(stamps), "total_s": stamps[-1] - started}
 
 
 def seed_snippet(checkpoint: str, n_prompt: int, n_new: int) -> dict:
@@ -184,6 +165,7 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=16)
     parser.add_argument("--converted", default="")
     parser.add_argument("--kernel", help="for int8/int4/fp16: this kernel instead of the machine's choice")
+    parser.add_argument("--bandwidth-gib", type=float, default=2.0, help="bytes read to measure the bandwidth")
     args = parser.parse_args()
     common = (args.checkpoint, args.prompt_tokens, args.new_tokens)
     if args.path in ("int8", "int4"):
@@ -195,9 +177,9 @@ def main() -> None:
     elif args.path == "ct2-convert":
         result = ctranslate2_convert(args.checkpoint, args.converted)
     elif args.path in ("overhead", "first-prompt"):
-        import overhead
-
         result = overhead.main(args.path, *common)
+    elif args.path == "bandwidth":
+        result = bandwidth(*common, gib=args.bandwidth_gib)
     else:
         result = PATHS[args.path](*common)
     result["peak_rss_gib"] = peak_rss_gib()

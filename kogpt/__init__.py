@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 __version__ = "0.2.0"
-__all__ = ["KoGPT", "KoGPTError", "Chunk", "SamplingSettings", "__version__"]
+__all__ = ["KoGPT", "KoGPTError", "Interrupted", "Chunk", "Record", "SamplingSettings", "__version__"]
 
 _EXPORTS = {
     "KoGPT": "kogpt.api",
     "KoGPTError": "kogpt.errors",
+    "Interrupted": "kogpt.errors",
+    "Record": "kogpt.transcript",
     "Chunk": "kogpt.generate",
     "SamplingSettings": "kogpt.settings",
 }

@@ -7,11 +7,13 @@ import logging
 import random
 import unicodedata
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 from kogpt.defaults import DEFAULT_MODEL, DEFAULT_REVISION
 from kogpt.errors import Interrupted, KoGPTError
 from kogpt.generate import Chunk, stream
-from kogpt.loading import load as model_lib
+from kogpt.loading.load import Loaded, load
+from kogpt.placement.options import Options, parse_max_memory
 from kogpt.settings import SamplingSettings
 from kogpt.transcript import Record
 
@@ -25,11 +27,11 @@ class KoGPT:
     >>> print(gpt.generate("인간처럼 생각하고,", max_length=64))  # doctest: +SKIP
     """
 
-    def __init__(self, loaded: model_lib.Loaded, static_cache: bool = False) -> None:
+    def __init__(self, loaded: Loaded, static_cache: bool | None = None) -> None:
         self.loaded = loaded
         self.model = loaded.model
         self.tokenizer = loaded.tokenizer
-        self.static_cache = static_cache
+        self.static_cache = loaded.decision.static_cache if static_cache is None else static_cache
 
     @classmethod
     def load(
@@ -48,24 +50,38 @@ class KoGPT:
         kernel: str | None = None,
         cache: bool = True,
     ) -> KoGPT:
-        """Load from a hub repo id or a local checkpoint directory; see `kogpt.loading.load.load`.
+        """Load from a hub repo id or a local checkpoint directory.
 
         `quantize="int8"` keeps int8 weights (on the CPU: kogpt's weight-only kernels, half the
-        memory of bfloat16 and faster; on a GPU: bitsandbytes). `static_cache` (default: on CUDA
-        only) generates with a static KV cache, which transformers compiles with `torch.compile`.
+        memory of bfloat16 and faster; on a GPU: bitsandbytes). `device_map` (auto, balanced,
+        sequential) splits the model over the GPUs and the CPU within `max_memory`
+        ("0=10GiB,cpu=30GiB" or a dict), putting what is left in `offload_dir`. `static_cache`
+        (default: on one plain CUDA GPU only) decodes with a preallocated, compiled KV cache.
         On the CPU, `threads` (default: the physical cores) compute, `kernel` overrides the kernel
         measured fastest on this CPU (`kogpt.loading.kernels.KERNELS`), and `cache=False` skips the
         converted-weights cache.
         """
-        placement = dict(quantize=quantize, device_map=device_map, max_memory=max_memory, offload_dir=offload_dir)
-        cpu = dict(threads=threads, kernel=kernel, cache=cache)
-        loaded = model_lib.load(model, revision, device, dtype, trust_remote_code, **placement, **cpu)
-        # The static cache (compiled decoding) is the fast path on one plain GPU; on the CPU it gains
-        # nothing, and split or bitsandbytes models are not what transformers compiles.
-        if static_cache is None:
-            plain = quantize == "none" and not (device_map or max_memory or offload_dir)
-            static_cache = loaded.device.type == "cuda" and plain
-        return cls(loaded, static_cache)
+        options = Options(
+            model=model,
+            revision=revision,
+            device=device,
+            dtype=dtype,
+            trust_remote_code=trust_remote_code,
+            quantize=quantize,
+            device_map=device_map,
+            max_memory=parse_max_memory(max_memory),
+            offload_dir=offload_dir,
+            static_cache=static_cache,
+            threads=threads,
+            kernel=kernel,
+            cache=cache,
+        )
+        return cls.from_options(options)
+
+    @classmethod
+    def from_options(cls, options: Options, path: Path | None = None) -> KoGPT:
+        """Load what `options` asks for (`path`: the checkpoint directory, when already resolved)."""
+        return cls(load(options, path))
 
     @property
     def context_length(self) -> int:

@@ -66,7 +66,7 @@ def test_scores_are_log_probabilities_that_differ_between_labels(reference):
     assert all(s < 0 for s in flat) and len({round(s, 4) for s in flat}) > len(flat) // 2
 
 
-def test_single_token_candidates_skip_the_second_pass(gpt):
+def test_single_token_candidates_score_as_the_direct_computation(gpt):
     reqs = [Request([10, 11, 12], [[20], [21], [22]]), Request([13], [[20], [21], [22]])]
     got = list(score(gpt.model, reqs, 2, "prefix"))
     for mine, request in zip(got, reqs, strict=True):

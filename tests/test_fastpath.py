@@ -24,12 +24,15 @@ def test_static_cache_is_off_on_the_cpu_by_default(gpt):
     assert gpt.static_cache is False
 
 
-def test_static_cache_streams_the_same_greedy_text(tiny_dir, gpt):
+def test_static_cache_streams_the_same_greedy_text(tiny_dir, gpt, monkeypatch):
     fast = KoGPT(gpt.loaded, static_cache=True)
     prompt = "인간처럼 생각하고,"
     want = gpt.generate(prompt, temperature=0, max_new_tokens=20)
+    seen = []
+    real = fast.model.generate
+    monkeypatch.setattr(fast.model, "generate", lambda **kw: (seen.append(kw), real(**kw))[1])
     chunks = list(fast.stream(prompt, temperature=0, max_new_tokens=20))
     assert "".join(c.text for c in chunks) == want
     assert chunks[-1].tokens == 20 or chunks[-1].finish_reason == "eos"
-    # generate() really built a static cache, of the tiny model's whole 128-token context.
-    assert getattr(fast.model, "_previous_max_cache_length", None) == 128
+    # A static cache of the tiny model's whole 128-token context was asked for.
+    assert [(kw["cache_implementation"], kw["max_cache_len"]) for kw in seen] == [("static", 128)]

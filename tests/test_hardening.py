@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import pickle
@@ -14,10 +13,9 @@ import time
 
 import pytest
 import torch
-from rich.console import Console
 
 from kogpt import KoGPT, KoGPTError
-from kogpt.cli.render import Renderer, printable
+from kogpt.cli.render import printable
 from kogpt.transcript import Transcript
 from tests.test_repl import CTRL_D, ENTER, make_renderer, run_repl
 
@@ -148,16 +146,6 @@ def test_ctrl_c_twice_quickly_stops_once_and_leaves_no_worker(gpt, tmp_path, mon
     assert code == 0 and "[interrupted]" in err
     time.sleep(0.1)
     assert not [t for t in threading.enumerate() if t.name == "kogpt-generate" and t.is_alive()]
-
-
-def test_terminal_resize_during_streaming_keeps_the_text_whole():
-    out = Console(file=io.StringIO(), width=20, color_system=None)
-    renderer = Renderer(out, Console(file=io.StringIO()))
-    text = "아주 긴 한국어 문장이 터미널 폭보다 길게 이어진다 " * 3
-    for i, piece in enumerate(text.split(" ")):
-        out.width = 10 + 7 * (i % 5)  # the window is resized between chunks
-        renderer.completion(piece + " ")
-    assert out.file.getvalue() == text + " " * (len(text.split(" ")) - text.count(" "))
 
 
 def test_unreadable_directory(tiny_dir, monkeypatch):

@@ -24,7 +24,9 @@ def test_hub_style_float16_bin_loads_as_float32_on_cpu(tiny_bin_dir):
     assert all(p.dtype == torch.float32 for p in gpt.model.parameters())
     assert not gpt.model.training
     assert gpt.model.config.pad_token_id == gpt.tokenizer.eos_token_id == 1
-    assert gpt.generate("서울의", temperature=0, max_new_tokens=5) is not None
+    chunks = list(gpt.stream("서울의", temperature=0, max_new_tokens=5))
+    assert chunks[-1].tokens == 5 or chunks[-1].finish_reason == "eos"
+    assert "".join(c.text for c in chunks) == gpt.generate("서울의", temperature=0, max_new_tokens=5)
 
 
 def test_special_tokens_are_kogpts(gpt):
@@ -38,7 +40,8 @@ def test_special_tokens_are_kogpts(gpt):
 def test_explicit_dtype_wins(tiny_dir):
     gpt = KoGPT.load(str(tiny_dir), device="cpu", dtype="bfloat16")
     assert {p.dtype for p in gpt.model.parameters()} == {torch.bfloat16}
-    assert gpt.generate("서울", temperature=0, max_new_tokens=3) is not None
+    chunks = list(gpt.stream("서울", temperature=0, max_new_tokens=3))
+    assert chunks[-1].tokens == 3 or chunks[-1].finish_reason == "eos"
 
 
 def test_cuda_without_a_gpu_says_so_and_uses_the_cpu(tiny_dir, caplog, monkeypatch):

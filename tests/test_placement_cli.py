@@ -8,8 +8,9 @@ import torch
 from kogpt.cli.main import build_parser, main
 from kogpt.errors import KoGPTError
 from kogpt.loading import load as model_lib
+from kogpt.loading.checkpoint import published_config
+from kogpt.placement import decide as decide_lib
 from kogpt.placement import options as placement
-from kogpt.placement import plan as plan_lib
 from kogpt.placement.options import Hardware, parse_max_memory
 
 GiB = 1024**3
@@ -26,13 +27,7 @@ def no_loading(monkeypatch):
 @pytest.fixture
 def kogpt6b(tmp_path):
     """A directory with KoGPT-6B's config.json alone: enough for --plan, nothing to load."""
-    from transformers import GPTJConfig
-
-    config = GPTJConfig(
-        n_layer=28, n_embd=4096, n_head=16, rotary_dim=64, n_positions=2048, vocab_size=64512,
-        activation_function="gelu_new", tie_word_embeddings=False, bos_token_id=0, eos_token_id=1,
-        dtype="float16",
-    )  # fmt: skip
+    config = published_config()
     config.save_pretrained(tmp_path / "kogpt6b")
     return str(tmp_path / "kogpt6b")
 
@@ -42,8 +37,7 @@ def fake_gpus(monkeypatch, *sizes: int) -> None:
     machine = Hardware(tuple(sizes), 32 * GiB, 100 * GiB)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: len(sizes))
-    monkeypatch.setattr(placement, "detect_hardware", lambda *args, **kwargs: machine)
-    monkeypatch.setattr(plan_lib, "detect_hardware", lambda *args, **kwargs: machine)
+    monkeypatch.setattr(decide_lib, "detect_hardware", lambda *args, **kwargs: machine)
 
 
 def refused(capsys, argv: list[str]) -> str:
@@ -120,7 +114,7 @@ def test_plan_prints_the_split_and_exits_without_weights(kogpt6b, tmp_path, caps
 
 
 def test_plan_that_does_not_fit_says_what_would(kogpt6b, capsys):
-    assert main(["--model", kogpt6b, "--plan", "--device", "cpu", "--max-memory", "cpu=8GiB"]) == 0
+    assert main(["--model", kogpt6b, "--plan", "--device", "cpu", "--max-memory", "cpu=8GiB"]) == 1  # scripts see it
     out = " ".join(capsys.readouterr().out.split())
     assert "not enough memory for KoGPT in bfloat16: 4.99 GiB of weights fit nowhere and no --offload-dir" in out
     assert "would fit: --quantize int8 (cpu 7.11 GiB); --offload-dir DIR (cpu 7.86 GiB, disk 4.99 GiB)" in out
@@ -165,3 +159,13 @@ def test_parse_max_memory():
     assert parse_max_memory(None) is None and parse_max_memory("") is None
     with pytest.raises(KoGPTError, match="use a GPU index"):
         parse_max_memory("disk=1GiB")
+
+
+def test_plan_shows_the_dtype_the_load_really_uses(kogpt6b, monkeypatch, capsys):
+    """--quantize int8 on the CPU computes in bfloat16 however much RAM there is, and --plan says so."""
+    monkeypatch.setattr(decide_lib, "detect_hardware", lambda *args, **kwargs: Hardware((), 64 * GiB, 100 * GiB))
+    assert main(["--model", kogpt6b, "--plan", "--device", "cpu", "--quantize", "int8"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "int8 weights, bfloat16 compute" in out and "compute bfloat16 on cpu" in out
+    assert "float32" not in out
+    assert "loader: streamed tensor by tensor" in out

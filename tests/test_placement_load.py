@@ -10,7 +10,7 @@ import torch
 from kogpt import KoGPT
 from kogpt.errors import KoGPTError
 from kogpt.loading import load as model_lib
-from kogpt.placement import plan as plan_lib
+from kogpt.placement import decide as decide_lib
 from kogpt.placement.memory import CPU_HEADROOM_BYTES
 from kogpt.placement.options import (
     Hardware,
@@ -53,7 +53,7 @@ def test_cpu_and_disk_offload_gives_the_plain_greedy_tokens(checkpoint, budget, 
 
 def test_a_load_that_cannot_fit_stops_before_reading_weights(tiny_dir, monkeypatch, tmp_path):
     machine = Hardware((), CPU_HEADROOM_BYTES + 400_000, disk=10**9)
-    monkeypatch.setattr(plan_lib, "detect_hardware", lambda *args, **kwargs: machine)
+    monkeypatch.setattr(decide_lib, "detect_hardware", lambda *args, **kwargs: machine)
     real_load_weights = model_lib.load_weights
 
     def no_weights(*args, **kwargs):

@@ -32,6 +32,30 @@ def test_int8_linear_matches_float_linear():
     assert (got - want).norm() / want.norm() < 0.02
 
 
+def test_int8_scales_are_stored_exactly_as_the_weights_were_rounded_against():
+    """Each int8 value is round(w / s) for the *stored* (bfloat16) scale s: error at most s/2."""
+    torch.manual_seed(1)
+    weight = torch.randn(512, 1024) * torch.logspace(-3, 1, 512)[:, None]
+    layer = Int8Linear(1024, 512, bias=False)
+    layer.set_weight(weight)
+    scale = layer.scales.float()[:, None]  # (out, 1), as the kernel will use them
+    error = (weight - layer.weight.float() * scale).abs()
+    assert (error <= scale / 2 * (1 + 1e-5)).all()
+
+
+def test_streaming_loader_quantizes_every_linear_as_from_linear_does(tiny_bin_dir):
+    from transformers import AutoModelForCausalLM
+
+    streamed = load_quantized(tiny_bin_dir, load_config(tiny_bin_dir))
+    whole = AutoModelForCausalLM.from_pretrained(tiny_bin_dir, dtype=torch.float32)
+    linears = [name for name, m in whole.named_modules() if isinstance(m, torch.nn.Linear)]
+    assert "lm_head" in linears and len(linears) == 1 + 6 * whole.config.n_layer
+    assert not any(isinstance(m, torch.nn.Linear) for m in streamed.modules())
+    for name in linears:
+        got, want = streamed.get_submodule(name), Int8Linear.from_linear(whole.get_submodule(name))
+        assert torch.equal(got.weight, want.weight) and torch.equal(got.scales, want.scales), name
+
+
 def test_quantize_model_replaces_every_linear(tiny_dir):
     from transformers import AutoModelForCausalLM
 
@@ -41,16 +65,12 @@ def test_quantize_model_replaces_every_linear(tiny_dir):
     assert isinstance(model.lm_head, PackedLinear) and model.lm_head.kernel.name == "w8"
 
 
-def test_streaming_loader_gives_the_same_weights_as_quantizing_a_loaded_model(tiny_bin_dir):
-    from transformers import AutoModelForCausalLM
+def test_tied_embeddings_are_refused_under_cpu_int8(tmp_path):
+    from tests.tiny import build_checkpoint
 
-    config = load_config(tiny_bin_dir)
-    streamed = load_quantized(tiny_bin_dir, config).state_dict()
-    whole = quantize_model(AutoModelForCausalLM.from_pretrained(tiny_bin_dir, dtype=torch.float32)).state_dict()
-    assert streamed.keys() == whole.keys()
-    for name, tensor in whole.items():
-        assert streamed[name].dtype == tensor.dtype, name
-        assert torch.equal(streamed[name], tensor), name
+    path = build_checkpoint(tmp_path / "tied", tie_word_embeddings=True)
+    with pytest.raises(KoGPTError, match="ties its input and output embeddings"):
+        KoGPT.load(str(path), device="cpu", quantize="int8")
 
 
 def greedy_agreement(float_model, int8_model, sequences: list[torch.Tensor]) -> float:
@@ -204,5 +224,5 @@ def test_int4_model_loads_and_streams_on_the_cpu(tiny_bin_dir):
 
 
 def test_a_kernel_of_another_format_is_refused(tiny_dir):
-    with pytest.raises(KoGPTError, match="does not compute this format"):
+    with pytest.raises(KoGPTError, match="does not compute int8 weights"):
         KoGPT.load(str(tiny_dir), device="cpu", quantize="int8", kernel="w4g32")

@@ -127,7 +127,7 @@ def test_ctrl_c_during_generation_stops_it_and_the_repl_goes_on(gpt, tmp_path):
     assert not [t for t in threading.enumerate() if t.name == "kogpt-generate" and t.is_alive()]
 
 
-def test_model_text_is_never_markup(gpt, tmp_path):
+def test_model_text_is_never_markup():
     renderer = make_renderer()
     renderer.completion("[bold]굵게[/bold] [/x]")
     assert renderer.out.file.getvalue() == "[bold]굵게[/bold] [/x]"

@@ -43,3 +43,25 @@ def test_a_checkpoint_missing_a_tensor_is_refused(tmp_path, tiny_bin_dir):
     torch.save({k: v.clone() for k, v in state.items()}, tmp_path / "pytorch_model.bin")
     with pytest.raises(ValueError, match="lm_head.weight"):
         load_streaming(tmp_path, load_config(tmp_path), torch.float32)
+
+
+def test_integer_tensors_keep_their_dtype(tmp_path, tiny_dir):
+    """Only floating-point tensors take the compute dtype: an integer buffer read as bfloat16 would
+    lose every value above 256."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    for file in tiny_dir.iterdir():
+        shutil.copy(file, tmp_path / file.name)
+    state = load_file(tmp_path / "model.safetensors")
+    steps = torch.arange(1000, 1010, dtype=torch.int64)
+    save_file({**state, "transformer.steps": steps}, tmp_path / "model.safetensors", metadata={"format": "pt"})
+
+    def add_buffer(model):
+        model.transformer.register_buffer("steps", torch.empty(10, dtype=torch.int64, device="meta"))
+
+    model = load_streaming(tmp_path, load_config(tmp_path), torch.bfloat16, prepare=add_buffer)
+    assert model.transformer.steps.dtype == torch.int64
+    assert torch.equal(model.transformer.steps, steps)
+    assert model.lm_head.weight.dtype == torch.bfloat16

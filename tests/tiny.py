@@ -35,33 +35,26 @@ def train_tokenizer(vocab_size: int = 320):
     return PreTrainedTokenizerFast(tokenizer_object=tok)
 
 
-def tiny_config(vocab_size: int):
+def tiny_config(vocab_size: int, **overrides):
     from transformers import GPTJConfig
 
-    return GPTJConfig(
-        vocab_size=vocab_size,
-        n_positions=TINY_CONTEXT,
-        n_embd=64,
-        n_layer=2,
-        n_head=4,
-        rotary_dim=8,
-        bos_token_id=0,
-        eos_token_id=1,
-        tie_word_embeddings=False,
-    )
+    shape = dict(n_positions=TINY_CONTEXT, n_embd=64, n_layer=2, n_head=4, rotary_dim=8)
+    ids = dict(bos_token_id=0, eos_token_id=1, tie_word_embeddings=False)
+    return GPTJConfig(vocab_size=vocab_size, **{**shape, **ids, **overrides})
 
 
-def build_checkpoint(path: Path, seed: int = 0, bin_fp16: bool = False) -> Path:
+def build_checkpoint(path: Path, seed: int = 0, bin_fp16: bool = False, **config_overrides) -> Path:
     """Save a tiny random GPT-J and its tokenizer to `path`.
 
-    `bin_fp16` stores the weights as the hub's KoGPT does: a float16 `pytorch_model.bin`.
+    `bin_fp16` stores the weights as the hub's KoGPT does: a float16 `pytorch_model.bin`;
+    `config_overrides` change the config (e.g. `tie_word_embeddings=True`).
     """
     import torch
     from transformers import GPTJForCausalLM
 
     tokenizer = train_tokenizer()
     torch.manual_seed(seed)
-    config = tiny_config(vocab_size=len(tokenizer) + 12)  # padded, like KoGPT's 64,512
+    config = tiny_config(len(tokenizer) + 12, **config_overrides)  # padded, like KoGPT's 64,512
     model = GPTJForCausalLM(config).eval()
     # Random init puts near-equal mass everywhere; sharpen the output so samples differ by seed.
     with torch.no_grad():

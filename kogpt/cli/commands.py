@@ -1,4 +1,4 @@
-"""The REPL's slash commands. Each handler takes the Repl and the text after the command name.
+"""The REPL's slash commands. Each handler takes the `Session` and the text after the command name.
 
 A handler returns a `Turn` to generate (for /continue, /retry, /edit) or None; it reports bad
 arguments by raising InputError, which the REPL shows as one line.
@@ -15,11 +15,11 @@ import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from prompt_toolkit.completion import CompleteEvent, Completer, Completion
 from prompt_toolkit.document import Document
 
+from kogpt.cli.session import Session
 from kogpt.settings import (
     HELP,
     PARSERS,
@@ -30,9 +30,6 @@ from kogpt.settings import (
     parse_setting,
 )
 from kogpt.transcript import append_jsonl
-
-if TYPE_CHECKING:
-    from kogpt.cli.repl import Repl
 
 QUICK_HELP = "on: skip the temperature and max_length questions and use the settings"
 SETTING_NAMES = [*PARSERS, "quick"]
@@ -52,7 +49,7 @@ class Quit(Exception):
     """/quit: leave the REPL."""
 
 
-def cmd_set(repl: Repl, args: str) -> None:
+def cmd_set(repl: Session, args: str) -> None:
     name, _, value = args.strip().partition(" ")
     if not name or not value.strip():
         raise InputError("usage: /set NAME VALUE (see /show for the names)")
@@ -65,19 +62,19 @@ def cmd_set(repl: Repl, args: str) -> None:
         repl.renderer.notice("max_new_tokens is set, so it wins over max_length")
 
 
-def cmd_show(repl: Repl, args: str) -> None:
+def cmd_show(repl: Session, args: str) -> None:
     rows = [(name, format_value(repl.setting(name)), format_value(repl.default(name)), HELP.get(name, QUICK_HELP))
             for name in SETTING_NAMES]
     repl.renderer.settings_table(rows)
 
 
-def cmd_reset(repl: Repl, args: str) -> None:
+def cmd_reset(repl: Session, args: str) -> None:
     repl.settings = dataclasses.replace(repl.defaults)
     repl.quick = repl.default_quick
     repl.renderer.notice("settings reset to their defaults")
 
 
-def cmd_continue(repl: Repl, args: str) -> Turn:
+def cmd_continue(repl: Session, args: str) -> Turn:
     last = repl.require_last()
     settings = repl.settings
     if settings.max_new_tokens is None:  # as many new tokens as the last turn could have
@@ -86,13 +83,13 @@ def cmd_continue(repl: Repl, args: str) -> Turn:
     return Turn(last.prompt + last.completion, settings, echo=False)
 
 
-def cmd_retry(repl: Repl, args: str) -> Turn:
+def cmd_retry(repl: Session, args: str) -> Turn:
     last = repl.require_last()
     settings = SamplingSettings(**{**last.settings, "seed": None})
     return Turn(last.prompt, settings)
 
 
-def cmd_save(repl: Repl, args: str) -> None:
+def cmd_save(repl: Session, args: str) -> None:
     name = args.strip()
     if not name:
         raise InputError("usage: /save FILE")
@@ -106,7 +103,7 @@ def cmd_save(repl: Repl, args: str) -> None:
     repl.renderer.notice(f"saved {len(repl.records)} completions to {path}")
 
 
-def cmd_edit(repl: Repl, args: str) -> Turn | None:
+def cmd_edit(repl: Session, args: str) -> Turn | None:
     text = edit_text(repl.last.prompt if repl.last else "")
     if not text.strip():
         repl.renderer.notice("empty prompt: nothing to do")
@@ -135,15 +132,15 @@ def edit_text(initial: str) -> str:
         os.unlink(name)
 
 
-def cmd_help(repl: Repl, args: str) -> None:
+def cmd_help(repl: Session, args: str) -> None:
     repl.renderer.help_table([(f"/{name} {usage}".rstrip(), text) for name, (_, usage, text) in COMMANDS.items()])
 
 
-def cmd_quit(repl: Repl, args: str) -> None:
+def cmd_quit(repl: Session, args: str) -> None:
     raise Quit
 
 
-Handler = Callable[["Repl", str], "Turn | None"]
+Handler = Callable[[Session, str], "Turn | None"]
 COMMANDS: dict[str, tuple[Handler, str, str]] = {
     "set": (cmd_set, "NAME VALUE", "change a setting (validated); /show lists them"),
     "show": (cmd_show, "", "every setting, its value and its default"),
@@ -157,7 +154,7 @@ COMMANDS: dict[str, tuple[Handler, str, str]] = {
 }
 
 
-def run_command(repl: Repl, line: str) -> Turn | None:
+def run_command(repl: Session, line: str) -> Turn | None:
     """Run `/name args`; raise InputError for an unknown command or bad arguments."""
     name, _, args = line[1:].partition(" ")
     if name not in COMMANDS:

@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-from pathlib import Path
 from typing import TYPE_CHECKING
-
-from rich.console import Console
 
 from kogpt.defaults import (
     DEFAULT_MODEL,
@@ -80,7 +77,7 @@ def positive_int(text: str) -> int:
 
 
 def options_from_args(args: argparse.Namespace) -> Options:
-    """The placement `Options` the flags ask for; conflicting flags raise KoGPTError."""
+    """The one `Options` the flags ask for; conflicting flags raise KoGPTError."""
     from kogpt.placement.options import Options, parse_max_memory
 
     device_map = args.device_map
@@ -90,80 +87,19 @@ def options_from_args(args: argparse.Namespace) -> Options:
                 f"--model-parallel means --device-map balanced; it cannot be used with --device-map {device_map}"
             )
         device_map = "balanced"
-    return Options(device_map, parse_max_memory(args.max_memory), args.offload_dir, args.quantize)
-
-
-def check_early(args: argparse.Namespace, options: Options) -> None:
-    """Refuse impossible flag combinations before anything is downloaded or loaded."""
-    import torch
-
-    from kogpt.placement.options import check_options
-
-    device = compute_device(args, options)
-    gpu_count = torch.cuda.device_count() if device == "cuda" and torch.cuda.is_available() else 0
-    check_options(options, device, gpu_count, planning=args.plan)
-
-
-def compute_device(args: argparse.Namespace, options: Options) -> str:
-    """cuda or cpu: cuda falls back to the CPU without CUDA, unless --plan is for GPUs --max-memory names."""
-    import torch
-
-    if args.device == "cpu":
-        return "cpu"
-    hypothetical = args.plan and any(isinstance(key, int) for key in options.max_memory or {})
-    return "cuda" if hypothetical or torch.cuda.is_available() else "cpu"
-
-
-def plan_config(model: str, revision: str):
-    """The model's config alone: a local directory's config.json, or the hub's (no weights fetched)."""
-    from kogpt.errors import first_line
-    from kogpt.loading.checkpoint import (
-        check_gptj,
-        load_config,
-        looks_local,
-        published_config,
+    return Options(
+        model=args.model,
+        revision=args.revision,
+        device=args.device,
+        dtype=args.dtype,
+        trust_remote_code=args.trust_remote_code,
+        device_map=device_map,
+        max_memory=parse_max_memory(args.max_memory),
+        offload_dir=args.offload_dir,
+        quantize=args.quantize,
+        threads=args.threads,
+        cache=not args.no_cache,
     )
-
-    if looks_local(model):
-        path = Path(model).expanduser()
-        if not (path / "config.json").is_file():
-            raise KoGPTError(f"{path} has no config.json: is it a Hugging Face checkpoint directory?")
-        return load_config(path)
-    from transformers import AutoConfig
-
-    try:
-        config = AutoConfig.from_pretrained(model, revision=revision)
-    except (OSError, ValueError) as exc:
-        if model == DEFAULT_MODEL:  # offline: KoGPT's own config is known
-            log.info("the hub is out of reach; planning with KoGPT 6B's published config")
-            return published_config(revision)
-        raise KoGPTError(f"could not read the config of {model}@{revision}: {first_line(exc)}") from exc
-    return check_gptj(config, model)
-
-
-def show_plan(args: argparse.Namespace, console: Console, hardware=None) -> int:
-    """`--plan`: print the placement for the flags' setup without loading weights; return the exit code.
-
-    `hardware` (free memory figures) defaults to this machine's.
-    """
-    import torch
-
-    from kogpt.cli.planview import print_plan
-    from kogpt.loading.load import resolve_device
-    from kogpt.placement.plan import prepare
-
-    options = options_from_args(args)
-    config = plan_config(args.model, args.revision)
-    device = compute_device(args, options)
-    if device != args.device:
-        resolve_device(args.device)  # says that CUDA is missing
-    _choice, plan = prepare(config, torch.device(device), args.dtype, options, hardware, planning=True)
-    print_plan(console, plan, title=Path(args.model).name or args.model)
-    if device == "cpu" and not options.strategy and plan.fits:
-        from kogpt.cli.kernelview import cpu_figures, print_cpu
-
-        print_cpu(console, cpu_figures(config, options.quantize, plan.dtype, args.dtype, args.threads))
-    return 0
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -206,22 +142,11 @@ def load_model(args: argparse.Namespace, renderer):
     """The model the `add_model_arguments` flags ask for, with a spinner while it loads."""
     from kogpt.api import KoGPT
     from kogpt.loading.checkpoint import resolve_checkpoint
+    from kogpt.placement.decide import check_early
 
     quiet_libraries(args.debug)
-    hw = options_from_args(args)
-    check_early(args, hw)  # impossible flag combinations, before any download
-    resolve_checkpoint(args.model, args.revision)  # a download shows its own progress bars
-    with renderer.loading(args.model):
-        return KoGPT.load(
-            args.model,
-            args.revision,
-            args.device,
-            args.dtype,
-            args.trust_remote_code,
-            quantize=hw.quantize,
-            device_map=hw.device_map,
-            max_memory=hw.max_memory,
-            offload_dir=hw.offload_dir,
-            threads=args.threads,
-            cache=not args.no_cache,
-        )
+    options = options_from_args(args)
+    check_early(options)  # impossible flag combinations, before any download
+    path = resolve_checkpoint(options.model, options.revision)  # a download shows its own progress bars
+    with renderer.loading(options.model):
+        return KoGPT.from_options(options, path)

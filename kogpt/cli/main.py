@@ -167,8 +167,9 @@ def _terminate(signum, frame) -> None:
 def run(args: argparse.Namespace, renderer) -> int:
     if args.plan:
         flags.quiet_libraries(args.debug)
-        flags.check_early(args, flags.options_from_args(args))
-        return flags.show_plan(args, renderer.out)
+        from kogpt.cli.planview import show_plan
+
+        return show_plan(flags.options_from_args(args), renderer.out)
     settings = sampling_settings(args)
     prompts = scripted_prompts(args, settings)  # read (and check) input before the slow load
     gpt = flags.load_model(args, renderer)

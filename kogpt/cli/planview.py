@@ -1,26 +1,23 @@
-"""`--plan`'s output: rich tables of where each block goes and what each device needs."""
+"""`--plan`: the load decision for the flags, printed as rich tables, without loading any weight."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from kogpt.placement.memory import format_bytes
+
 if TYPE_CHECKING:
+    from kogpt.placement.decide import Decision
+    from kogpt.placement.options import Hardware, Options
     from kogpt.placement.plan import Plan
 
-GiB = 1024**3
-
-
 def size(n: int) -> str:
-    """Bytes in GiB, or KiB/MiB when small; '-' for nothing."""
-    if not n:
-        return "-"
-    if n >= GiB / 100:
-        return f"{n / GiB:.2f} GiB"
-    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 2**10:.1f} KiB"
+    return format_bytes(n) if n else "-"
 
 
 def short(name: str) -> str:
@@ -71,3 +68,32 @@ def print_plan(console: Console, plan: Plan, title: str = "KoGPT") -> None:
         console.print(Text(f"fits: {plan.summary()}", style="bold green"))
     else:
         console.print(Text(plan.refusal(), style="bold red"))
+
+
+def show_plan(options: Options, console: Console, hardware: Hardware | None = None) -> int:
+    """Print the load decision for `options` (free memory figures: `hardware`, default this
+    machine's); return the exit code: 0 when it fits, 1 when it does not."""
+    from kogpt.loading.checkpoint import read_config
+    from kogpt.placement.decide import check_early, decide
+
+    check_early(options, planning=True)
+    from kogpt.loading.choices import planned_kernel
+
+    config = read_config(options.model, options.revision)
+    decision = decide(config, options, hardware, planning=True, kernel_for=planned_kernel)
+    print_plan(console, decision.plan, title=Path(options.model).name or options.model)
+    print_decision(console, decision)
+    if decision.threads and decision.plan.fits:
+        from kogpt.cli.kernelview import cpu_figures, print_cpu
+
+        print_cpu(console, cpu_figures(config, decision))
+    return 0 if decision.plan.fits else 1
+
+
+def print_decision(console: Console, decision: Decision) -> None:
+    """The rest of the decision: the dtype and why, the loader, the KV cache."""
+    dtype = str(decision.dtype).removeprefix("torch.")
+    loader = "streamed tensor by tensor" if decision.streamed else "from_pretrained with the device map"
+    cache = "static (compiled on CUDA)" if decision.static_cache else "dynamic"
+    console.print(Text(f"compute {dtype} on {decision.device}: {decision.choice.reason}"))
+    console.print(Text(f"loader: {loader}; KV cache: {cache}"))

@@ -20,6 +20,7 @@ from kogpt.api import KoGPT
 from kogpt.cli.commands import CommandCompleter, Quit, Turn, run_command
 from kogpt.cli.history import open_history
 from kogpt.cli.render import Renderer
+from kogpt.cli.session import Session
 from kogpt.errors import Interrupted, KoGPTError
 from kogpt.settings import (
     InputError,
@@ -64,7 +65,7 @@ class PlainInput:
         return line.rstrip("\n")
 
 
-class Repl:
+class Repl(Session):
     """Ask `prompt>`, `temperature(0.8)>`, `max_length(128)>`; stream the completion; repeat.
 
     `settings` are the session's starting settings (what /reset returns to); `quick` skips the
@@ -82,14 +83,9 @@ class Repl:
         transcript: Transcript | None = None,
         plain: PlainInput | None = None,
     ) -> None:
+        super().__init__(renderer, settings, quick)
         self.gpt = gpt
-        self.renderer = renderer
-        self.defaults = settings or SamplingSettings()
-        self.settings = dataclasses.replace(self.defaults)
-        self.default_quick = self.quick = quick
         self.transcript = transcript or Transcript(None, renderer.warning)
-        self.records: list[Record] = []
-        self.last: Record | None = None
         if plain is not None:
             self.prompts = self.answers = plain
         else:
@@ -101,17 +97,6 @@ class Repl:
                 enable_open_in_editor=True,
             )
             self.answers = PromptSession()  # the number questions keep out of the prompt history
-
-    def setting(self, name: str) -> Any:
-        return self.quick if name == "quick" else getattr(self.settings, name)
-
-    def default(self, name: str) -> Any:
-        return self.default_quick if name == "quick" else getattr(self.defaults, name)
-
-    def require_last(self) -> Record:
-        if self.last is None:
-            raise InputError("nothing generated yet in this session")
-        return self.last
 
     def run(self) -> int:
         """Loop until Ctrl-D or /quit. Returns the exit code."""

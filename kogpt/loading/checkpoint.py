@@ -6,7 +6,7 @@ import logging
 import os
 from pathlib import Path
 
-from kogpt.defaults import DEFAULT_REVISION
+from kogpt.defaults import DEFAULT_MODEL, DEFAULT_REVISION
 from kogpt.errors import KoGPTError, first_line
 
 log = logging.getLogger(__name__)
@@ -129,3 +129,23 @@ def load_tokenizer(path: Path, vocab_size: int, trust_remote_code: bool = False)
     # Mark them special, as the seed does by passing them to from_pretrained; none is new.
     tokenizer.add_special_tokens(SPECIAL_TOKENS)
     return tokenizer
+
+
+def read_config(model: str, revision: str):
+    """The model's config alone, for planning: a local directory's config.json, or the hub's (no
+    weights fetched); offline, KoGPT's own published config."""
+    if looks_local(model):
+        path = Path(model).expanduser()
+        if not (path / "config.json").is_file():
+            raise KoGPTError(f"{path} has no config.json: is it a Hugging Face checkpoint directory?")
+        return load_config(path)
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(model, revision=revision)
+    except (OSError, ValueError) as exc:
+        if model == DEFAULT_MODEL:
+            log.info("the hub is out of reach; planning with KoGPT 6B's published config")
+            return published_config(revision)
+        raise KoGPTError(f"could not read the config of {model}@{revision}: {first_line(exc)}") from exc
+    return check_gptj(config, model)

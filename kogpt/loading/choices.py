@@ -86,3 +86,29 @@ def remember(choice: Choice, threads: int) -> None:
         os.replace(temporary, path)
     except OSError as exc:
         log.info("could not remember the kernel choice in %s: %s", path, exc)
+
+
+def kernel_for(config, fmt: str, requested: str | None, threads: int, measure: bool = True) -> tuple[str, str, torch.dtype]:
+    """(kernel, why, compute dtype) for `fmt` weights of a GPT-J `config`: `requested` when it can
+    compute them, else the fastest measured on this machine (remembered, or measured now when
+    `measure`; else the portable default, for `--plan`)."""
+    shapes = linear_shapes(config)
+    widths = {n_in for _, n_in in shapes}
+    usable = [k.name for k in candidates(fmt) if all(k.fits(width) for width in widths)]
+    if requested is not None:
+        if requested not in usable:
+            raise KoGPTError(f"kernel {requested!r} does not compute {fmt} weights of this model; choose one of {', '.join(usable)}")
+        return requested, "asked for", KERNELS[requested].dtype
+    if measure:
+        choice = choice_for(fmt, shapes, threads)
+        why = choice.why
+    else:
+        choice = cached_choice(fmt, threads)
+        why = f"measured on this CPU: {choice.why}" if choice else "not measured on this CPU yet: the first load measures the candidates (seconds)"
+    kernel = choice.kernel if choice else (DEFAULTS[fmt] if DEFAULTS[fmt] in usable else usable[-1])
+    return kernel, why, KERNELS[kernel].dtype
+
+
+def planned_kernel(config, fmt: str, requested: str | None, threads: int) -> tuple[str, str, torch.dtype]:
+    """`kernel_for` without measuring: what `--plan` shows."""
+    return kernel_for(config, fmt, requested, threads, measure=False)

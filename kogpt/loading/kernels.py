@@ -45,14 +45,15 @@ class Kernel:
 
 
 def int8_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric per-row int8: (codes (out, in) int8, float32 scales (out,)), in ~4 MiB blocks."""
+    """Symmetric per-row int8: (codes (out, in) int8, scales (out,) exact in bfloat16), in ~4 MiB blocks."""
     out, n_in = weight.shape
     codes = torch.empty(out, n_in, dtype=torch.int8)
     scales = torch.empty(out)
     step = max(1, (1 << 20) // n_in)
     for start in range(0, out, step):
         w = weight[start : start + step].to(torch.float32, copy=True)  # (rows, in)
-        scale = w.abs().amax(dim=1).clamp(min=1e-8) / 127  # (rows,)
+        # The scale as it will be stored (bfloat16), so the int8 values are rounded against it.
+        scale = (w.abs().amax(dim=1).clamp(min=1e-8) / 127).to(torch.bfloat16).float()  # (rows,)
         codes[start : start + step] = w.div_(scale[:, None]).round_().clamp_(-127, 127)
         scales[start : start + step] = scale
     return codes, scales

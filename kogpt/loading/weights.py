@@ -61,7 +61,12 @@ def load_streaming(
             continue
         if not as_is and setter is not None and setter(module, attr, tensor):
             continue
-        value = tensor if as_is else tensor.to(dtype, copy=True)
+        # Only floating-point tensors take the compute dtype; integer ones (ids, masks) keep theirs.
+        # Cached tensors are already converted: they are used as they are, mapped from the file.
+        if as_is:
+            value = tensor
+        else:
+            value = tensor.to(dtype, copy=True) if tensor.is_floating_point() else tensor.clone()
         if attr in module._parameters:
             module._parameters[attr] = nn.Parameter(value, requires_grad=False)
         elif attr in module._buffers:

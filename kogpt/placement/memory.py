@@ -19,24 +19,25 @@ DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch
 CPU_HEADROOM_BYTES = 1 * GiB
 
 
-def parameter_count(config) -> int:
-    """Exact parameter count of the causal LM built from `config`, without allocating weights."""
-    from kogpt.placement.devicemap import count_parameters, meta_model
-
-    return count_parameters(meta_model(config))
-
-
 def weight_bytes(n_params: int, dtype: torch.dtype) -> int:
     return n_params * dtype.itemsize
 
 
+def kv_layer_bytes(config, tokens: int, dtype: torch.dtype) -> int:
+    """Bytes of one layer's key/value cache for `tokens` positions at batch 1: keys and values, (T, n_embd) each."""
+    return 2 * tokens * config.n_embd * dtype.itemsize
+
+
 def kv_cache_bytes(config, tokens: int, dtype: torch.dtype) -> int:
-    """Bytes of the key/value cache for `tokens` positions at batch 1: 2 x layers x tokens x width."""
-    return 2 * config.n_layer * tokens * config.n_embd * dtype.itemsize
+    """Bytes of the whole key/value cache for `tokens` positions at batch 1."""
+    return config.n_layer * kv_layer_bytes(config, tokens, dtype)
 
 
-def format_bytes(n: int) -> str:
-    return f"{n / GiB:.1f} GiB"
+def format_bytes(n: int | float) -> str:
+    """Bytes for people: GiB with two decimals, KiB or MiB for what would show as 0.00 GiB."""
+    if n >= GiB / 100 or n == 0:
+        return f"{n / GiB:.2f} GiB"
+    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 2**10:.1f} KiB"
 
 
 @dataclass(frozen=True)

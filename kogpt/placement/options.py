@@ -1,8 +1,8 @@
 """Where the model goes: placement options, memory budgets, hardware figures and their checks.
 
-`Options` holds what the user asked for (`--device-map`, `--max-memory`, `--offload-dir`,
-`--quantize`); `Hardware` holds free memory figures, detected or injected by tests. The plan
-itself (which block goes where) is made by `kogpt.plan` from both.
+`Options` holds what the user asked for (the model, device and dtype, `--device-map`,
+`--max-memory`, `--offload-dir`, `--quantize`); `Hardware` holds free memory figures, detected or
+injected by tests. `kogpt.placement.decide` makes the whole load decision from both.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
+from kogpt.defaults import DEFAULT_MODEL, DEFAULT_REVISION, QUANTIZE_CHOICES
 from kogpt.defaults import DEVICE_MAP_STRATEGIES as STRATEGIES
-from kogpt.defaults import QUANTIZE_CHOICES
 from kogpt.errors import KoGPTError
 
 log = logging.getLogger(__name__)
@@ -31,14 +31,27 @@ MEMORY_FORMAT = "DEVICE=SIZE[,DEVICE=SIZE...] like 0=10GiB,1=10GiB,cpu=30GiB"
 MaxMemory = dict  # {0: bytes, 1: bytes, "cpu": bytes}: GPU indices and "cpu"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Options:
-    """How to place the model. `device_map` None keeps the whole model on one device."""
+    """Everything a load is asked to do: the one object that travels from the flags (or the API's
+    arguments) to `kogpt.placement.decide.decide` and the loader.
 
+    `device_map` None keeps the whole model on one device; `static_cache` None decides by device.
+    """
+
+    model: str = DEFAULT_MODEL
+    revision: str = DEFAULT_REVISION
+    device: str = "cuda"
+    dtype: str = "auto"
+    trust_remote_code: bool = False
     device_map: str | None = None
     max_memory: MaxMemory | None = None
     offload_dir: str | None = None
     quantize: str = "none"
+    static_cache: bool | None = None
+    threads: int | None = None  # CPU threads; None: the physical cores
+    kernel: str | None = None  # CPU Linear kernel (kogpt.loading.kernels); None: the fastest measured here
+    cache: bool = True  # the converted-weights cache of CPU loads
 
     @property
     def strategy(self) -> str | None:

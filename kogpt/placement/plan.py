@@ -1,8 +1,8 @@
 """The memory plan: which block goes to which device and what each device needs, before loading.
 
 Made on the meta device with accelerate (`init_empty_weights`, `compute_module_sizes`,
-`get_balanced_memory`, `infer_auto_device_map`), so it allocates no weights. `--plan` prints it;
-`kogpt.loading.load.load` makes the same plan first and stops, saying what would fit, when it cannot run.
+`get_balanced_memory`, `infer_auto_device_map`), so it allocates no weights. `kogpt.placement.decide`
+makes it as part of the load decision; a load stops, saying what would fit, when it cannot run.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from kogpt.placement import memory
 from kogpt.placement.devicemap import (
     block_names,
     count_parameters,
@@ -23,8 +22,8 @@ from kogpt.placement.devicemap import (
     meta_model,
     size_dtypes,
 )
-from kogpt.placement.memory import CPU_HEADROOM_BYTES, DtypeChoice, GiB
-from kogpt.placement.options import Hardware, Options, check_options, detect_hardware
+from kogpt.placement.memory import CPU_HEADROOM_BYTES, GiB, format_bytes, kv_layer_bytes
+from kogpt.placement.options import Hardware, Options
 
 log = logging.getLogger(__name__)
 
@@ -72,19 +71,12 @@ class Plan:
 
     def summary(self) -> str:
         """What each device needs, in one line: 'cuda:0 5.77 GiB, cuda:1 6.59 GiB'."""
-        return ", ".join(f"{use.name} {gib(use.need)}" for use in self.devices)
+        return ", ".join(f"{use.name} {format_bytes(use.need)}" for use in self.devices)
 
     def refusal(self) -> str:
         """One line: why the model cannot be loaded this way, and what would fit instead."""
         advice = f"would fit: {'; '.join(self.suggestions)}" if self.suggestions else "no smaller setup fits either"
         return f"{self.problem}; {advice}"
-
-
-def gib(n: int | float) -> str:
-    """Bytes for people: GiB with two decimals, KiB or MiB for what would show as 0.00 GiB."""
-    if n >= GiB / 100 or n == 0:
-        return f"{n / GiB:.2f} GiB"
-    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 2**10:.1f} KiB"
 
 
 def label(device: int | str) -> str:
@@ -124,7 +116,7 @@ def make_plan(
     tokens = tokens or config.n_positions
     dtypes = size_dtypes(model, dtype, options.quantize)
     sizes = compute_module_sizes(model, dtype=dtypes[0], special_dtypes=dtypes[1])
-    kv_layer = 2 * tokens * config.n_embd * dtype.itemsize  # keys and values, (T, n_embd) each
+    kv_layer = kv_layer_bytes(config, tokens, dtype)
     budget = budgets(device, options, hardware)
     if options.strategy is None:
         device_map = {"": next(iter(budget))}
@@ -164,18 +156,18 @@ def find_problem(plan: Plan, options: Options, hardware: Hardware, offloaded: in
     for use in plan.devices:
         if use.name == "disk":
             if not options.offload_dir:
-                lost = gib(use.weights)
+                lost = format_bytes(use.weights)
                 return f"not enough memory for {what}: {lost} of weights fit nowhere and no --offload-dir is given"
             if use.weights > hardware.disk:
-                return f"not enough disk for {what}: the offload needs {gib(use.weights)}, {gib(hardware.disk)} is free"
+                return f"not enough disk for {what}: the offload needs {format_bytes(use.weights)}, {format_bytes(hardware.disk)} is free"
         elif use.budget is not None and use.need > use.budget:
-            staging = f", offload buffer {gib(use.staging)}" if use.staging else ""
+            staging = f", offload buffer {format_bytes(use.staging)}" if use.staging else ""
             return (
-                f"not enough memory on {use.name} for {what}: it needs {gib(use.need)} (weights {gib(use.weights)}, "
-                f"KV cache {gib(use.kv)} at {plan.tokens} tokens{staging}), {gib(use.budget)} is usable"
+                f"not enough memory on {use.name} for {what}: it needs {format_bytes(use.need)} (weights {format_bytes(use.weights)}, "
+                f"KV cache {format_bytes(use.kv)} at {plan.tokens} tokens{staging}), {format_bytes(use.budget)} is usable"
             )
     if options.quantize != "none" and offloaded:
-        return f"not enough GPU memory for {what}: {gib(offloaded)} would be offloaded, and quantized weights cannot be"
+        return f"not enough GPU memory for {what}: {format_bytes(offloaded)} would be offloaded, and quantized weights cannot be"
     return None
 
 
@@ -200,31 +192,3 @@ def alternatives(config, dtype, device, options, hardware, tokens, model) -> lis
         if plan.fits and (uses_disk or not try_options.offload_dir):
             found.append(f"{flag} ({plan.summary()})")
     return found
-
-
-def prepare(
-    config,
-    device: torch.device,
-    dtype: str,
-    options: Options,
-    hardware: Hardware | None = None,
-    planning: bool = False,
-    tokens: int | None = None,
-) -> tuple[DtypeChoice, Plan]:
-    """Check the options, choose the compute dtype and plan the placement, as `load` and `--plan` both do.
-
-    `hardware` defaults to this machine's free memory; tests inject other machines. `tokens` is the
-    KV-cache length planned for (default: the full context).
-    """
-    hardware = hardware or detect_hardware(device.type, options.offload_dir, every_gpu=options.strategy is not None)
-    check_options(options, device.type, len(hardware.gpus), planning)
-    model = meta_model(config)
-    n_params = count_parameters(model)
-    kv16 = memory.kv_cache_bytes(config, config.n_positions, torch.float16)
-    free = (hardware.gpus[0] if hardware.gpus else 0) if device.type == "cuda" else hardware.cpu
-    stored = getattr(config, "dtype", None) or torch.float32
-    stored = memory.DTYPES.get(str(stored).removeprefix("torch."), torch.float32)
-    choice = memory.choose_dtype(dtype, device.type, stored, n_params, free, kv16)
-    plan = make_plan(config, choice.dtype, device.type, options, hardware, tokens, model=model)
-    log.debug("placement: %s%s", plan.summary(), "" if plan.fits else f" (does not fit: {plan.problem})")
-    return choice, plan

@@ -1,0 +1,47 @@
+"""Every benchmark script runs end to end on its smallest preset, so a refactor cannot break one
+silently. This checks that they run and report, not how fast: figures are for benchmarks/RESULTS.md."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+# script -> its smallest run ({out} is a temporary directory). Every script in benchmarks/ is here,
+# or in IMPORTED (run by another script) or NEEDS_GPU.
+SMALLEST = {
+    # Every path but CTranslate2's (the optional `bench` extra; run.py skips it when missing).
+    "run.py": ["--preset", "tiny", "--out", "{out}", "--paths", "bandwidth,seed,default,int8,overhead,first-prompt"],
+    "prefill.py": ["--layers", "1", "--tokens", "4", "20"],
+    "checkpoint.py": ["{out}/ckpt", "tiny"],
+}
+IMPORTED = {"common.py": "run.py", "paths.py": "run.py", "overhead.py": "run.py"}
+NEEDS_GPU = {"gpu.py": "CUDA only; run on a lent GPU machine"}
+
+
+def test_every_benchmark_script_is_exercised():
+    scripts = {path.name for path in BENCHMARKS.glob("*.py")}
+    assert scripts == set(SMALLEST) | set(IMPORTED) | set(NEEDS_GPU)
+
+
+@pytest.mark.timeout(900)  # a minute on a quiet machine; much more when the CPUs are shared
+@pytest.mark.parametrize("script", sorted(SMALLEST))
+def test_benchmark_runs_on_its_smallest_preset(script, tmp_path):
+    argv = [arg.format(out=tmp_path) for arg in SMALLEST[script]]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(BENCHMARKS.parent)}
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / script), *argv], cwd=BENCHMARKS, env=env, capture_output=True, text=True,
+        timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    if script == "run.py":
+        results = json.loads((tmp_path / "tiny" / "results.json").read_text())
+        for path in ("default", "int8", "overhead"):
+            assert "error" not in results[path], results[path]
+        assert results["default"]["tokens"] == 16 and results["default"]["decode_tok_s"] > 0
+        assert "| (2) kogpt default" in done.stdout
