@@ -13,12 +13,16 @@ from pathlib import Path
 
 import torch
 
+from kogpt.errors import KoGPTError
 from kogpt.loading.kernels import (
+    DEFAULTS,
     KERNELS,
     Choice,
     Measure,
+    candidates,
     choose,
     last_level_cache_bytes,
+    linear_shapes,
     read_bandwidth,
 )
 
