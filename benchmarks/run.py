@@ -223,6 +223,7 @@ def main() -> None:
             chosen = results.get("int8", {}).get("kernel", "w8")
             extra, name_run = ["--kernel", "w8" if chosen == "w8a8" else "w8a8"], "int8"
         results[name] = run_path(name_run, checkpoint, args, extra)
+        (out / "results.json").write_text(json.dumps(results, indent=1))  # so far: a long run may be cut short
     config = config_for(args.preset)
     report = "\n".join([
         f"{results['date']}, preset {args.preset}, {args.prompt_tokens}-token prompt, {args.new_tokens} sampled tokens, "

@@ -26,14 +26,14 @@ def run(args: argparse.Namespace, renderer) -> int:
     if args.action == "clear":
         files, total = cache.clear(root)
         choices.choices_file().unlink(missing_ok=True)
-        console.print(Text(f"removed {files} file(s), {total / 2**30:.2f} GiB, from {root}; kernels are measured again at the next load"))
+        console.print(Text(f"removed {files} file(s), {cache.size_text(total)}, from {root}; kernels are measured again at the next load"))
         return 0
     found = cache.entries(root)
     for path, size in found:
         note = "  (unfinished write: `kogpt cache clear` removes it)" if path.name.endswith(".partial") else ""
-        console.print(Text(f"{size / 2**30:8.2f} GiB  {path.name}{note}"))
+        console.print(Text(f"{cache.size_text(size):>10}  {path.name}{note}"))
     total = sum(size for _, size in found)
     existing = root if root.exists() else next((p for p in root.parents if p.exists()), root.anchor)
     free = shutil.disk_usage(existing).free
-    console.print(Text(f"{len(found)} file(s), {total / 2**30:.2f} GiB in {root} ({free / 2**30:.1f} GiB free on that disk)"))
+    console.print(Text(f"{len(found)} file(s), {cache.size_text(total)} in {root} ({free / 2**30:.1f} GiB free on that disk)"))
     return 0

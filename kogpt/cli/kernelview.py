@@ -40,7 +40,8 @@ def print_cpu(console: Console, figures: dict) -> None:
     """Print the CPU figures under the placement tables."""
     console.print(
         Text(
-            f"CPU compute: {figures['threads']} threads; {figures['format']} Linear layers with kernel "
+            f"CPU compute: {figures['threads']} thread{'s' if figures['threads'] != 1 else ''}; "
+            f"{figures['format']} Linear layers with kernel "
             f"{figures['kernel']} ({figures['why']})"
         )
     )

@@ -156,8 +156,13 @@ def store(entry: Entry, state: dict[str, torch.Tensor]) -> bool:
     except BaseException:  # Ctrl-C mid-write: nothing half-written stays behind
         remove(temporary)
         raise
-    log.info("cached the converted weights in %s (%.2f GiB)", entry.path, entry.path.stat().st_size / 2**30)
+    log.info("cached the converted weights in %s (%s)", entry.path, size_text(entry.path.stat().st_size))
     return True
+
+
+def size_text(n: int) -> str:
+    """Bytes for people: GiB with two decimals, MiB below a tenth of a GiB."""
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 / 10 else f"{n / 2**20:.1f} MiB"
 
 
 def remove(path: Path) -> None:
