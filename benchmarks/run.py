@@ -91,7 +91,9 @@ def bytes_per_weight(name: str, r: dict) -> float:
     kernel = KERNELS.get(r.get("kernel") or "")
     if kernel is not None:
         return kernel.bytes_per_weight
-    return 1 if name in ("ct2", "int8", "int8-other") else 2
+    if name in ("ct2", "int8", "int8-other"):
+        return 1
+    return 4 if r.get("dtype") == "torch.float32" else 2
 
 
 def table(results: dict, config) -> str:

@@ -68,7 +68,8 @@ def choice_for(
         log.debug("%s kernel %s (measured earlier on this machine: %s)", fmt, found.kernel, found.why)
         return found
     started = time.perf_counter()
-    bandwidth = read_bandwidth(min(2 * last_level_cache_bytes(), 2**30)) if measure is None else 0.0
+    weights = sum(count * out * n_in for (out, n_in), count in shapes.items())  # 16-bit model: 2 bytes each
+    bandwidth = read_bandwidth(min(2 * last_level_cache_bytes(), 2**30, 2 * weights)) if measure is None else 0.0
     choice = choose(fmt, shapes, measure, bandwidth, **inject)
     log.debug("%s kernel %s, measured in %.1f s: %s", fmt, choice.kernel, time.perf_counter() - started, choice.why)
     remember(choice, threads)
