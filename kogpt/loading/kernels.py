@@ -205,15 +205,15 @@ def set_threads(threads: int | None) -> int:
     return threads
 
 
-def default_measure(rotate_bytes: int) -> Measure:
+def default_measure(rotate_bytes: int, rounds: int = 5) -> Measure:
     """Time each shape as it is, but a matrix over 64M weights (an lm_head) on a slice, scaled."""
 
     def measure(kernel: Kernel, shape: tuple[int, int]) -> float:
         out_features, in_features = shape
         if out_features * in_features <= MEASURED_WEIGHTS:
-            return time_kernel(kernel, shape, rotate_bytes)
+            return time_kernel(kernel, shape, rotate_bytes, rounds)
         rows = MEASURED_WEIGHTS // in_features
-        return time_kernel(kernel, (rows, in_features), rotate_bytes) * out_features / rows
+        return time_kernel(kernel, (rows, in_features), rotate_bytes, rounds) * out_features / rows
 
     return measure
 
