@@ -20,42 +20,40 @@ def fits(in_features: int, group: int) -> bool:
 
 
 def quantize(weight: torch.Tensor, group: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Float weight (out, in) -> (int32 codes 0..15 (out, in), scales_and_zeros (in/group, out, 2)).
-
-    Rows go in blocks of about 4 MiB of float32, so the arithmetic stays in the CPU's caches.
-    """
+    """Float weight (out, in) -> (int32 codes 0..15 (out, in), scales_and_zeros (in/group, out, 2))."""
     out, n_in = weight.shape
     if not fits(n_in, group):
         raise ValueError(f"int4 group {group} does not divide {n_in} input features")
-    codes = torch.empty(out, n_in, dtype=torch.int32)
-    scales_and_zeros = torch.empty(n_in // group, out, 2, dtype=DTYPE)
-    step = max(1, (1 << 20) // n_in)
-    for start in range(0, out, step):
-        w = weight[start : start + step].to(torch.float32, copy=True).reshape(-1, n_in // group, group)
-        low = w.amin(dim=2, keepdim=True)  # (rows, groups, 1)
-        high = w.amax(dim=2, keepdim=True)
-        scale = ((high - low) / 15).clamp(min=1e-8)
-        q = w.sub_(low).div_(scale).round_().clamp_(0, 15)
-        codes[start : start + step] = q.reshape(-1, n_in).to(torch.int32)
-        # (q - 8) * scale + zero == q * scale + low  <=>  zero = low + 8 * scale
-        zero = low + 8 * scale
-        scales_and_zeros[:, start : start + step, 0] = scale.squeeze(2).t().to(DTYPE)
-        scales_and_zeros[:, start : start + step, 1] = zero.squeeze(2).t().to(DTYPE)
+    w = weight.to(torch.float32, copy=True).reshape(out, n_in // group, group)
+    low = w.amin(dim=2, keepdim=True)  # (out, groups, 1)
+    high = w.amax(dim=2, keepdim=True)
+    scale = ((high - low) / 15).clamp(min=1e-8)
+    codes = w.sub_(low).div_(scale).round_().clamp_(0, 15).reshape(out, n_in).to(torch.int32)
+    # (q - 8) * scale + zero == q * scale + low  <=>  zero = low + 8 * scale
+    zero = low + 8 * scale
+    scales_and_zeros = torch.stack([scale.squeeze(2).t(), zero.squeeze(2).t()], dim=2).to(DTYPE)
     return codes, scales_and_zeros
 
 
 def pack(weight: torch.Tensor, group: int) -> dict[str, torch.Tensor]:
     """The tensors an int4 Linear keeps: `packed` (out, in/2) uint8 and `scales_and_zeros`.
 
-    torch's packer needs a multiple of 16 output rows: others get zero rows, which the layer
-    drops from its output.
+    Rows go in blocks of a multiple of 64 (torch's packer interleaves 64 rows at a time, so blocks
+    pack alike) of about 4 MiB of float32: the float32 and int32 temporaries stay small, even for
+    the 64512-row lm_head. torch's packer needs a multiple of 16 output rows: others get zero
+    rows, which the layer drops from its output.
     """
     short = -weight.shape[0] % 16
     if short:
         weight = torch.cat([weight, weight.new_zeros(short, weight.shape[1])])
-    codes, scales_and_zeros = quantize(weight, group)
-    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, INNER_K_TILES)
-    return {"packed": packed, "scales_and_zeros": scales_and_zeros}
+    out, n_in = weight.shape
+    step = max(64, (1 << 20) // n_in // 64 * 64)
+    packed, scales_and_zeros = [], []
+    for start in range(0, out, step):
+        codes, block_scales = quantize(weight[start : start + step], group)
+        packed.append(torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, INNER_K_TILES))
+        scales_and_zeros.append(block_scales)
+    return {"packed": torch.cat(packed), "scales_and_zeros": torch.cat(scales_and_zeros, dim=1)}
 
 
 def matmul(x: torch.Tensor, tensors: dict[str, torch.Tensor], group: int) -> torch.Tensor:
