@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-__version__ = "0.2.0"
+from kogpt.defaults import VERSION as __version__
+
 __all__ = ["KoGPT", "KoGPTError", "Interrupted", "Chunk", "Record", "SamplingSettings", "__version__"]
 
 _EXPORTS = {

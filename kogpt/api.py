@@ -10,11 +10,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from kogpt.defaults import DEFAULT_MODEL, DEFAULT_REVISION
-from kogpt.errors import Interrupted, KoGPTError
+from kogpt import text as text_lib
+from kogpt.errors import Interrupted, Terminated
 from kogpt.generate import Chunk, stream
 from kogpt.loading.load import Loaded, load
 from kogpt.placement.options import Options, parse_max_memory
-from kogpt.settings import SamplingSettings
+from kogpt.context import fit_prompt
+from kogpt.settings import InputError, SamplingSettings, check_settings
 from kogpt.transcript import Record
 
 log = logging.getLogger(__name__)
@@ -88,43 +90,37 @@ class KoGPT:
         return self.loaded.context_length
 
     def encode(self, text: str) -> list[int]:
-        """Token ids of `text`, NFC-normalised; special-token strings in it stay plain text."""
-        normal = unicodedata.normalize("NFC", text)
-        if normal != text:
-            log.debug("normalised the prompt to NFC (%d -> %d characters)", len(text), len(normal))
-        return self.tokenizer.encode(normal, add_special_tokens=False, split_special_tokens=True)
+        """Token ids of `text`, NFC-normalised; special-token strings in it stay plain text.
+
+        Text that cannot be encoded (a lone surrogate) raises `TextError`, a `KoGPTError`.
+        """
+        return encode(self.tokenizer, text)
 
     def stream(self, prompt: str, settings: SamplingSettings | None = None, **overrides) -> Iterator[Chunk]:
         """Yield the completion of `prompt` as `Chunk`s of text while it is generated.
 
-        `overrides` are `SamplingSettings` fields (temperature=0.5, max_length=64, ...).
+        `overrides` are `SamplingSettings` fields (temperature=0.5, max_length=64, ...). The prompt
+        and every setting are checked here, before any model work (`InputError`, a `KoGPTError`).
         """
-        settings = dataclasses.replace(settings or SamplingSettings(), **overrides)
-        ids = self.fit_context(self.encode(prompt), settings)
+        settings = check_settings(settings, **overrides)
+        return self._stream(self.fit_context(self.encode(prompt), settings), settings)
+
+    def _stream(self, ids: list[int], settings: SamplingSettings) -> Iterator[Chunk]:
         log.debug("prompt: %d tokens; settings %s", len(ids), settings.as_dict())
         return stream(self.model, self.tokenizer, ids, settings, self.context_length, self.static_cache)
 
-    def fit_context(self, ids: list[int], settings: SamplingSettings) -> list[int]:
-        """Check the prompt fits the context with room to generate; with `truncate`, keep its end."""
-        if not ids:
-            raise KoGPTError("the prompt is empty")
-        context = self.context_length
-        room = settings.max_new_tokens if settings.max_new_tokens is not None else settings.max_length - len(ids)
-        room = min(max(room, 1), context - 1)
-        if len(ids) + room <= context:
-            return ids
-        if settings.truncate:
-            log.info("the prompt is %d tokens; keeping its last %d", len(ids), context - room)
-            return ids[len(ids) - (context - room) :]
-        raise KoGPTError(
-            f"the prompt is {len(ids)} tokens and the context is {context}: shorten it, "
-            "or `/set truncate on` (--truncate) to keep its end"
-        )
+    def fit_context(self, ids: list[int], settings: SamplingSettings, announce: bool = True) -> list[int]:
+        """Check the prompt fits the context with room to generate; with `truncate`, keep its end
+        (and log it, unless `announce` is off: a check before the generation that will log it)."""
+        return fit_prompt(ids, settings, self.context_length, announce)
 
     def generate(self, prompt: str, temperature: float = 0.8, max_length: int = 128, **overrides) -> str:
-        """The completion of `prompt` (without the prompt), as one string."""
-        chunks = self.stream(prompt, temperature=temperature, max_length=max_length, **overrides)
-        return "".join(chunk.text for chunk in chunks)
+        """The completion of `prompt` (without the prompt), as one string; `complete()` gives several."""
+        settings = check_settings(overrides.pop("settings", None), temperature=temperature, max_length=max_length,
+                                  **overrides)
+        if settings.num_return_sequences != 1:
+            raise InputError("generate() returns one completion: use complete() for num_return_sequences above 1")
+        return "".join(chunk.text for chunk in self.stream(prompt, settings))
 
     def complete(
         self,
@@ -136,17 +132,20 @@ class KoGPT:
 
         Sequence i uses seed `settings.seed + i` (a fresh random base seed when unset), so every
         record can be reproduced. `on_text(i, text)` receives the text as it streams. Ctrl-C raises
-        `Interrupted`, which carries the finished records and the partial one.
+        `Interrupted`, and the command line's SIGTERM/SIGHUP `Terminated`: both carry the finished
+        records and the partial one (`finish_reason` "interrupted").
         """
+        settings = check_settings(settings)
+        ids = self.fit_context(self.encode(prompt), settings)
         base = settings.seed if settings.seed is not None else random.randrange(2**31)
-        prompt_tokens = len(self.fit_context(self.encode(prompt), settings))
+        prompt_tokens = len(ids)
         records: list[Record] = []
         for index in range(settings.num_return_sequences):
             seed = base + index
             record = Record(prompt, settings=settings.as_dict(), seed=seed, index=index, prompt_tokens=prompt_tokens)
             records.append(record)
             try:
-                for chunk in self.stream(prompt, dataclasses.replace(settings, seed=seed)):
+                for chunk in self._stream(ids, dataclasses.replace(settings, seed=seed)):
                     if on_text and chunk.text:
                         on_text(index, chunk.text)
                     record.completion += chunk.text  # after it was shown: the record is what was seen
@@ -157,4 +156,17 @@ class KoGPT:
             except KeyboardInterrupt:
                 record.finish_reason = "interrupted"
                 raise Interrupted(records) from None
+            except Terminated as exc:
+                record.finish_reason = "interrupted"
+                exc.records = records
+                raise
         return records
+
+
+def encode(tokenizer, text: str) -> list[int]:
+    """KoGPT's token ids of `text`: checked to be encodable, NFC-normalised, special-token strings
+    kept as text. The one encoding for the REPL, scripting's early checks and the API."""
+    normal = unicodedata.normalize("NFC", text_lib.check(text, "the prompt"))
+    if normal != text:
+        log.debug("normalised the prompt to NFC (%d -> %d characters)", len(text), len(normal))
+    return tokenizer.encode(normal, add_special_tokens=False, split_special_tokens=True)

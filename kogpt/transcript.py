@@ -6,9 +6,13 @@ as each generation finishes, so a crash or a closed terminal loses nothing.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import logging
 import os
+import stat
+import tempfile
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
@@ -46,6 +50,35 @@ def append_jsonl(path: Path, records: Iterable[Record]) -> None:
             os.write(fd, (record.to_json() + "\n").encode("utf-8"))
     finally:
         os.close(fd)
+
+
+_KINDS = {stat.S_IFDIR: "a directory", stat.S_IFLNK: "a symbolic link", stat.S_IFCHR: "a character device",
+          stat.S_IFBLK: "a block device", stat.S_IFIFO: "a named pipe", stat.S_IFSOCK: "a socket"}
+
+
+def write_jsonl(path: Path, records: Iterable[Record]) -> None:
+    """Replace `path` with the records, atomically: a private (0600) temporary file in the same
+    directory, written and synced, then renamed over `path`. Whatever was at `path` stays as it was
+    if anything fails; anything there that is not a regular file (a device, a symbolic link, a
+    directory) is never replaced: that raises `OSError` before anything is written."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        mode = None
+    if mode is not None and not stat.S_ISREG(mode):
+        kind = _KINDS.get(stat.S_IFMT(mode), "not a regular file")
+        raise OSError(errno.EEXIST, f"it is {kind}, which is never replaced")
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write("".join(record.to_json() + "\n" for record in records).encode("utf-8"))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
 
 
 class Transcript:

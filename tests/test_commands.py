@@ -172,7 +172,8 @@ def toolbar_text(gpt, tmp_path, monkeypatch, typed: str, keys: str = CTRL_D) -> 
 
 def test_toolbar_shows_model_device_settings_and_live_tokens(gpt, tmp_path, monkeypatch):
     text = toolbar_text(gpt, tmp_path, monkeypatch, "오늘은 날씨가", "/set top_k 40" + ENTER + "/set quick on" + ENTER + CTRL_D)
-    assert text.strip().startswith(gpt.loaded.source.rstrip("/").split("/")[-1])
+    count = f"{len(gpt.encode('오늘은 날씨가'))}/128 tokens"
+    assert text.strip().startswith(count + " · " + gpt.loaded.source.rstrip("/").split("/")[-1])  # count first
     assert "cpu float32" in text and "temperature=0.8 max_length=128" in text and "top_k=40" in text
     assert "quick" in text and f"{len(gpt.encode('오늘은 날씨가'))}/128 tokens" in text
 

@@ -68,8 +68,8 @@ def test_max_length_counts_the_prompt(gpt):
     n = len(gpt.encode(PROMPT))
     last = list(gpt.stream(PROMPT, temperature=0, max_length=n + 5, stop=[]))[-1]
     assert last.tokens <= 5
-    empty = list(gpt.stream(PROMPT, max_length=n))
-    assert [c.text for c in empty] == [""] and empty[-1].finish_reason == "length"
+    with pytest.raises(KoGPTError, match=f"the prompt is {n} tokens and max_length \\({n}\\) counts them: nothing"):
+        gpt.stream(PROMPT, max_length=n)  # refused before any model work, not an empty completion
 
 
 def test_max_new_tokens_wins_and_the_context_caps_both():
@@ -96,9 +96,13 @@ def test_closing_the_stream_stops_the_worker(gpt):
     assert not workers_alive()
 
 
-def test_an_exception_in_the_worker_reaches_the_caller_as_one_line(gpt):
+def test_an_exception_in_the_worker_reaches_the_caller_as_one_line(gpt, monkeypatch):
+    def fail(**kwargs):
+        raise ValueError("something inside generate\nwith a second line")
+
+    monkeypatch.setattr(gpt.model, "generate", fail)
     with pytest.raises(KoGPTError, match="generation failed: ValueError: ") as info:
-        gpt.generate(PROMPT, repetition_penalty=-1.0)
+        gpt.generate(PROMPT)
     assert isinstance(info.value.__cause__, ValueError)
     assert "\n" not in str(info.value)
     assert not workers_alive()

@@ -69,12 +69,12 @@ def test_model_text_cannot_drive_the_terminal():
 def test_an_extremely_long_pasted_line(gpt, tmp_path):
     long = "가나다라마바사" * 20_000  # pasted: prompt_toolkit receives it as one bracketed paste
     code, out, err = run_repl(gpt, "\x1b[200~" + long + "\x1b[201~" + ENTER + CTRL_D, tmp_path)
-    assert code == 0 and "tokens and the context is 128" in err and "truncate" in err
+    assert code == 0 and "more than the model's context of 128" in err and "truncate" in err
 
 
 def test_left_truncation_keeps_the_end_of_the_prompt(gpt):
     long = "가나다라마바사" * 100
-    with pytest.raises(KoGPTError, match="tokens and the context is 128"):
+    with pytest.raises(KoGPTError, match="asks for 8 more, beyond the model's context of 128"):
         gpt.generate(long, max_new_tokens=8)
     chunks = list(gpt.stream(long, max_new_tokens=8, truncate=True, temperature=0))
     assert chunks[-1].tokens <= 8

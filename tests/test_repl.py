@@ -93,7 +93,7 @@ def test_prompt_longer_than_max_length_says_so(gpt, tmp_path):
 
 def test_prompt_longer_than_the_context(gpt, tmp_path):
     code, out, err = run_repl(gpt, "가나다라" * 200 + ENTER + CTRL_D, tmp_path)
-    assert code == 0 and "the context is 128" in err and "truncate" in err
+    assert code == 0 and "more than the model's context of 128" in err and "truncate" in err
 
 
 def test_ctrl_c_at_a_question_abandons_the_turn(gpt, tmp_path):

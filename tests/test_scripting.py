@@ -46,7 +46,8 @@ def test_json_lines_parse_back_with_every_field(tiny_dir):
 
 
 def test_prompts_file_in_order_with_per_line_settings(tiny_dir, tmp_path, gpt):
-    lines = ["봄", json.dumps({"prompt": "여름", "temperature": 0, "max_new_tokens": 4}, ensure_ascii=False), "", "가을"]
+    lines = ['{"prompt": "봄"}', json.dumps({"prompt": "여름", "temperature": 0, "max_new_tokens": 4}, ensure_ascii=False),
+             "", '{"prompt": "가을"}']
     (tmp_path / "prompts.txt").write_text("\n".join(lines), encoding="utf-8")
     result = run_kogpt(args(tiny_dir, "--prompts-file", str(tmp_path / "prompts.txt"), "--json",
                             "--max-new-tokens", "6", "--seed", "2"), "")
@@ -65,7 +66,7 @@ def test_prompts_file_in_order_with_per_line_settings(tiny_dir, tmp_path, gpt):
 )
 def test_bad_prompts_file_lines_name_the_line(line, reason):
     with pytest.raises(KoGPTError, match=rf"f.txt:2: .*{reason}"):
-        list(parse_prompts_file("좋은 줄\n" + line, "f.txt", SamplingSettings()))
+        list(parse_prompts_file('{"prompt": "좋은 줄"}\n' + line, "f.txt", SamplingSettings()))
 
 
 def test_invalid_utf8_on_stdin_gives_the_byte_offset(tiny_dir):

@@ -6,6 +6,7 @@ arguments by raising InputError, which the REPL shows as one line.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import shlex
@@ -19,6 +20,8 @@ from pathlib import Path
 from prompt_toolkit.completion import CompleteEvent, Completer, Completion
 from prompt_toolkit.document import Document
 
+from kogpt import text as text_lib
+from kogpt.context import check_context
 from kogpt.cli.session import Session
 from kogpt.settings import (
     HELP,
@@ -29,7 +32,7 @@ from kogpt.settings import (
     parse_bool,
     parse_setting,
 )
-from kogpt.transcript import append_jsonl
+from kogpt.transcript import write_jsonl
 
 QUICK_HELP = "on: skip the temperature and max_length questions and use the settings"
 SETTING_NAMES = [*PARSERS, "quick"]
@@ -53,10 +56,15 @@ def cmd_set(repl: Session, args: str) -> None:
     name, _, value = args.strip().partition(" ")
     if not name or not value.strip():
         raise InputError("usage: /set NAME VALUE (see /show for the names)")
+    if name not in SETTING_NAMES:
+        raise InputError(f"no setting {name!r}; settings: {', '.join(SETTING_NAMES)}")
     if name == "quick":
-        repl.quick = parse_bool(value)
+        repl.quick = parse_bool(value, "quick")
     else:
-        repl.settings = dataclasses.replace(repl.settings, **{name: parse_setting(name, value)})
+        settings = dataclasses.replace(repl.settings, **{name: parse_setting(name, value)})
+        if repl.context_length is not None:
+            check_context(settings, repl.context_length)
+        repl.settings = settings
     repl.renderer.notice(f"{name} = {format_value(repl.setting(name))}")
     if name in {"max_length", "max_new_tokens"} and repl.settings.max_new_tokens is not None:
         repl.renderer.notice("max_new_tokens is set, so it wins over max_length")
@@ -89,18 +97,31 @@ def cmd_retry(repl: Session, args: str) -> Turn:
     return Turn(last.prompt, settings)
 
 
+FORCE = ("--force", "-f")
+
+
 def cmd_save(repl: Session, args: str) -> None:
-    name = args.strip()
-    if not name:
-        raise InputError("usage: /save FILE")
-    path = Path(name).expanduser()
+    """`/save FILE [--force]`: FILE is one shell word (quote a name with spaces); an existing file
+    is replaced only after a yes to the question, or with --force; a non-regular file never."""
     try:
-        if path.exists():
-            path.unlink()
-        append_jsonl(path, repl.records)
+        words = shlex.split(args)
+    except ValueError as exc:
+        raise InputError(f"/save: {exc} (quote a name with spaces: /save \"my file.jsonl\")") from None
+    force = any(word in FORCE for word in words)
+    names = [word for word in words if word not in FORCE]
+    if len(names) != 1:
+        raise InputError("usage: /save FILE [--force] (quote a name with spaces)")
+    path = Path(names[0]).expanduser()
+    if path.is_file() and not path.is_symlink() and not force:
+        if not repl.confirm(f"{path} exists: replace it? [y/N] "):
+            repl.renderer.notice("not saved (/save FILE --force replaces without asking)")
+            return
+    try:
+        write_jsonl(path, repl.records)
     except OSError as exc:
-        raise InputError(f"cannot save to {path}: {exc.strerror or exc}") from None
-    repl.renderer.notice(f"saved {len(repl.records)} completions to {path}")
+        raise InputError(f"cannot save to {path}: {exc.strerror or exc}; nothing was changed") from None
+    count = len(repl.records)
+    repl.renderer.notice(f"saved {count} completion{'' if count == 1 else 's'} to {path}")
 
 
 def cmd_edit(repl: Session, args: str) -> Turn | None:
@@ -111,25 +132,48 @@ def cmd_edit(repl: Session, args: str) -> Turn | None:
     return Turn(text, repl.settings, ask=not repl.quick)
 
 
-def edit_text(initial: str) -> str:
-    """Open $VISUAL or $EDITOR on `initial` and return what was saved (never through a shell)."""
-    editor = os.environ.get("VISUAL") or os.environ.get("EDITOR") or shutil.which("nano") or shutil.which("vi")
-    if not editor:
+def editor_command() -> list[str]:
+    """$VISUAL or $EDITOR split like a shell's words (never run by a shell), or nano, or vi."""
+    for variable in ("VISUAL", "EDITOR"):
+        value = os.environ.get(variable)
+        if value is None or not value.strip():
+            continue
+        try:
+            return shlex.split(value)
+        except ValueError as exc:
+            raise InputError(f"${variable} ({value!r}) cannot be read as a command: {exc}") from None
+    fallback = shutil.which("nano") or shutil.which("vi")
+    if not fallback:
         raise InputError("no editor: set $EDITOR")
-    fd, name = tempfile.mkstemp(prefix="kogpt-", suffix=".txt")
+    return [fallback]
+
+
+def edit_text(initial: str) -> str:
+    """Open the editor on `initial` and return what was saved; every failure is an InputError."""
+    command = editor_command()
+    shown = shlex.join(command)
+    try:
+        fd, name = tempfile.mkstemp(prefix="kogpt-", suffix=".txt")
+    except OSError as exc:
+        raise InputError(f"cannot make a file to edit: {exc.strerror or exc}") from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(initial)
         try:
-            code = subprocess.call([*shlex.split(editor), name])
+            code = subprocess.call([*command, name])
         except OSError as exc:
-            raise InputError(f"cannot run the editor {editor!r}: {exc.strerror or exc}") from None
+            raise InputError(f"cannot run the editor {shown!r}: {exc.strerror or exc}") from None
         if code != 0:
-            raise InputError(f"the editor {editor!r} exited with status {code}; prompt discarded")
-        with open(name, encoding="utf-8", errors="replace") as f:
-            return f.read().rstrip("\n")
+            how = f"was stopped by signal {-code}" if code < 0 else f"exited with status {code}"
+            raise InputError(f"the editor {shown!r} {how}; prompt discarded")
+        with open(name, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise InputError(f"cannot read back the edited prompt: {exc.strerror or exc}") from None
     finally:
-        os.unlink(name)
+        with contextlib.suppress(OSError):
+            os.unlink(name)
+    return text_lib.decode(data, "the edited prompt").rstrip("\n")
 
 
 def cmd_help(repl: Session, args: str) -> None:
@@ -148,7 +192,7 @@ COMMANDS: dict[str, tuple[Handler, str, str]] = {
     "continue": (cmd_continue, "", "generate more from the end of the last completion"),
     "retry": (cmd_retry, "", "the last prompt again, with a new sample"),
     "edit": (cmd_edit, "", "write the prompt in $EDITOR (for long few-shot prompts)"),
-    "save": (cmd_save, "FILE", "save this session's prompts, settings and completions as JSON Lines"),
+    "save": (cmd_save, "FILE [--force]", "save this session's completions as JSON Lines (asks before replacing FILE)"),
     "help": (cmd_help, "", "this list; Meta+Enter (Esc, Enter) inserts a newline, //text sends /text"),
     "quit": (cmd_quit, "", "leave (Ctrl-D also does)"),
 }

@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from kogpt.errors import KoGPTError
 from kogpt.evaluate.templates import TASKS, Task, Template
 
 if TYPE_CHECKING:  # torch stays unimported for --help and --show-prompt
@@ -37,9 +38,9 @@ def count(minimum: int):
 
 def build_parser() -> argparse.ArgumentParser:
     """The parser of `kogpt eval`; the model flags are the REPL's own (`kogpt.cli.add_model_arguments`)."""
-    from kogpt.cli.flags import add_model_arguments
+    from kogpt.cli.flags import Parser, add_model_arguments
 
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="kogpt eval",
         description="Few-shot evaluation: each label is scored by the model's log-likelihood of its "
         "continuation after the prompt (no sampling); the most likely label is the answer.",
@@ -88,6 +89,8 @@ def run(args: argparse.Namespace, renderer: Renderer) -> int:
     from kogpt.evaluate.fewshot import build
     from kogpt.evaluate.templates import load_template
 
+    if args.show_prompt and args.plan:
+        raise KoGPTError("--show-prompt and --plan both exit without scoring: choose one")
     task = TASKS[args.task]
     template = load_template(task, args.template)
     data = data_lib.read(task.name, args.data)
@@ -99,17 +102,39 @@ def run(args: argparse.Namespace, renderer: Renderer) -> int:
     if args.show_prompt:
         render.show_prompt(renderer.out, task, template, prompts[0])
         return 0
+    if args.plan:  # the inputs are checked above; the plan loads no weights
+        from kogpt.cli import flags
+        from kogpt.cli.planview import show_plan
+
+        flags.quiet_libraries(args.debug)
+        return show_plan(flags.options_from_args(args), renderer.out, as_json=args.json)
 
     from kogpt.cli.flags import load_model
     from kogpt.evaluate.runner import evaluate, requests
 
-    gpt = load_model(args, renderer)
-    batch = requests(gpt, task, template, prompts, str(data.path))
+    batch = []
+
+    def check_prompts(path: Path) -> None:  # too long for the context? Said before the weights load.
+        batch.extend(requests(tokenizer_only(path, args.trust_remote_code), task, template, prompts, str(data.path)))
+
+    gpt = load_model(args, renderer, before_loading=check_prompts)
     with render.progress(renderer.err, len(prompts), task.name) as advance:
         outcome = evaluate(gpt, task, prompts, batch, args.batch_size, advance=advance)
     result = report(args, gpt, task, template, data, train, outcome)
     (render.print_json if args.json else render.print_table)(renderer.out, result)
     return 0
+
+
+def tokenizer_only(path: Path, trust_remote_code: bool) -> KoGPT:
+    """A `KoGPT` holding the checkpoint's tokenizer and context length but no weights: it encodes
+    exactly as the loaded model will, so prompts are checked before the slow load."""
+    from kogpt.api import KoGPT
+    from kogpt.loading.checkpoint import load_config, load_tokenizer
+    from kogpt.loading.load import Loaded
+
+    config = load_config(path, trust_remote_code)
+    tokenizer = load_tokenizer(path, config.vocab_size, trust_remote_code)
+    return KoGPT(Loaded(None, tokenizer, None, str(path), 0, config.n_positions), static_cache=False)
 
 
 def report(
@@ -125,7 +150,7 @@ def report(
     import torch
     import transformers
 
-    from kogpt import __version__
+    from kogpt.defaults import VERSION as __version__
     from kogpt.evaluate import metrics
     from kogpt.loading.checkpoint import looks_local
 

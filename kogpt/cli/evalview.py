@@ -24,6 +24,7 @@ from rich.text import Text
 
 from kogpt.evaluate.fewshot import Prompt
 from kogpt.evaluate.templates import Task, Template
+from kogpt.cli.render import printable
 
 METRIC_NAMES = {"accuracy": "accuracy", "f1": "F1", "macro_f1": "macro-F1"}
 
@@ -46,14 +47,18 @@ def progress(console: Console, total: int, description: str) -> Iterator[Callabl
 
 
 def show_prompt(console: Console, task: Task, template: Template, prompt: Prompt) -> None:
-    """The template, then the first item's full prompt and the continuations that are scored."""
+    """The template, then the first item's full prompt and the continuations that are scored.
+
+    Control characters from the data or the template are shown as visible symbols, never sent to
+    the terminal (an escape sequence in a review must not retitle the window or move the cursor).
+    """
     console.print(Text(f"{task.name} template (headline metric: {METRIC_NAMES[task.metric]})", style="bold"))
-    console.print(Text(json.dumps(template.as_dict(), ensure_ascii=False, indent=2)), soft_wrap=True)
+    console.print(Text(printable(json.dumps(template.as_dict(), ensure_ascii=False, indent=2))), soft_wrap=True)
     console.print(Text(f"\nfirst item (line {prompt.example.line}), {len(prompt.demos)} demonstrations:", style="bold"))
-    console.print(Text(prompt.text), soft_wrap=True)
+    console.print(Text(printable(prompt.text)), soft_wrap=True)
     console.print(Text("\ncandidates:", style="bold"))
     for label in task.labels:
-        console.print(Text(f"  {label}: {template.choices[label]!r}"))
+        console.print(Text(printable(f"  {label}: {template.choices[label]!r}")))
 
 
 def print_json(console: Console, report: dict[str, Any]) -> None:
@@ -77,7 +82,7 @@ def print_table(console: Console, report: dict[str, Any]) -> None:
         "speed": f"{report['items_per_second']:.2f} items/s",
     }
     for name, value in rows.items():
-        summary.add_row(Text(name), Text(value))
+        summary.add_row(Text(name), Text(printable(value)))
     console.print(summary)
     labels = Table(show_header=True)
     for column in ("label", "continuation", "gold", "predicted", "F1"):

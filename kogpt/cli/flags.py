@@ -24,6 +24,13 @@ if TYPE_CHECKING:
     from kogpt.placement.options import Options
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, with its errors in one line (exit code 2) instead of the whole usage block."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (--help lists the flags)\n")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the placement and quantization flags to `parser`."""
     group = parser.add_argument_group("smaller hardware")
@@ -102,6 +109,15 @@ def options_from_args(args: argparse.Namespace) -> Options:
     )
 
 
+
+def refuse_ignored_by_plan(args: argparse.Namespace, dests: tuple[str, ...]) -> None:
+    """`--plan` loads nothing and generates nothing: refuse, in one line, the flags it would ignore."""
+    given = [dest for dest in dests if getattr(args, dest, None) not in (None, False)]
+    if given:
+        flags = ", ".join("-p/--prompt" if d == "prompt" else "--" + d.replace("_", "-") for d in given)
+        raise KoGPTError(f"--plan only prints the plan, so it cannot be used with {flags}")
+
+
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags that choose and place the model (shared by the REPL and `kogpt eval`), and --debug."""
     parser.add_argument(
@@ -138,8 +154,12 @@ def quiet_libraries(debug: bool) -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
-def load_model(args: argparse.Namespace, renderer):
-    """The model the `add_model_arguments` flags ask for, with a spinner while it loads."""
+def load_model(args: argparse.Namespace, renderer, before_loading=None):
+    """The model the `add_model_arguments` flags ask for, with a spinner while it loads.
+
+    `before_loading(path)`, if given, runs once the checkpoint directory is known and before the
+    weights load: checks that need only its tokenizer fail there, in seconds rather than minutes.
+    """
     from kogpt.api import KoGPT
     from kogpt.loading.checkpoint import resolve_checkpoint
     from kogpt.placement.decide import check_early
@@ -148,5 +168,7 @@ def load_model(args: argparse.Namespace, renderer):
     options = options_from_args(args)
     check_early(options)  # impossible flag combinations, before any download
     path = resolve_checkpoint(options.model, options.revision)  # a download shows its own progress bars
+    if before_loading is not None:
+        before_loading(path)
     with renderer.loading(options.model):
         return KoGPT.from_options(options, path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -30,9 +31,22 @@ class SafeFileHistory(FileHistory):
 
     def store_string(self, string: str) -> None:
         try:
+            string.encode("utf-8")
+        except UnicodeEncodeError:  # refused as input; not worth keeping as '?'
+            return
+        try:
+            private_file(Path(self.filename))
             super().store_string(string)
         except OSError as exc:
             self._warn(exc)
+
+
+def private_file(path: Path) -> None:
+    """Create `path` readable by its owner only (0600), or make an existing one so: it holds what
+    the user typed."""
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
+    if os.stat(path).st_mode & 0o077:
+        os.chmod(path, 0o600)
 
 
 def open_history(path: Path | None, on_error: Callable[[str], None]) -> History:
@@ -40,6 +54,7 @@ def open_history(path: Path | None, on_error: Callable[[str], None]) -> History:
         return InMemoryHistory()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        private_file(path)
     except OSError as exc:
         on_error(f"cannot save the prompt history in {path.parent}: {exc.strerror or exc}")
         return InMemoryHistory()

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import signal
 import sys
+import warnings
 from pathlib import Path
 
-from kogpt import __version__
-from kogpt.cli import flags
-from kogpt.errors import KoGPTError
+from kogpt.cli import flags, terminal
+from kogpt.defaults import VERSION
+from kogpt.errors import KoGPTError, Terminated
 
 log = logging.getLogger("kogpt")
 
@@ -28,6 +27,18 @@ SAMPLING_FLAGS = {  # flag -> metavar; each flag's dest is its setting's name
     "--num-return-sequences": "N",
 }
 
+# What --plan, which loads no model, would ignore: refused with it.
+IGNORED_BY_PLAN = (
+    "prompt",
+    "prompt_file",
+    "prompts_file",
+    *(flag[2:].replace("-", "_") for flag in SAMPLING_FLAGS),
+    "stop",
+    "truncate",
+    "quick",
+    "no_transcript",
+)
+
 
 def setting_type(name: str):
     """An argparse type that validates a flag exactly as `/set name` does."""
@@ -43,23 +54,25 @@ def setting_type(name: str):
 
 
 def escaped(text: str) -> str:
-    from kogpt.settings import InputError, decode_escapes
+    """One `--stop` sequence: escapes decoded, then checked as `/set stop` and JSON's are."""
+    from kogpt.settings import InputError, check_value, decode_escapes
+    from kogpt.text import check
 
     try:
-        return decode_escapes(text)
+        return check_value("stop", decode_escapes(check(text, "the stop sequence")))[0]
     except InputError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = flags.Parser(
         prog="KoGPT inference",
         description="KakaoBrain Korean(hangul) Generative Pre-Training Model",
         epilog="few-shot evaluation: kogpt eval {nsmc,ynat,klue-sts} --data FILE (see kogpt eval --help); "
         "the converted-weights cache: kogpt cache {list,clear}",
     )
     flags.add_model_arguments(parser)
-    parser.add_argument("--version", action="version", version=f"kogpt {__version__}")
+    parser.add_argument("--version", action="version", version=f"kogpt {VERSION}")
 
     sampling = parser.add_argument_group("sampling (in the REPL: /set NAME VALUE)")
     for flag, metavar in SAMPLING_FLAGS.items():
@@ -138,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     from kogpt.cli.render import Renderer
 
     renderer = Renderer()
-    signal.signal(signal.SIGTERM, _terminate)
+    terminal.install_signal_handlers()
     try:
         return runner(args, renderer)
     except KoGPTError as exc:
@@ -148,30 +161,29 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
-    except Terminated:
-        return 143
+    except Terminated as exc:
+        return 128 + exc.signum
     except BrokenPipeError:  # `kogpt -p ... | head -1`: the reader left; end quietly
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
+        terminal.silence(sys.stdout)
         return 141
-
-
-class Terminated(BaseException):
-    """SIGTERM: unwinds like Ctrl-C (the generation stops, files are closed) and exits 143."""
-
-
-def _terminate(signum, frame) -> None:
-    raise Terminated
 
 
 def run(args: argparse.Namespace, renderer) -> int:
     if args.plan:
+        flags.refuse_ignored_by_plan(args, IGNORED_BY_PLAN)
         flags.quiet_libraries(args.debug)
         from kogpt.cli.planview import show_plan
 
-        return show_plan(flags.options_from_args(args), renderer.out)
+        with warnings.catch_warnings():
+            if not args.debug:  # library warnings (accelerate's) only with --debug
+                warnings.simplefilter("ignore")
+            return show_plan(flags.options_from_args(args), renderer.out, as_json=args.json)
     settings = sampling_settings(args)
     prompts = scripted_prompts(args, settings)  # read (and check) input before the slow load
+    if prompts is not None:
+        check_prompts(args, prompts, renderer)
+    else:
+        terminal.warn_locale(renderer)
     gpt = flags.load_model(args, renderer)
     if prompts is not None:
         from kogpt.cli.scripting import run_batch
@@ -185,13 +197,43 @@ def scripted_prompts(args: argparse.Namespace, settings):
     from kogpt.cli.scripting import parse_prompts_file, read_text
 
     if args.prompt is not None:
-        return [("", read_text("-") if args.prompt == "-" else args.prompt, settings)]
+        from kogpt.text import check
+
+        return [("", read_text("-") if args.prompt == "-" else check(args.prompt, "-p"), settings)]
     if args.prompt_file is not None:
         return [("", read_text(args.prompt_file), settings)]
     if args.prompts_file is not None:
         name = args.prompts_file
         return [(f"{name}:{n}", p, s) for n, p, s in parse_prompts_file(read_text(name), name, settings)]
     return None
+
+
+def check_prompts(args: argparse.Namespace, prompts, renderer) -> None:
+    """What the tokenizer alone can tell (an empty prompt, one too long for the context, a limit
+    above the context), for every prompt, before the minutes a model load takes."""
+    from kogpt.api import encode
+    from kogpt.loading.checkpoint import load_config, load_tokenizer, resolve_checkpoint
+    from kogpt.placement.decide import check_early
+    from kogpt.context import fit_prompt
+    from kogpt.settings import InputError
+
+    flags.quiet_libraries(args.debug)
+    options = flags.options_from_args(args)
+    check_early(options)  # impossible flag combinations, before any download
+    path = resolve_checkpoint(options.model, options.revision)
+    config = load_config(path, args.trust_remote_code)
+    tokenizer = load_tokenizer(path, config.vocab_size, args.trust_remote_code)
+    failures = []
+    for label, prompt, settings in prompts:
+        try:
+            fit_prompt(encode(tokenizer, prompt), settings, config.n_positions, announce=False)
+        except InputError as exc:
+            failures.append(f"{label}: {exc}" if label else str(exc))
+    for line in failures[:-1]:
+        renderer.error(f"error: {line}")
+    if failures:
+        raise KoGPTError(failures[-1] + (f" ({len(failures)} prompts failed; nothing was generated)"
+                                         if len(failures) > 1 else ""))
 
 
 def interactive(args: argparse.Namespace, gpt, renderer, settings) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,6 +16,7 @@ if TYPE_CHECKING:
     from kogpt.placement.decide import Decision
     from kogpt.placement.options import Hardware, Options
     from kogpt.placement.plan import Plan
+
 
 def size(n: int) -> str:
     return format_bytes(n) if n else "-"
@@ -70,9 +72,10 @@ def print_plan(console: Console, plan: Plan, title: str = "KoGPT") -> None:
         console.print(Text(plan.refusal(), style="bold red"))
 
 
-def show_plan(options: Options, console: Console, hardware: Hardware | None = None) -> int:
+def show_plan(options: Options, console: Console, hardware: Hardware | None = None, as_json: bool = False) -> int:
     """Print the load decision for `options` (free memory figures: `hardware`, default this
-    machine's); return the exit code: 0 when it fits, 1 when it does not."""
+    machine's), as tables or (`as_json`, for scripts) one JSON object; return the exit code: 0
+    when it fits, 1 when it does not."""
     from kogpt.loading.checkpoint import read_config
     from kogpt.placement.decide import check_early, decide
 
@@ -81,12 +84,16 @@ def show_plan(options: Options, console: Console, hardware: Hardware | None = No
 
     config = read_config(options.model, options.revision)
     decision = decide(config, options, hardware, planning=True, kernel_for=planned_kernel)
-    print_plan(console, decision.plan, title=Path(options.model).name or options.model)
-    print_decision(console, decision)
-    if decision.threads and decision.plan.fits:
-        from kogpt.cli.kernelview import cpu_figures, print_cpu
+    title = Path(options.model).name or options.model
+    if as_json:
+        console.out(json.dumps(decision_as_dict(decision, title), ensure_ascii=False), highlight=False)
+    else:
+        print_plan(console, decision.plan, title=title)
+        print_decision(console, decision)
+        if decision.threads and decision.plan.fits:
+            from kogpt.cli.kernelview import cpu_figures, print_cpu
 
-        print_cpu(console, cpu_figures(config, decision))
+            print_cpu(console, cpu_figures(config, decision))
     return 0 if decision.plan.fits else 1
 
 
@@ -97,3 +104,43 @@ def print_decision(console: Console, decision: Decision) -> None:
     cache = "static (compiled on CUDA)" if decision.static_cache else "dynamic"
     console.print(Text(f"compute {dtype} on {decision.device}: {decision.choice.reason}"))
     console.print(Text(f"loader: {loader}; KV cache: {cache}"))
+
+
+def plan_as_dict(plan: Plan, title: str = "KoGPT") -> dict:
+    """The plan as JSON-ready data (`--plan --json`): sizes in bytes, devices as in the tables."""
+    return {
+        "model": title,
+        "fits": plan.fits,
+        "problem": plan.problem,
+        "suggestions": plan.suggestions,
+        "dtype": plan.dtype,
+        "quantize": plan.quantize,
+        "parameters": plan.n_params,
+        "kv_cache_tokens": plan.tokens,
+        "blocks": [{"name": short(name), "device": device, "bytes": nbytes} for name, device, nbytes in plan.blocks],
+        "devices": [
+            {
+                "device": use.name,
+                "weights": use.weights,
+                "kv_cache": use.kv,
+                "offload_buffer": use.staging,
+                "total": use.need,
+                "usable": use.budget,
+            }
+            for use in plan.devices
+        ],
+    }
+
+
+def decision_as_dict(decision: Decision, title: str = "KoGPT") -> dict:
+    """`--plan --json`: the plan, and the rest of the decision (device, dtype and why, loader, cache)."""
+    return {
+        **plan_as_dict(decision.plan, title),
+        "device": str(decision.device),
+        "dtype_reason": decision.choice.reason,
+        "streamed": decision.streamed,
+        "static_cache": decision.static_cache,
+        "threads": decision.threads,
+        "kernel": decision.kernel,
+        "kernel_reason": decision.kernel_reason,
+    }

@@ -85,7 +85,7 @@ class Renderer:
         self.err.print(Text(message, style="error"), soft_wrap=True)  # one line, even when piped
 
     def warning(self, message: str) -> None:
-        self.err.print(Text(message, style="warning"))
+        self.err.print(Text(message, style="warning"), soft_wrap=True)  # one line, as errors are
 
     def notice(self, message: str) -> None:
         self.out.print(Text(message, style="notice"))

@@ -13,15 +13,17 @@ from pathlib import Path
 from typing import Any, TextIO, TypeVar
 
 from prompt_toolkit import PromptSession
-from prompt_toolkit.application import get_app
+from prompt_toolkit.application import get_app, run_in_terminal
+from prompt_toolkit.document import Document
 from prompt_toolkit.key_binding import KeyBindings
 
+from kogpt import text as text_lib
 from kogpt.api import KoGPT
-from kogpt.cli.commands import CommandCompleter, Quit, Turn, run_command
+from kogpt.cli.commands import CommandCompleter, Quit, Turn, edit_text, run_command
 from kogpt.cli.history import open_history
 from kogpt.cli.render import Renderer
 from kogpt.cli.session import Session
-from kogpt.errors import Interrupted, KoGPTError
+from kogpt.errors import Interrupted, KoGPTError, Terminated
 from kogpt.settings import (
     InputError,
     SamplingSettings,
@@ -38,22 +40,43 @@ TOOLBAR_COUNT_LIMIT = 20_000
 GOODBYE = "terminate KakaoBrain Korean(hangul) Generative Pre-Training Model"
 
 
-def key_bindings() -> KeyBindings:
+def key_bindings(on_error: Callable[[str], None]) -> KeyBindings:
     bindings = KeyBindings()
 
     @bindings.add("escape", "enter")
     def _newline(event) -> None:
         event.current_buffer.insert_text("\n")
 
+    @bindings.add("c-x", "c-e")
+    def _edit(event) -> None:
+        """Edit the line in $VISUAL/$EDITOR, as /edit does: every failure is one line."""
+        buffer = event.current_buffer
+
+        async def edit() -> None:
+            try:
+                text = await run_in_terminal(lambda: edit_text(buffer.text), in_executor=True)
+            except InputError as exc:
+                message = str(exc)
+                await run_in_terminal(lambda: on_error(message))
+                return
+            buffer.document = Document(text, len(text))
+
+        event.app.create_background_task(edit())
+
     return bindings
 
 
 class PlainInput:
-    """Questions answered line by line from a pipe (stdin is not a terminal): no editing, no echo."""
+    """Questions answered line by line from a pipe (stdin is not a terminal): no editing, no echo.
+
+    Lines are read as bytes and decoded here, so a byte that is not UTF-8 is one line naming its
+    offset in the stream, and the session goes on with the next line.
+    """
 
     def __init__(self, stream: TextIO, out: TextIO) -> None:
-        self._in = stream
+        self._in = getattr(stream, "buffer", stream)
         self._out = out
+        self._offset = 0
 
     def prompt(self, message: str, **_: Any) -> str:
         self._out.write(message)
@@ -62,7 +85,10 @@ class PlainInput:
         if not line:
             self._out.write("\n")
             raise EOFError
-        return line.rstrip("\n")
+        start, self._offset = self._offset, self._offset + len(line)
+        if isinstance(line, bytes):
+            line = text_lib.decode(line, "standard input", start)
+        return text_lib.check(line, "standard input").rstrip("\r\n")
 
 
 class Repl(Session):
@@ -92,11 +118,17 @@ class Repl(Session):
             self.prompts = PromptSession(
                 history=open_history(history_path, renderer.warning),
                 completer=CommandCompleter(),
-                key_bindings=key_bindings(),
+                key_bindings=key_bindings(renderer.error),
                 bottom_toolbar=self.toolbar,
-                enable_open_in_editor=True,
             )
             self.answers = PromptSession()  # the number questions keep out of the prompt history
+
+    @property
+    def context_length(self) -> int:
+        return self.gpt.context_length
+
+    def confirm(self, question: str) -> bool:
+        return self.answers.prompt(question).strip().lower() in {"y", "yes"}
 
     def run(self) -> int:
         """Loop until Ctrl-D or /quit. Returns the exit code."""
@@ -107,12 +139,14 @@ class Repl(Session):
                     self.complete(turn)
             except KeyboardInterrupt:  # Ctrl-C at a question abandons the turn
                 continue
+            except InputError as exc:  # a line that is not text: one line, and the next turn
+                self.renderer.error(str(exc))
             except (EOFError, Quit):
                 self.renderer.notice(GOODBYE)
                 return 0
 
     def next_turn(self) -> Turn | None:
-        line = self.prompts.prompt("prompt> ")
+        line = text_lib.check(self.prompts.prompt("prompt> "), "the typed line")
         if line.startswith("/") and not line.startswith("//"):
             try:
                 turn = run_command(self, line.strip())
@@ -129,8 +163,11 @@ class Repl(Session):
 
     def ask_settings(self, turn: Turn) -> Turn | None:
         """The seed's temperature and max_length questions, defaults from the current settings."""
+        asked = turn.settings
+        if asked.max_new_tokens is None:  # max_length is the question's answer, not yet a limit
+            asked = dataclasses.replace(asked, max_length=self.gpt.context_length)
         try:
-            prompt_tokens = len(self.gpt.fit_context(self.gpt.encode(turn.prompt), turn.settings))
+            prompt_tokens = len(self.gpt.fit_context(self.gpt.encode(turn.prompt), asked, announce=False))
         except KoGPTError as exc:
             self.renderer.error(str(exc))
             return None
@@ -148,9 +185,8 @@ class Repl(Session):
     def ask(self, question: str, default: str, parse: Callable[[str], T]) -> T:
         """Ask until the answer parses; an empty answer takes `default`."""
         while True:
-            answer = self.answers.prompt(question).strip() or default
             try:
-                return parse(answer)
+                return parse(self.answers.prompt(question).strip() or default)
             except InputError as exc:
                 self.renderer.error(str(exc))
 
@@ -158,11 +194,14 @@ class Repl(Session):
         """Stream every completion of the turn; Ctrl-C stops the generation, not the REPL."""
         shown = [-1]
 
+        total = turn.settings.num_return_sequences
+
         def on_text(index: int, text: str) -> None:
             if index != shown[0]:
                 if index > 0:
                     self.renderer.out.print()
-                    self.renderer.sequence_header(index, turn.settings.num_return_sequences)
+                if total > 1:
+                    self.renderer.sequence_header(index, total)
                 if turn.echo:
                     self.renderer.prompt_echo(turn.prompt)
                 shown[0] = index
@@ -174,6 +213,9 @@ class Repl(Session):
             self.finish(stop.records)
             self.renderer.interrupted()
             return
+        except Terminated as stop:  # SIGTERM/SIGHUP: keep the partial record, then leave
+            self.finish(stop.records)
+            raise
         except Exception as exc:  # one line and the session goes on, whatever failed
             if shown[0] >= 0:
                 self.renderer.out.print()
@@ -195,14 +237,28 @@ class Repl(Session):
             self.last = records[-1]
 
     def toolbar(self) -> list[tuple[str, str]]:
-        """Bottom toolbar: model, device, dtype, the settings that differ from the defaults, live tokens."""
-        loaded = self.gpt.loaded
-        text = get_app().current_buffer.text
+        """Bottom toolbar: the live token count first (a narrow terminal cuts the end), then model,
+        device, dtype, and the settings that differ from the defaults. It never raises."""
+        try:
+            parts = [self._token_count(get_app().current_buffer.text), *self._toolbar_parts()]
+        except Exception as exc:  # a toolbar that raises locks up the session on every redraw
+            log.debug("toolbar failed", exc_info=exc)
+            parts = ["kogpt"]
+        return [("class:bottom-toolbar", " " + " · ".join(parts) + " ")]
+
+    def _token_count(self, text: str) -> str:
+        context = self.gpt.context_length
         if len(text) > TOOLBAR_COUNT_LIMIT:  # a huge paste: do not tokenise it on every key press
-            count = f"{len(text)} characters, over {self.gpt.context_length} tokens"
-        else:
-            tokens = len(self.gpt.encode(text)) if text and not text.startswith("/") else 0
-            count = f"{tokens}/{self.gpt.context_length} tokens"
+            return f"{len(text)} characters, over {context} tokens"
+        if not text or text.startswith("/"):
+            return f"0/{context} tokens"
+        try:
+            return f"{len(self.gpt.encode(text))}/{context} tokens"
+        except InputError:
+            return "not valid text"
+
+    def _toolbar_parts(self) -> list[str]:
+        loaded = self.gpt.loaded
         s = self.settings
         length = f"max_new_tokens={s.max_new_tokens}" if s.max_new_tokens is not None else f"max_length={s.max_length}"
         changed = [f"{k}={format_value(v)}" for k, v in s.as_dict().items()
@@ -214,5 +270,4 @@ class Repl(Session):
                  f"temperature={format_value(s.temperature)} {length}", *changed]
         if self.quick:
             parts.append("quick")
-        parts.append(count)
-        return [("class:bottom-toolbar", " " + " · ".join(parts) + " ")]
+        return parts

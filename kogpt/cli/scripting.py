@@ -7,57 +7,78 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TextIO
 
+from kogpt import text as text_lib
 from kogpt.api import KoGPT
 from kogpt.cli.render import Renderer, printable
-from kogpt.errors import KoGPTError
-from kogpt.settings import InputError, SamplingSettings, parse_setting
+from kogpt.errors import Interrupted, KoGPTError, Terminated
+from kogpt.settings import InputError, SamplingSettings, check_settings
+
+LINE_END = re.compile(r"\r\n|\r|\n")
 
 
 def read_text(source: str, stdin: TextIO | None = None) -> str:
-    """The text of FILE, or of standard input for `-`; invalid UTF-8 is reported with its byte offset."""
+    """The text of FILE, or of standard input for `-`: UTF-8, a leading byte-order mark dropped;
+    invalid UTF-8 is reported with its byte offset."""
     name = "standard input" if source == "-" else source
     try:
         data = (stdin or sys.stdin).buffer.read() if source == "-" else Path(source).expanduser().read_bytes()
     except OSError as exc:
         raise KoGPTError(f"cannot read {name}: {exc.strerror or exc}") from None
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise KoGPTError(f"{name} is not valid UTF-8: byte {exc.start} is {data[exc.start]:#04x}") from None
+    return text_lib.decode(data, name)
+
+
+JSON_SUFFIXES = (".jsonl", ".ndjson", ".json")
 
 
 def parse_prompts_file(text: str, name: str, base: SamplingSettings) -> Iterator[tuple[int, str, SamplingSettings]]:
-    """(line number, prompt, settings) for each non-empty line: plain text, or a JSON object with a
-    `prompt` field and optional setting fields (`{"prompt": "...", "temperature": 0.5}`)."""
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        if not line.lstrip().startswith("{"):
+    """(line number, prompt, settings) for each non-empty line.
+
+    A file is JSON Lines when its name ends in .jsonl (.ndjson, .json) or its first non-empty line
+    is a JSON object: then every line is an object with a `prompt` field and optional settings
+    (`{"prompt": "...", "temperature": 0.5}`), each value taken as the JSON type it is. Otherwise
+    every line is a prompt as it is, `{` or not (`{이름}님 안녕하세요`).
+    """
+    # Line ends only: str.splitlines() would also split at U+2028, form feed, NEL and others inside a prompt.
+    lines = [(number, line) for number, line in enumerate(LINE_END.split(text), 1) if line.strip()]
+    as_json = name.lower().endswith(JSON_SUFFIXES) or bool(lines and _json_object(lines[0][1]) is not None)
+    for number, line in lines:
+        if not as_json:
             yield number, line, base
             continue
         try:
-            item = json.loads(line)
-            prompt = item.pop("prompt")
-            if not isinstance(prompt, str):
-                raise InputError("`prompt` must be a string")
-            changes = {key: _json_setting(key, value) for key, value in item.items()}
-        except (json.JSONDecodeError, KeyError, InputError) as exc:
-            reason = "no `prompt` field" if isinstance(exc, KeyError) else str(exc)
-            raise KoGPTError(f"{name}:{number}: {reason}") from None
-        yield number, prompt, dataclasses.replace(base, **changes)
+            yield number, *_json_prompt(line, base)
+        except InputError as exc:
+            raise InputError(f"{name}:{number}: {exc}") from None
 
 
-def _json_setting(key: str, value):
-    if key == "stop" and isinstance(value, list) and all(isinstance(v, str) for v in value):
-        return value
-    if isinstance(value, bool):
-        value = "on" if value else "off"
-    return parse_setting(key, "none" if value is None else str(value))
+def _json_object(line: str) -> dict | None:
+    try:
+        item = json.loads(line)
+    except ValueError:
+        return None
+    return item if isinstance(item, dict) else None
+
+
+def _json_prompt(line: str, base: SamplingSettings) -> tuple[str, SamplingSettings]:
+    try:
+        item = json.loads(line)
+    except ValueError as exc:
+        raise InputError(f"not a JSON object: {exc}") from None
+    if not isinstance(item, dict):
+        raise InputError(f"not a JSON object but {type(item).__name__}")
+    if "prompt" not in item:
+        raise InputError("no `prompt` field")
+    prompt = item.pop("prompt")
+    if not isinstance(prompt, str):
+        raise InputError(f"`prompt` must be a string, not {json.dumps(prompt, ensure_ascii=False)}")
+    text_lib.check(prompt, "the prompt")
+    return prompt, check_settings(base, **item)
 
 
 def run_batch(
@@ -85,12 +106,23 @@ def run_batch(
 
         try:
             records = gpt.complete(prompt, settings, on_text)
+        except (Interrupted, Terminated) as stop:  # the partial record too, then the exit code
+            try:
+                _finish(out, stop.records, as_json)
+            except OSError:  # the reader or the terminal is gone: the exit code still says why
+                pass
+            raise
         except KoGPTError as exc:
             renderer.error(f"{label}: {exc}" if label else f"error: {exc}")
             failed = True
             continue
-        out.write("".join(r.to_json() + "\n" for r in records) if as_json else "\n")
-        out.flush()
+        _finish(out, records, as_json)
         for record in records:
             renderer.stats(record.completion_tokens, record.seconds, record.finish_reason)
     return 1 if failed else 0
+
+
+def _finish(out: TextIO, records, as_json: bool) -> None:
+    """End a prompt's output: its JSON lines, or the newline after its text."""
+    out.write("".join(r.to_json() + "\n" for r in records) if as_json else "\n")
+    out.flush()

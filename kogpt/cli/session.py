@@ -25,6 +25,15 @@ class Session:
         self.records: list[Record] = []
         self.last: Record | None = None
 
+    @property
+    def context_length(self) -> int | None:
+        """The model's context, for the settings limited by it; None when there is no model."""
+        return None
+
+    def confirm(self, question: str) -> bool:
+        """Ask a yes/no question; without a way to ask, the answer is no."""
+        return False
+
     def setting(self, name: str) -> Any:
         return self.quick if name == "quick" else getattr(self.settings, name)
 

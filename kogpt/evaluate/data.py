@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +33,9 @@ from kogpt.errors import KoGPTError
 NSMC_HEADER = ["id", "document", "label"]
 YNAT_LABELS = ("IT과학", "경제", "사회", "생활문화", "세계", "스포츠", "정치")
 STS_THRESHOLD = 3.0
+DECODER = json.JSONDecoder()
+# The largest data file read: KLUE's and NSMC's training sets are 10-15 MB.
+MAX_DATA_BYTES = 256 * 2**20
 
 
 @dataclass(frozen=True)
@@ -55,15 +60,8 @@ class Dataset:
 def read(task: str, path: str | Path) -> Dataset:
     """Read the data file of `task` (`nsmc`, `ynat` or `klue-sts`)."""
     path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise KoGPTError(f"cannot read the data file {path}: {exc.strerror or exc}") from exc
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise KoGPTError(f"{path}, line {line}: not UTF-8 text") from exc
+    raw = read_bounded(path, MAX_DATA_BYTES, "data file")
+    text = decode(path, raw)
     if task == "nsmc":
         examples, skipped = _nsmc(path, text)
     else:
@@ -72,6 +70,49 @@ def read(task: str, path: str | Path) -> Dataset:
     if not examples:
         raise KoGPTError(f"{path} holds no {task} items")
     return Dataset(path, examples, hashlib.sha256(raw).hexdigest(), skipped)
+
+
+def read_bounded(path: Path, limit: int, what: str) -> bytes:
+    """The bytes of the regular file at `path`, refused in one line if larger than `limit`.
+
+    Devices (/dev/zero, /dev/urandom), FIFOs and directories are refused before they are opened:
+    they could be endless, or block forever.
+    """
+    try:
+        info = os.stat(path)
+        if not stat.S_ISREG(info.st_mode):
+            raise KoGPTError(f"the {what} {path} is not a regular file")
+        if info.st_size > limit:
+            raise KoGPTError(f"the {what} {path} is {_size(info.st_size)}; the limit is {_size(limit)}")
+        with open(path, "rb") as file:
+            raw = file.read(limit + 1)  # the file may have grown since stat
+    except OSError as exc:
+        raise KoGPTError(f"cannot read the {what} {path}: {exc.strerror or exc}") from exc
+    if len(raw) > limit:
+        raise KoGPTError(f"the {what} {path} is larger than the limit of {_size(limit)}")
+    return raw
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**20:,.0f} MiB" if n >= 2**20 else f"{n:,} bytes"
+
+
+def decode(path: Path, raw: bytes) -> str:
+    """UTF-8 text (a byte-order mark is dropped), or a KoGPTError naming the line and byte offset."""
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise KoGPTError(f"{path}, line {line}: not UTF-8 text (byte {exc.start} is {raw[exc.start]:#04x})") from exc
+
+
+def check_text(where: str, value: str, key: str) -> str:
+    """`value`, unless it holds a lone surrogate (possible through a JSON escape like \\ud800)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise KoGPTError(f"{where}: {key!r} holds {value[exc.start]!r}, a lone surrogate, not text") from None
+    return value
 
 
 def _nsmc(path: Path, text: str) -> tuple[list[Example], int]:
@@ -98,31 +139,59 @@ def _nsmc(path: Path, text: str) -> tuple[list[Example], int]:
 
 def _json_records(path: Path, text: str) -> Iterator[tuple[int, Any]]:
     """Yield (line, object) from a JSON array or from JSON Lines."""
-    decoder = json.JSONDecoder()
     start = len(text) - len(text.lstrip())
+    array = text[start : start + 1] == "["
+    number = 1
     try:
-        if text[start : start + 1] != "[":
+        if not array:
             for number, line in enumerate(text.split("\n"), start=1):
                 if line.strip():
-                    yield number, json.loads(line)
+                    yield number, _decode(line)
             return
-        at = start + 1
-        while True:
-            at = _skip_space(text, at)
-            if text[at : at + 1] == "]":
-                break
-            obj, end = decoder.raw_decode(text, at)
-            yield text.count("\n", 0, at) + 1, obj
-            at = _skip_space(text, end)
-            if text[at : at + 1] == ",":
-                at += 1
-            elif text[at : at + 1] != "]":
-                raise json.JSONDecodeError("expected ',' or ']'", text, at)
+        yield from _array(text, start)
     except json.JSONDecodeError as exc:
-        array = text[start : start + 1] == "["
         line = exc.lineno if array else number
         hint = "" if array else "; expected a JSON array of objects, or one object per line"
         raise KoGPTError(f"{path}, line {line}: invalid JSON ({exc.msg}){hint}") from exc
+
+
+def _decode(text: str, at: int | None = None) -> Any:
+    """The JSON value `text` holds, or (value, end) for the one that starts at `text[at]`.
+
+    Every failure is a `JSONDecodeError`, so that it names a line.
+    """
+    try:
+        return json.loads(text) if at is None else DECODER.raw_decode(text, at)
+    except json.JSONDecodeError:
+        raise
+    except RecursionError:
+        raise json.JSONDecodeError("nested too deeply", text, at or 0) from None
+    except ValueError as exc:  # an integer of thousands of digits
+        raise json.JSONDecodeError(str(exc).split(";")[0], text, at or 0) from None
+
+
+def _array(text: str, start: int) -> Iterator[tuple[int, Any]]:
+    """The items of the JSON array at `text[start]`, with their lines; nothing may follow it.
+
+    Lines are counted from the previous item on, so reading stays linear in the file's size.
+    """
+    at, line, counted = start + 1, 1, 0
+    while True:
+        at = _skip_space(text, at)
+        if text[at : at + 1] == "]":
+            break
+        obj, end = _decode(text, at)
+        line += text.count("\n", counted, at)
+        counted = at
+        yield line, obj
+        at = _skip_space(text, end)
+        if text[at : at + 1] == ",":
+            at += 1
+        elif text[at : at + 1] != "]":
+            raise json.JSONDecodeError("expected ',' or ']'", text, at)
+    at = _skip_space(text, at + 1)
+    if at < len(text):
+        raise json.JSONDecodeError("extra data after the array", text, at)
 
 
 def _skip_space(text: str, at: int) -> int:
@@ -135,7 +204,7 @@ def _string(path: Path, line: int, obj: dict, key: str) -> str:
     value = obj.get(key)
     if not isinstance(value, str) or not value.strip():
         raise KoGPTError(f"{path}, line {line}: {key!r} must be a non-empty string")
-    return value.strip()
+    return check_text(f"{path}, line {line}", value.strip(), key)
 
 
 def _object(path: Path, line: int, obj: Any) -> dict:

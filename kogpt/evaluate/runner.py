@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -11,7 +12,7 @@ from typing import TYPE_CHECKING
 from kogpt.errors import KoGPTError
 from kogpt.evaluate import metrics
 from kogpt.evaluate.fewshot import Prompt
-from kogpt.evaluate.scoring import Request, score
+from kogpt.evaluate.scoring import Request, batches, score
 from kogpt.evaluate.templates import Task, Template
 
 if TYPE_CHECKING:
@@ -47,6 +48,10 @@ def requests(
     choices = [gpt.encode(template.choices[label]) for label in task.labels]
     if not all(choices):
         raise KoGPTError("a label's continuation encodes to no tokens; check the template's choices")
+    for i, j in itertools.combinations(range(len(choices)), 2):
+        if choices[i] == choices[j]:
+            a, b = task.labels[i], task.labels[j]
+            raise KoGPTError(f"the choices of {a} and {b} encode to the same tokens; each label needs its own text")
     longest = max(map(len, choices))
     out = []
     for prompt in prompts:
@@ -82,10 +87,18 @@ def evaluate(
     order = sorted(range(len(batch)), key=lambda i: -len(batch[i].context))
     started = time.perf_counter()
     scores: list[list[float]] = [[] for _ in batch]
-    for i, item_scores in zip(order, score(gpt.model, [batch[i] for i in order], batch_size, method, pad), strict=True):
-        scores[i] = item_scores
-        if advance is not None:
-            advance(1)
+    ordered = [batch[i] for i in order]
+    scored = score(gpt.model, ordered, batch_size, method, pad)
+    try:
+        for i, item_scores in zip(order, scored, strict=True):
+            scores[i] = item_scores
+            if advance is not None:
+                advance(1)
+    except (MemoryError, RuntimeError) as exc:  # torch.OutOfMemoryError is a RuntimeError
+        if not out_of_memory(exc):
+            raise
+        largest = max((len(b) for b in batches(ordered, batch_size, method)), default=1)
+        raise KoGPTError(out_of_memory_advice(largest, gpt.loaded.device.type)) from exc
     seconds = time.perf_counter() - started
     gold = [p.example.label for p in prompts]
     predicted = [task.labels[max(range(len(s)), key=s.__getitem__)] for s in scores]
@@ -96,3 +109,24 @@ def evaluate(
     elif task.metric == "macro_f1":
         values["macro_f1"] = metrics.macro_f1(matrix)
     return Outcome(task.labels, gold, predicted, scores, matrix, values, seconds)
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    """Whether `exc` is torch or Python running out of memory (a failed CPU allocation is a RuntimeError)."""
+    import torch
+
+    text = str(exc)
+    return (
+        isinstance(exc, (MemoryError, torch.OutOfMemoryError))
+        or "can't allocate memory" in text
+        or "out of memory" in text.lower()
+    )
+
+
+def out_of_memory_advice(at_once: int, device: str) -> str:
+    """One line: what ran out (`at_once`: the most items in one forward pass), and what to try."""
+    if at_once > 1:
+        advice = f"try --batch-size {max(1, at_once // 4)}"
+    else:
+        advice = "use fewer --shots, or --quantize int8" + ("" if device == "cpu" else " or --device-map auto")
+    return f"ran out of memory scoring up to {at_once} items at once on the {device}; {advice}"

@@ -9,6 +9,10 @@ context. Two ways to compute it, equal up to rounding:
   the tokens, is computed once per item instead of once per label, in one forward pass per batch,
   with no cache to copy for each label.
 - `full`: every context + candidate is one right-padded sequence; simpler, and the reference.
+
+A forward pass takes at most `batch_size` items and at most `MAX_TOKENS_PER_PASS` tokens (rows x
+padded width), so memory, the (B, T, T) attention mask included, stays bounded however large
+`batch_size` is.
 """
 
 from __future__ import annotations
@@ -18,7 +22,12 @@ from dataclasses import dataclass
 
 import torch
 
+from kogpt.placement.options import input_device
+
 METHODS = ("prefix", "full")
+# Tokens in one forward pass (rows x padded width). At 2,048 tokens a row that is 4 rows, a 64 MiB
+# float32 mask; prompts of ~150 tokens still go 50 at a time, enough to keep a GPU busy.
+MAX_TOKENS_PER_PASS = 8192
 
 
 @dataclass(frozen=True)
@@ -46,14 +55,35 @@ def score(
         if not request.context or not request.continuations or not all(request.continuations):
             raise ValueError("a request needs a non-empty context and non-empty continuations")
     step = _score_prefix if method == "prefix" else _score_full
-    for start in range(0, len(requests), max(1, batch_size)):
-        batch = requests[start : start + max(1, batch_size)]
+    for batch in batches(requests, batch_size, method):
         with torch.inference_mode():
             yield from step(model, batch, pad_id)
 
 
-def _device(model: torch.nn.Module) -> torch.device:
-    return model.get_input_embeddings().weight.device
+def shape(request: Request, method: str) -> tuple[int, int]:
+    """(rows, width) of `request` in a forward pass of `method`."""
+    if method == "prefix":
+        return 1, len(request.context) + sum(len(c) - 1 for c in request.continuations)
+    return len(request.continuations), len(request.context) + max(map(len, request.continuations)) - 1
+
+
+def batches(
+    requests: Sequence[Request], batch_size: int, method: str, max_tokens: int | None = None
+) -> Iterator[Sequence[Request]]:
+    """Consecutive runs of at most `batch_size` requests and `max_tokens` padded tokens (one request at least).
+
+    `max_tokens` defaults to `MAX_TOKENS_PER_PASS`.
+    """
+    max_tokens = max_tokens or MAX_TOKENS_PER_PASS
+    start, rows, width = 0, 0, 0
+    for end, request in enumerate(requests):
+        r, w = shape(request, method)
+        if end > start and (end - start >= batch_size or (rows + r) * max(width, w) > max_tokens):
+            yield requests[start:end]
+            start, rows, width = end, 0, 0
+        rows, width = rows + r, max(width, w)
+    if start < len(requests):
+        yield requests[start:]
 
 
 def _sum_log_probs(model: torch.nn.Module, hidden: torch.Tensor, picks: list[tuple[int, int, int, int]], n: int):
@@ -79,7 +109,7 @@ def _score_full(model: torch.nn.Module, batch: Sequence[Request], pad_id: int) -
         ids[row, : len(tokens)] = torch.tensor(tokens)
         picks += [(row, len(ctx) - 1 + i, token, row) for i, token in enumerate(cont)]
     # Right padding needs no mask: causal attention keeps real tokens from seeing the pads after them.
-    hidden = model.transformer(input_ids=ids.to(_device(model)), use_cache=False).last_hidden_state
+    hidden = model.transformer(input_ids=ids.to(input_device(model)), use_cache=False).last_hidden_state
     return _regroup(batch, _sum_log_probs(model, hidden, picks, len(seqs)))
 
 
@@ -87,7 +117,8 @@ def _score_prefix(model: torch.nn.Module, batch: Sequence[Request], pad_id: int)
     # One row per item: the context, then every candidate but its last token, side by side. A 4D mask
     # lets each candidate see the context and its own earlier tokens only, and its positions restart
     # where the context ends, so each candidate reads exactly `context + candidate`.
-    device, dtype = _device(model), model.get_input_embeddings().weight.dtype
+    # Not the embedding's device: that is `meta` when its weights are offloaded to the CPU or disk.
+    device, dtype = input_device(model), model.get_input_embeddings().weight.dtype
     rows = [r.context + [t for c in r.continuations for t in c[:-1]] for r in batch]
     width = max(map(len, rows))
     ids = torch.full((len(batch), width), pad_id, dtype=torch.long)

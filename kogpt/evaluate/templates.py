@@ -15,16 +15,19 @@ from __future__ import annotations
 
 import json
 import string
+import unicodedata
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from kogpt.errors import KoGPTError
-from kogpt.evaluate.data import YNAT_LABELS, Example
+from kogpt.evaluate.data import YNAT_LABELS, Example, check_text, decode, read_bounded
+
+MAX_TEMPLATE_BYTES = 2**20
 
 
 @dataclass(frozen=True)
 class Template:
-    """How an item becomes text: `prompt` (a `str.format` string), label continuations, separator."""
+    """How an item becomes text: `prompt` (text with `{field}` placeholders), label continuations, separator."""
 
     prompt: str
     choices: dict[str, str]
@@ -95,13 +98,13 @@ def load_template(task: Task, path: str | Path | None) -> Template:
     if path is None:
         return task.template
     path = Path(path)
+    text = decode(path, read_bounded(path, MAX_TEMPLATE_BYTES, "template file"))
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8-sig"))
-    except OSError as exc:
-        raise KoGPTError(f"cannot read the template file {path}: {exc.strerror or exc}") from exc
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        where = f", line {exc.lineno}" if isinstance(exc, json.JSONDecodeError) else ""
-        raise KoGPTError(f"{path}{where}: not a JSON template ({exc})") from exc
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise KoGPTError(f"{path}, line {exc.lineno}: not a JSON template ({exc.msg})") from exc
+    except (RecursionError, ValueError) as exc:
+        raise KoGPTError(f"{path}: not a JSON template (nested too deeply, or a number too long)") from exc
     if not isinstance(data, dict) or set(data) - {"prompt", "choices", "separator"}:
         raise KoGPTError(f"{path}: a template is a JSON object with the keys prompt, choices, separator")
     template = Template(
@@ -114,19 +117,38 @@ def load_template(task: Task, path: str | Path | None) -> Template:
 
 
 def check(task: Task, template: Template, where: str) -> None:
-    """Raise `KoGPTError` unless `template` fits `task`'s fields and labels."""
+    """Raise `KoGPTError` unless `template` fits `task`'s fields and labels.
+
+    The prompt may hold only plain `{field}` placeholders: a format spec or conversion
+    (`{document:>100000000}`, `{document!r}`) could pad to gigabytes or fail on the data.
+    """
     if not isinstance(template.prompt, str) or not isinstance(template.separator, str):
         raise KoGPTError(f"{where}: 'prompt' and 'separator' must be strings")
+    check_text(where, template.prompt, "prompt")
+    check_text(where, template.separator, "separator")
+    fields = ", ".join("{" + f + "}" for f in task.fields)
     try:
-        names = {name for _, name, _, _ in string.Formatter().parse(template.prompt) if name is not None}
+        parts = list(string.Formatter().parse(template.prompt))
     except ValueError as exc:
         raise KoGPTError(f"{where}: bad 'prompt' format string ({exc}); write literal braces as {{{{ }}}}") from exc
+    for _, name, spec, conversion in parts:
+        if name is not None and (spec or conversion):
+            shown = "{" + name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
+            raise KoGPTError(f"{where}: the prompt may use only plain placeholders like {fields}, not {shown}")
+    names = {name for _, name, _, _ in parts if name is not None}
     unknown = names - set(task.fields)
     if unknown or not names:
-        fields = ", ".join("{" + f + "}" for f in task.fields)
         raise KoGPTError(f"{where}: the {task.name} prompt may use only {fields}, and at least one of them")
     choices = template.choices
     if not isinstance(choices, dict) or set(choices) != set(task.labels):
         raise KoGPTError(f"{where}: 'choices' must map exactly the labels {', '.join(task.labels)} to text")
     if not all(isinstance(text, str) and text for text in choices.values()):
         raise KoGPTError(f"{where}: every choice must be a non-empty string")
+    seen: dict[str, str] = {}
+    for label, text in choices.items():
+        check_text(where, text, f"choices.{label}")
+        same = seen.setdefault(unicodedata.normalize("NFC", text), label)
+        if same != label:
+            raise KoGPTError(
+                f"{where}: the choices of {same} and {label} are the same text ({text!r}); each needs its own"
+            )

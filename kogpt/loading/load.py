@@ -15,7 +15,7 @@ from kogpt.loading import quantize as quantize_lib
 from kogpt.loading.checkpoint import load_config, load_tokenizer, resolve_checkpoint
 from kogpt.placement.decide import Decision, decide
 from kogpt.placement.devicemap import quiet_accelerate
-from kogpt.placement.options import Options, load_kwargs
+from kogpt.placement.options import Options, check_arguments, load_kwargs, removing_partial_offload
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,7 @@ def load(options: Options, path: Path | None = None) -> Loaded:
     plan does not fit.
     """
     started = time.perf_counter()
+    options = check_arguments(options)
     if options.trust_remote_code:
         log.warning("--trust-remote-code: Python code inside %s will run on this machine", options.model)
     path = path or resolve_checkpoint(options.model, options.revision)
@@ -86,9 +87,12 @@ def load(options: Options, path: Path | None = None) -> Loaded:
         if dtype == torch.bfloat16 and quantize == "none" and prefill.needs_upcast():
             log.debug("prompts computed in float32 (no fast bfloat16 GEMM): %d layers", prefill.apply(weights))
     else:
-        placed = load_kwargs(decision.plan.device_map, decision.device, options, dtype)
-        with quiet_accelerate("accelerate.big_modeling"):
-            weights = load_weights(path, dtype, decision.device, tokenizer.eos_token_id, options.trust_remote_code, placed)
+        with removing_partial_offload(options.offload_dir):
+            placed = load_kwargs(decision.plan.device_map, decision.device, options, dtype)
+            with quiet_accelerate("accelerate.big_modeling"):
+                weights = load_weights(
+                    path, dtype, decision.device, tokenizer.eos_token_id, options.trust_remote_code, placed
+                )
     if options.strategy:
         log.info("placement: %s", decision.plan.summary())
     n_params = decision.plan.n_params

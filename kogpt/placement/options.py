@@ -8,27 +8,22 @@ injected by tests. `kogpt.placement.decide` makes the whole load decision from b
 from __future__ import annotations
 
 import logging
-import re
+import os
 import shutil
-from dataclasses import dataclass
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
 from kogpt.defaults import DEFAULT_MODEL, DEFAULT_REVISION, QUANTIZE_CHOICES
 from kogpt.defaults import DEVICE_MAP_STRATEGIES as STRATEGIES
+from kogpt.defaults import DEVICES, DTYPE_CHOICES
 from kogpt.errors import KoGPTError
+from kogpt.placement.budget import MAX_BYTES, MaxMemory, parse_max_memory, parse_size, shown  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
-
-UNITS = {
-    "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
-    "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
-}  # fmt: skip
-SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-z]+)\s*$", re.IGNORECASE)
-MEMORY_FORMAT = "DEVICE=SIZE[,DEVICE=SIZE...] like 0=10GiB,1=10GiB,cpu=30GiB"
-
-MaxMemory = dict  # {0: bytes, 1: bytes, "cpu": bytes}: GPU indices and "cpu"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -70,37 +65,61 @@ class Hardware:
     disk: int = 0
 
 
-def parse_size(text: str) -> int:
-    """`10GiB` -> 10737418240. A unit is required: a bare `30` is ambiguous."""
-    match = SIZE.match(text)
-    if not match or match.group(2).lower() not in UNITS:
-        raise KoGPTError(f"bad memory size {text!r}: use a number and a unit, like 10GiB or 500MB")
-    return int(float(match.group(1)) * UNITS[match.group(2).lower()])
+DTYPE_ALIASES = {"fp16": "float16", "half": "float16", "bf16": "bfloat16", "fp32": "float32", "float": "float32"}
 
 
-def parse_max_memory(text: str | dict | None) -> MaxMemory | None:
-    """Parse `0=10GiB,1=10GiB,cpu=30GiB` into {0: bytes, 1: bytes, "cpu": bytes}.
+def check_arguments(options: Options) -> Options:
+    """`options` with its model, device, dtype and offload_dir checked before anything is read.
 
-    A dict (the Python API) may give sizes as strings or ints; keys may also be `cuda:N`.
+    Each failure is a one-line KoGPTError; a `Path` model, a `torch.device` or a `torch.dtype`
+    come back as the strings the rest of the load expects.
     """
-    if text is None or text == "" or text == {}:
-        return None
-    if isinstance(text, str):
-        pairs = []
-        for item in text.split(","):
-            key, sep, size = item.partition("=")
-            if not sep or not key.strip() or not size.strip():
-                raise KoGPTError(f"bad --max-memory entry {item.strip()!r}: expected {MEMORY_FORMAT}")
-            pairs.append((key.strip(), size.strip()))
-    else:
-        pairs = [(str(key), size) for key, size in text.items()]
-    budget: MaxMemory = {}
-    for key, size in pairs:
-        name = key.lower().removeprefix("cuda:")
-        if not (name.isdigit() or name == "cpu"):
-            raise KoGPTError(f"bad --max-memory device {key!r}: use a GPU index (0, 1, ...) or cpu")
-        budget[int(name) if name.isdigit() else "cpu"] = size if isinstance(size, int) else parse_size(size)
-    return budget
+    model, offload_dir = options.model, options.offload_dir
+    if not isinstance(model, (str, os.PathLike)) or not os.fspath(model):
+        raise KoGPTError(f"model must be a hub repo id or a directory, not {shown(model)}")
+    if offload_dir is not None and not isinstance(offload_dir, (str, os.PathLike)):
+        raise KoGPTError(f"offload_dir must be a path, not {shown(offload_dir)}")
+    device, dtype = check_target(options.device, options.dtype)
+    return replace(options, model=os.fspath(model), device=device, dtype=dtype)
+
+
+def check_target(device: object, dtype: object) -> tuple[str, str]:
+    """`device` and `dtype` as `load` takes them, checked, each failure a one-line KoGPTError.
+
+    Returns ("cpu" | "cuda", one of DTYPE_CHOICES); `torch.device` and `torch.dtype` values are
+    accepted too. "cuda" falls back to the CPU later when CUDA is missing; "cuda:N" names one GPU
+    and is refused without CUDA. A one-device load runs on GPU 0, so "cuda:0" is "cuda" and
+    another index is refused with the way to get it.
+    """
+    if isinstance(device, torch.device):
+        device = str(device)
+    kind, _, index = device.partition(":") if isinstance(device, str) else ("", "", "")
+    if kind not in DEVICES or (index and not (kind == "cuda" and index.isascii() and index.isdigit())):
+        hint = f"; did you mean {device.lower()!r}?" if isinstance(device, str) and device.lower() in DEVICES else ""
+        raise KoGPTError(f"unknown device {shown(device)}: use 'cpu', 'cuda' or 'cuda:N'{hint}")
+    if index:
+        if not torch.cuda.is_available():
+            why = "this torch was built without CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
+            raise KoGPTError(f"device {device!r} needs CUDA and {why}: use device='cpu'")
+        count = torch.cuda.device_count()
+        if int(index) >= count:
+            raise KoGPTError(f"device {device!r}: this machine has {count} GPU(s)")
+        if int(index) > 0:
+            raise KoGPTError(
+                f"device {device!r}: one-device loads run on GPU 0; set CUDA_VISIBLE_DEVICES={int(index)} "
+                "to make that GPU the first, or split the model with device_map"
+            )
+        device = "cuda"
+    if isinstance(dtype, torch.dtype):
+        dtype = str(dtype).removeprefix("torch.")
+    if not isinstance(dtype, str) or dtype not in DTYPE_CHOICES:
+        name = dtype.lower() if isinstance(dtype, str) else ""
+        alias = DTYPE_ALIASES.get(name)
+        hint = f"; did you mean {alias!r}?" if alias else ""
+        if name.startswith(("int", "uint")):
+            hint = "; int8 or int4 weights are quantize='int8' or 'int4'"
+        raise KoGPTError(f"unknown dtype {shown(dtype)}: choose {', '.join(DTYPE_CHOICES)}{hint}")
+    return device, dtype
 
 
 def detect_hardware(device: str, offload_dir: str | None = None, every_gpu: bool = True) -> Hardware:
@@ -153,10 +172,61 @@ def check_options(options: Options, device: str, gpu_count: int, planning: bool 
         )
     if gpu_keys and gpu_keys[-1] >= gpu_count and not planning:
         raise KoGPTError(f"--max-memory names GPU {gpu_keys[-1]} but this machine has {gpu_count} GPU(s)")
-    if options.offload_dir and Path(options.offload_dir).expanduser().is_file():
-        raise KoGPTError(f"--offload-dir {options.offload_dir} is a file, not a directory")
+    if options.offload_dir:
+        check_offload_dir(options.offload_dir)
     if not planning and quantize != "none" and device == "cuda" and not has_bitsandbytes():
         raise KoGPTError(f"--quantize {quantize} on a GPU needs bitsandbytes>=0.46.1: pip install kogpt[quant]")
+
+
+def check_offload_dir(offload_dir: str | os.PathLike) -> None:
+    """Refuse, in one line, an offload directory that cannot be created or written to.
+
+    Checked the same way for `--plan` and for a load, whether or not anything will be offloaded:
+    a probe directory is made in the nearest existing ancestor and removed at once.
+    """
+    if not isinstance(offload_dir, (str, os.PathLike)):
+        raise KoGPTError(f"offload_dir must be a path, not {shown(offload_dir)}")
+    path = Path(offload_dir).expanduser().absolute()
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        where = "is" if existing == path else f"is under {existing}, which is"
+        kind = "a file" if existing.is_file() else "a special file"
+        raise KoGPTError(f"--offload-dir {offload_dir} {where} {kind}, not a directory")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".kogpt-probe-", dir=existing))
+    except OSError as exc:
+        raise KoGPTError(f"--offload-dir {offload_dir}: cannot write in {existing} ({exc.strerror or exc})") from None
+
+
+@contextmanager
+def removing_partial_offload(offload_dir: str | None):
+    """Around a load into `offload_dir`: if it fails, remove what it wrote there, and the folders it made."""
+    if not offload_dir:
+        yield
+        return
+    path = Path(offload_dir).expanduser().absolute()
+    made = []  # the folders that do not exist yet, deepest first
+    while not path.exists() and path != path.parent:
+        made.append(path)
+        path = path.parent
+    folder = Path(offload_dir).expanduser().absolute()
+    before = set(os.listdir(folder)) if folder.is_dir() else set()
+    try:
+        yield
+    except BaseException:
+        if folder.is_dir():
+            for name in set(os.listdir(folder)) - before:
+                entry = folder / name
+                shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
+            log.debug("removed the partial offload files in %s", folder)
+        for directory in made:
+            try:
+                directory.rmdir()
+            except OSError:
+                break
+        raise
 
 
 def quantization_config(quantize: str, device: str, dtype: torch.dtype):
@@ -179,8 +249,12 @@ def load_kwargs(device_map: dict | None, device: torch.device, options: Options,
     """Keyword arguments for `from_pretrained` that place (and maybe quantize) the weights as planned."""
     kwargs: dict = {"device_map": str(device) if options.strategy is None else device_map}
     if options.offload_dir:
-        Path(options.offload_dir).expanduser().mkdir(parents=True, exist_ok=True)
-        kwargs["offload_folder"] = str(Path(options.offload_dir).expanduser())
+        folder = Path(options.offload_dir).expanduser()
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise KoGPTError(f"cannot create --offload-dir {folder}: {exc.strerror or exc}") from None
+        kwargs["offload_folder"] = str(folder)
     config = quantization_config(options.quantize, device.type, dtype)
     if config is not None:
         kwargs["quantization_config"] = config
