@@ -127,7 +127,25 @@ def test_every_kernel_runs_on_this_cpu_and_the_measurement_runs():
 
 
 def test_load_says_which_kernel_and_why(tiny_bin_dir, caplog):
-    with caplog.at_level(logging.DEBUG, logger="kogpt"):
-        gpt = KoGPT.load(str(tiny_bin_dir), device="cpu", quantize="int8", threads=1, cache=False)
+    before = torch.get_num_threads()
+    try:
+        with caplog.at_level(logging.DEBUG, logger="kogpt"):
+            gpt = KoGPT.load(str(tiny_bin_dir), device="cpu", quantize="int8", threads=1, cache=False)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
     assert gpt.loaded.threads == 1 and gpt.loaded.kernel in ("w8", "w8a8")
     assert f"int8 kernel {gpt.loaded.kernel}" in caplog.text and "fastest of" in caplog.text
+
+
+@pytest.mark.parametrize(("threads", "kernel", "message"), [
+    (0, None, "threads must be a whole number of 1 or more, not 0"),
+    ("2", None, "threads must be a whole number"),
+    (None, 8, "kernel must be a kernel's name"),
+    (None, "w9", "kernel 'w9' does not compute int8 weights of this model; choose one of w8, w8a8"),
+])  # fmt: skip
+def test_bad_threads_or_kernel_are_one_line_errors(tiny_dir, threads, kernel, message):
+    from kogpt import KoGPTError
+
+    with pytest.raises(KoGPTError, match=message):
+        KoGPT.load(str(tiny_dir), device="cpu", quantize="int8", threads=threads, kernel=kernel, cache=False)

@@ -79,6 +79,11 @@ def check_arguments(options: Options) -> Options:
         raise KoGPTError(f"model must be a hub repo id or a directory, not {shown(model)}")
     if offload_dir is not None and not isinstance(offload_dir, (str, os.PathLike)):
         raise KoGPTError(f"offload_dir must be a path, not {shown(offload_dir)}")
+    threads = options.threads
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise KoGPTError(f"threads must be a whole number of 1 or more, not {shown(threads)}")
+    if options.kernel is not None and not isinstance(options.kernel, str):
+        raise KoGPTError(f"kernel must be a kernel's name like 'w8' or 'w4g128', not {shown(options.kernel)}")
     device, dtype = check_target(options.device, options.dtype)
     return replace(options, model=os.fspath(model), device=device, dtype=dtype)
 
