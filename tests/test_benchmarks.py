@@ -21,8 +21,16 @@ SMALLEST = {
     "prefill.py": ["--layers", "1", "--tokens", "4", "20"],
     "checkpoint.py": ["{out}/ckpt", "tiny"],
 }
-IMPORTED = {"common.py": "run.py", "paths.py": "run.py", "overhead.py": "run.py"}
-NEEDS_GPU = {"gpu.py": "CUDA only; run on a lent GPU machine"}
+IMPORTED = {
+    "common.py": "run.py",
+    "paths.py": "run.py",
+    "overhead.py": "run.py",
+    "serve.py": "tests/test_serve_bench.py (its tiny preset, in-process)",
+}
+NEEDS_GPU = {
+    "gpu.py": "CUDA only; run on a lent GPU machine",
+    "gpu_vllm.py": "CUDA and vLLM; run on a lent GPU machine",
+}
 
 
 def test_every_benchmark_script_is_exercised():

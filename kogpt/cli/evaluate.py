@@ -79,6 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="print the template and the first item's prompt, then exit (loads no model)",
     )
     add_model_arguments(parser)
+    engine = parser.add_argument_group("engine")
+    engine.add_argument(
+        "--engine", choices=("kogpt", "vllm"), default="kogpt",
+        help="kogpt (built in) or vllm (GPUs: vLLM's prompt log-probabilities, same metrics)",
+    )  # fmt: skip
+    engine.add_argument("--tensor-parallel-size", type=count(1), default=1, metavar="N", help="vllm: GPUs per model")
+    engine.add_argument("--pipeline-parallel-size", type=count(1), default=1, metavar="M", help="vllm: pipeline stages")
     return parser
 
 
@@ -91,6 +98,11 @@ def run(args: argparse.Namespace, renderer: Renderer) -> int:
 
     if args.show_prompt and args.plan:
         raise KoGPTError("--show-prompt and --plan both exit without scoring: choose one")
+    if args.engine == "vllm" and not (args.show_prompt or args.plan):  # before any data is read
+        from kogpt.loading.vllm import check_available, check_parallel
+
+        check_parallel(args.tensor_parallel_size, args.pipeline_parallel_size)
+        check_available()
     task = TASKS[args.task]
     template = load_template(task, args.template)
     data = data_lib.read(task.name, args.data)
@@ -117,9 +129,18 @@ def run(args: argparse.Namespace, renderer: Renderer) -> int:
     def check_prompts(path: Path) -> None:  # too long for the context? Said before the weights load.
         batch.extend(requests(tokenizer_only(path, args.trust_remote_code), task, template, prompts, str(data.path)))
 
-    gpt = load_model(args, renderer, before_loading=check_prompts)
+    if args.engine == "vllm":
+        from kogpt.evaluate import vllm
+
+        gpt = vllm.load(
+            args.model, args.revision, args.dtype, args.tensor_parallel_size, args.pipeline_parallel_size,
+            args.trust_remote_code, before_loading=check_prompts,
+        )  # fmt: skip
+        scorer = gpt.scorer
+    else:
+        gpt, scorer = load_model(args, renderer, before_loading=check_prompts), None
     with render.progress(renderer.err, len(prompts), task.name) as advance:
-        outcome = evaluate(gpt, task, prompts, batch, args.batch_size, advance=advance)
+        outcome = evaluate(gpt, task, prompts, batch, args.batch_size, advance=advance, scorer=scorer)
     result = report(args, gpt, task, template, data, train, outcome)
     (render.print_json if args.json else render.print_table)(renderer.out, result)
     return 0
@@ -169,6 +190,7 @@ def report(
         "task": task.name,
         "model": args.model,
         "revision": None if looks_local(args.model) else args.revision,
+        "engine": getattr(args, "engine", "kogpt"),
         "source": gpt.loaded.source,
         "device": str(gpt.loaded.device),
         "dtype": str(gpt.loaded.dtype).removeprefix("torch."),

@@ -1,5 +1,6 @@
 """The flags every subcommand shares: the model, its revision, device and dtype, the hardware flags
-(--device-map, --max-memory, --offload-dir, --quantize, --plan), and loading the model they ask for."""
+(--device-map, --max-memory, --offload-dir, --quantize, --plan), and loading the model they ask for;
+and the sampling flags, which the REPL and `kogpt serve` share."""
 
 from __future__ import annotations
 
@@ -172,3 +173,66 @@ def load_model(args: argparse.Namespace, renderer, before_loading=None):
         before_loading(path)
     with renderer.loading(options.model):
         return KoGPT.from_options(options, path)
+
+
+SAMPLING_FLAGS = {  # flag -> metavar; each flag's dest is its setting's name
+    "--temperature": "T",
+    "--max-length": "N",
+    "--max-new-tokens": "N",
+    "--top-p": "P",
+    "--top-k": "K",
+    "--repetition-penalty": "R",
+    "--no-repeat-ngram-size": "N",
+    "--seed": "S",
+    "--num-return-sequences": "N",
+}
+
+
+def setting_type(name: str):
+    """An argparse type that validates a flag exactly as `/set name` does."""
+    from kogpt.settings import InputError, parse_setting
+
+    def parse(text: str):
+        try:
+            return parse_setting(name, text)
+        except InputError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return parse
+
+
+def escaped(text: str) -> str:
+    """One `--stop` sequence: escapes decoded, then checked as `/set stop` and JSON's are."""
+    from kogpt.settings import InputError, check_value, decode_escapes
+    from kogpt.text import check
+
+    try:
+        return check_value("stop", decode_escapes(check(text, "the stop sequence")))[0]
+    except InputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_sampling_arguments(group) -> None:
+    """The sampling flags (each validated as `/set` validates it) on an argparse parser or group."""
+    for flag, metavar in SAMPLING_FLAGS.items():
+        name = flag[2:].replace("-", "_")
+        group.add_argument(flag, dest=name, metavar=metavar, type=setting_type(name), help=setting_help(name))
+    group.add_argument(
+        "--stop", action="append", metavar="TEXT", type=escaped, help="stop sequence, escapes allowed (\\n); repeatable"
+    )
+    group.add_argument("--truncate", action="store_true", default=None, help=setting_help("truncate"))
+
+
+def setting_help(name: str) -> str:
+    from kogpt.settings import HELP
+
+    return HELP[name]
+
+
+def sampling_settings(args: argparse.Namespace):
+    from dataclasses import fields
+
+    from kogpt.settings import SamplingSettings
+
+    given = {f.name: getattr(args, f.name) for f in fields(SamplingSettings) if getattr(args, f.name, None) is not None}
+    return SamplingSettings(**given)

@@ -9,30 +9,20 @@ import warnings
 from pathlib import Path
 
 from kogpt.cli import flags, terminal
+from kogpt.cli.flags import escaped, sampling_settings, setting_type  # noqa: F401 (also reached as cli.main.*)
 from kogpt.defaults import VERSION
 from kogpt.errors import KoGPTError, Terminated
 
 log = logging.getLogger("kogpt")
 
 DEBUG_FORMAT = "[%(asctime)s] [%(levelname)s] %(name)s: %(message)s"
-SAMPLING_FLAGS = {  # flag -> metavar; each flag's dest is its setting's name
-    "--temperature": "T",
-    "--max-length": "N",
-    "--max-new-tokens": "N",
-    "--top-p": "P",
-    "--top-k": "K",
-    "--repetition-penalty": "R",
-    "--no-repeat-ngram-size": "N",
-    "--seed": "S",
-    "--num-return-sequences": "N",
-}
 
 # What --plan, which loads no model, would ignore: refused with it.
 IGNORED_BY_PLAN = (
     "prompt",
     "prompt_file",
     "prompts_file",
-    *(flag[2:].replace("-", "_") for flag in SAMPLING_FLAGS),
+    *(flag[2:].replace("-", "_") for flag in flags.SAMPLING_FLAGS),
     "stop",
     "truncate",
     "quick",
@@ -40,48 +30,18 @@ IGNORED_BY_PLAN = (
 )
 
 
-def setting_type(name: str):
-    """An argparse type that validates a flag exactly as `/set name` does."""
-    from kogpt.settings import InputError, parse_setting
-
-    def parse(text: str):
-        try:
-            return parse_setting(name, text)
-        except InputError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
-
-    return parse
-
-
-def escaped(text: str) -> str:
-    """One `--stop` sequence: escapes decoded, then checked as `/set stop` and JSON's are."""
-    from kogpt.settings import InputError, check_value, decode_escapes
-    from kogpt.text import check
-
-    try:
-        return check_value("stop", decode_escapes(check(text, "the stop sequence")))[0]
-    except InputError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = flags.Parser(
         prog="KoGPT inference",
         description="KakaoBrain Korean(hangul) Generative Pre-Training Model",
         epilog="few-shot evaluation: kogpt eval {nsmc,ynat,klue-sts} --data FILE (see kogpt eval --help); "
+        "an OpenAI-compatible API: kogpt serve (see kogpt serve --help); "
         "the converted-weights cache: kogpt cache {list,clear}",
     )
     flags.add_model_arguments(parser)
     parser.add_argument("--version", action="version", version=f"kogpt {VERSION}")
 
-    sampling = parser.add_argument_group("sampling (in the REPL: /set NAME VALUE)")
-    for flag, metavar in SAMPLING_FLAGS.items():
-        name = flag[2:].replace("-", "_")
-        sampling.add_argument(flag, dest=name, metavar=metavar, type=setting_type(name), help=setting_help(name))
-    sampling.add_argument(
-        "--stop", action="append", metavar="TEXT", type=escaped, help="stop sequence, escapes allowed (\\n); repeatable"
-    )
-    sampling.add_argument("--truncate", action="store_true", default=None, help=setting_help("truncate"))
+    flags.add_sampling_arguments(parser.add_argument_group("sampling (in the REPL: /set NAME VALUE)"))
 
     repl = parser.add_argument_group("interactive session")
     repl.add_argument("--quick", action="store_true", help="skip the temperature and max_length questions")
@@ -94,12 +54,6 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--prompts-file", metavar="FILE", help="one prompt per line, or JSON Lines with a prompt field")
     script.add_argument("--json", action="store_true", help="print JSON Lines: prompt, completion, settings, figures")
     return parser
-
-
-def setting_help(name: str) -> str:
-    from kogpt.settings import HELP
-
-    return HELP[name]
 
 
 class _CurrentStderr(logging.StreamHandler):
@@ -126,15 +80,6 @@ def setup_logging(debug: bool) -> None:
         logging.getLogger("transformers").setLevel(logging.INFO)
 
 
-def sampling_settings(args: argparse.Namespace):
-    from dataclasses import fields
-
-    from kogpt.settings import SamplingSettings
-
-    given = {f.name: getattr(args, f.name) for f in fields(SamplingSettings) if getattr(args, f.name, None) is not None}
-    return SamplingSettings(**given)
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser, runner = build_parser(), run
@@ -142,6 +87,10 @@ def main(argv: list[str] | None = None) -> int:
         from kogpt.cli import evaluate
 
         parser, runner, argv = evaluate.build_parser(), evaluate.run, argv[1:]
+    elif argv[:1] == ["serve"]:
+        from kogpt.cli import serve
+
+        parser, runner, argv = serve.build_parser(), serve.run, argv[1:]
     elif argv[:1] == ["cache"]:
         from kogpt.cli import cache
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -75,20 +75,25 @@ def evaluate(
     batch_size: int = 8,
     method: str = "prefix",
     advance: Callable[[int], None] | None = None,
+    scorer: Callable[[Sequence[Request], int], Iterable[list[float]]] | None = None,
 ) -> Outcome:
     """Score each prompt's labels with `gpt` and predict the most likely one (ties: the first label).
 
     `batch` holds the prompts' `requests()`; `advance(n)` is called as items finish, for a progress bar.
+    `scorer(requests, batch_size)` replaces the built-in scorer (`kogpt.evaluate.vllm.VLLMScorer`).
     """
     if prompts:
         log.debug("full prompt of the first item (line %d):\n%s", prompts[0].example.line, prompts[0].text)
     pad = gpt.tokenizer.pad_token_id if gpt.tokenizer.pad_token_id is not None else 0
+    if scorer is None:
+        def scorer(items, size):
+            return score(gpt.model, items, size, method, pad)
     # Longest prompts first: batches of similar length pad less, and memory runs out at once if it must.
     order = sorted(range(len(batch)), key=lambda i: -len(batch[i].context))
     started = time.perf_counter()
     scores: list[list[float]] = [[] for _ in batch]
     ordered = [batch[i] for i in order]
-    scored = score(gpt.model, ordered, batch_size, method, pad)
+    scored = scorer(ordered, batch_size)
     try:
         for i, item_scores in zip(order, scored, strict=True):
             scores[i] = item_scores
@@ -98,7 +103,8 @@ def evaluate(
         if not out_of_memory(exc):
             raise
         largest = max((len(b) for b in batches(ordered, batch_size, method)), default=1)
-        raise KoGPTError(out_of_memory_advice(largest, gpt.loaded.device.type)) from exc
+        device = getattr(gpt.loaded.device, "type", str(gpt.loaded.device))  # a string for vLLM
+        raise KoGPTError(out_of_memory_advice(largest, device)) from exc
     seconds = time.perf_counter() - started
     gold = [p.example.label for p in prompts]
     predicted = [task.labels[max(range(len(s)), key=s.__getitem__)] for s in scores]

@@ -1,0 +1,205 @@
+"""The body of `POST /v1/completions`: read within a size limit, decoded, and checked field by field.
+
+Numbers go through the parsers of `kogpt.settings`, the ones behind the command line's flags and the
+REPL's `/set`, so a value is judged the same way wherever it is typed. OpenAI fields kogpt does not
+implement are accepted at their neutral value only; anything else is refused, never ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.requests import Request
+
+from kogpt import text as text_lib
+from kogpt.errors import InputError
+from kogpt.server.errors import APIError, bad_request
+from kogpt.settings import SamplingSettings, check_value
+
+MAX_BODY_BYTES = 1 << 20
+MAX_CHOICES = 64  # prompts x n in one request
+MAX_STOPS = 16
+
+SETTINGS = {  # API field -> kogpt setting
+    "max_tokens": "max_new_tokens",
+    "temperature": "temperature",
+    "top_p": "top_p",
+    "top_k": "top_k",
+    "repetition_penalty": "repetition_penalty",
+    "no_repeat_ngram_size": "no_repeat_ngram_size",
+    "seed": "seed",
+    "n": "num_return_sequences",
+}
+NEUTRAL = {  # OpenAI fields kogpt does not implement -> the values that mean "off"
+    "frequency_penalty": (0,),
+    "presence_penalty": (0,),
+    "logit_bias": (None, {}),
+    "suffix": (None, ""),
+    "logprobs": (None,),
+}
+OTHER = ("model", "prompt", "stop", "stream", "stream_options", "echo", "best_of", "user")
+FIELDS = (*SETTINGS, *NEUTRAL, *OTHER)
+
+
+@dataclass
+class CompletionRequest:
+    """A checked completion request: the prompts, the settings to run them with, and the reply's shape."""
+
+    prompts: list[str]
+    settings: SamplingSettings
+    model: str | None = None
+    stream: bool = False
+    include_usage: bool = False
+    echo: bool = False
+
+    @property
+    def n(self) -> int:
+        return self.settings.num_return_sequences
+
+
+async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
+    """The request's body; more than `limit` bytes is refused (413) before it is all read."""
+    too_large = APIError(413, f"the body is larger than the server's limit of {limit} bytes", code="request_too_large")
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise too_large
+    body = bytearray()
+    async for piece in request.stream():
+        body += piece
+        if len(body) > limit:
+            raise too_large
+    return bytes(body)
+
+
+def parse_json(body: bytes) -> dict[str, Any]:
+    """The body as a JSON object; bad UTF-8, bad JSON and other values each get their own line."""
+    try:
+        text = text_lib.decode(body, "the body")
+    except InputError as exc:
+        raise bad_request(str(exc)) from None
+    if not text.strip():
+        raise bad_request('the body is empty: send a JSON object, e.g. {"prompt": "...", "max_tokens": 32}')
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise bad_request(f"the body is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})") from None
+    except (ValueError, RecursionError) as exc:  # an integer of thousands of digits; nesting thousands deep
+        raise bad_request(f"the body is not JSON kogpt can read: {str(exc)[:120] or type(exc).__name__}") from None
+    if not isinstance(data, dict):
+        raise bad_request(f"the body must be a JSON object, not {_kind(data)}")
+    return data
+
+
+def parse_completion(data: dict[str, Any], defaults: SamplingSettings) -> CompletionRequest:
+    """Check every field of a completion request; `defaults` are the server's (its sampling flags)."""
+    unknown = [name for name in data if name not in FIELDS]
+    if unknown:
+        raise bad_request(f"unknown field {unknown[0]!r}; kogpt reads: {', '.join(FIELDS)}", param=unknown[0])
+    for name, neutral in NEUTRAL.items():
+        if name in data and not any(_same(data[name], value) for value in neutral):
+            hint = "; `kogpt serve --engine vllm` returns them" if name == "logprobs" else ""
+            raise bad_request(f"{name} is not supported by kogpt serve{hint}; leave it out", param=name)
+    given = {
+        setting: _setting(name, setting, data[name]) for name, setting in SETTINGS.items() if data.get(name) is not None
+    }
+    if data.get("stop") is not None:
+        given["stop"] = _stops(data["stop"])
+    settings = dataclasses.replace(defaults, **given)
+    if "max_tokens" in given:
+        settings.max_length = defaults.max_length  # max_tokens counts the completion alone
+    best_of = data.get("best_of")
+    if best_of is not None and (not _is_int(best_of) or best_of != settings.num_return_sequences):
+        raise bad_request("best_of is not supported by kogpt serve; leave it out (or equal to n)", param="best_of")
+    prompts = _prompts(data.get("prompt"))
+    if len(prompts) * settings.num_return_sequences > MAX_CHOICES:
+        raise bad_request(
+            f"{len(prompts)} prompts x n={settings.num_return_sequences} is more than {MAX_CHOICES} completions in one request",
+            param="n",
+        )
+    stream = _flag(data, "stream")
+    options = data.get("stream_options")
+    include_usage = False
+    if options is not None:
+        if not stream:
+            raise bad_request("stream_options is only allowed with stream: true", param="stream_options")
+        if not isinstance(options, dict) or set(options) - {"include_usage"}:
+            raise bad_request('stream_options must be {"include_usage": true or false}', param="stream_options")
+        include_usage = _flag(options, "include_usage")
+    model = data.get("model")
+    if model is not None and not isinstance(model, str):
+        raise bad_request(f"model must be a string, not {_kind(model)}", param="model")
+    user = data.get("user")
+    if user is not None and not isinstance(user, str):
+        raise bad_request(f"user must be a string, not {_kind(user)}", param="user")
+    return CompletionRequest(prompts, settings, model, stream, include_usage, _flag(data, "echo"))
+
+
+def _setting(name: str, setting: str, value: Any) -> Any:
+    if name == "top_k" and value == -1 and not isinstance(value, bool):  # vLLM's and OpenAI-style servers' "off"
+        value = 0
+    return _checked(name, setting, value)
+
+
+def _checked(name: str, setting: str, value: Any) -> Any:
+    """`value` checked by `settings.check_value`, the rule of the flags and `/set`; its message says
+    the API's name of the field."""
+    try:
+        return check_value(setting, value)
+    except InputError as exc:
+        message = str(exc)
+        if message.startswith(setting):
+            message = name + message[len(setting) :]
+        raise bad_request(message, param=name) from None
+
+
+def _stops(value: Any) -> list[str]:
+    stops = _checked("stop", "stop", value)
+    if len(stops) > MAX_STOPS:
+        raise bad_request(f"stop holds {len(stops)} sequences; at most {MAX_STOPS}", param="stop")
+    return stops
+
+
+def _prompts(value: Any) -> list[str]:
+    if value is None:
+        raise bad_request("prompt is missing: give a string or a list of strings", param="prompt")
+    prompts = [value] if isinstance(value, str) else value
+    if not isinstance(prompts, list) or not prompts:
+        raise bad_request(f"prompt must be a string or a non-empty list of strings, not {_kind(value)}", param="prompt")
+    for prompt in prompts:
+        if not isinstance(prompt, str):
+            what = "token ids are not supported: send text" if _is_int(prompt) or isinstance(prompt, list) else None
+            raise bad_request(what or f"prompt must hold strings, not {_kind(prompt)}", param="prompt")
+        if not prompt:
+            raise bad_request("prompt is empty", param="prompt")
+        try:
+            text_lib.check(prompt, "prompt")
+        except InputError as exc:  # JSON's "\ud800": a lone surrogate, not a character
+            raise bad_request(str(exc), param="prompt") from None
+    return prompts
+
+
+def _flag(data: dict, name: str) -> bool:
+    value = data.get(name)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise bad_request(f"{name} must be true or false, not {_kind(value)}", param=name)
+    return value
+
+
+def _same(value: Any, neutral: Any) -> bool:
+    if isinstance(value, bool) or isinstance(neutral, bool):
+        return value is neutral
+    return value == neutral
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _kind(value: Any) -> str:
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= 40 else text[:37] + "..."
