@@ -16,6 +16,15 @@ import overhead
 from common import peak_rss_gib, prompt_ids, rates
 
 
+def cpu_rate(cpu: list[float], tokens: int) -> dict:
+    """Decode tokens per second of CPU time / threads: what a busy shared machine disturbs least."""
+    import torch
+
+    if tokens < 2 or cpu[-1] <= cpu[0]:
+        return {}
+    return {"decode_cpu_tok_s": (tokens - 1) / ((cpu[-1] - cpu[0]) / torch.get_num_threads())}
+
+
 def seed_snippet(checkpoint: str, n_prompt: int, n_new: int) -> dict:
     """The model card's snippet, on the CPU: fp16 weights as stored, HF generate, temperature 0.8."""
     import torch
@@ -34,11 +43,13 @@ def seed_snippet(checkpoint: str, n_prompt: int, n_new: int) -> dict:
     class Stamps(BaseStreamer):  # only to time the tokens; the seed itself does not stream
         def __init__(self) -> None:
             self.stamps: list[float] = []
+            self.cpu: list[float] = []
             self.prompt_seen = False
 
         def put(self, value) -> None:
             if self.prompt_seen:
                 self.stamps.append(time.perf_counter())
+                self.cpu.append(time.process_time())
             self.prompt_seen = True
 
         def end(self) -> None:
@@ -50,24 +61,30 @@ def seed_snippet(checkpoint: str, n_prompt: int, n_new: int) -> dict:
     started = time.perf_counter()
     with torch.no_grad():
         model.generate(tokens, do_sample=True, temperature=0.8, max_length=n_prompt + n_new, streamer=stamps)
-    return {"load_s": load_s, "dtype": str(model.dtype), **rates(started, stamps.stamps)}
+    return {"load_s": load_s, "dtype": str(model.dtype), **rates(started, stamps.stamps), **cpu_rate(stamps.cpu, len(stamps.cpu))}
 
 
-def package(checkpoint: str, n_prompt: int, n_new: int, quantize: str = "none") -> dict:
-    """`KoGPT.load(device='cpu')` and the package's streaming `stream()`."""
+def package(
+    checkpoint: str, n_prompt: int, n_new: int, quantize: str = "none", dtype: str = "auto", kernel: str | None = None
+) -> dict:
+    """`KoGPT.load(device='cpu')` and the package's streaming `stream()`; `kernel` None: this machine's choice."""
     from kogpt import KoGPT, SamplingSettings
 
     started = time.perf_counter()
-    gpt = KoGPT.load(checkpoint, device="cpu", quantize=quantize)
+    gpt = KoGPT.load(checkpoint, device="cpu", quantize=quantize, dtype=dtype, kernel=kernel)
     load_s = time.perf_counter() - started
     ids = prompt_ids(gpt.tokenizer, n_prompt)
     settings = SamplingSettings(temperature=0.8, max_new_tokens=n_new, seed=0)
     started = time.perf_counter()
     stamps = []
     last = None
+    cpu_first = None
     for chunk in gpt.engine.stream(ids, settings, 0):
+        if cpu_first is None:
+            cpu_first, tokens_first = time.process_time(), chunk.tokens
         last = chunk
         stamps.append(time.perf_counter())
+    cpu_last = time.process_time()
     # Random weights mostly sample ids past the tokenizer's vocabulary, which decode to no text,
     # so the chunks do not mark every token: take the first-token time and count from the last chunk.
     total = stamps[-1] - started
@@ -76,10 +93,13 @@ def package(checkpoint: str, n_prompt: int, n_new: int, quantize: str = "none") 
     return {
         "load_s": load_s,
         "dtype": str(gpt.loaded.dtype),
+        "kernel": gpt.loaded.kernel,
+        "threads": gpt.loaded.threads,
         "first_token_s": first,
         "decode_tok_s": decode,
         "tokens": last.tokens,
         "total_s": total,
+        **cpu_rate([cpu_first, cpu_last], last.tokens - tokens_first + 1),
     }
 
 
@@ -130,7 +150,10 @@ def bandwidth(_checkpoint: str, _n_prompt: int, _n_new: int, gib: float = 2.0) -
     return {"read_gb_s": buffer.numel() * 4 / best / 1e9, "threads": torch.get_num_threads()}
 
 
-PATHS = {"seed": seed_snippet, "default": package, "int8": package, "ct2": ctranslate2_int8, "bandwidth": bandwidth}
+PATHS = {
+    "seed": seed_snippet, "default": package, "fp16": package, "int8": package, "int4": package,
+    "ct2": ctranslate2_int8, "bandwidth": bandwidth,
+}  # fmt: skip
 
 
 def main() -> None:
@@ -140,11 +163,14 @@ def main() -> None:
     parser.add_argument("--prompt-tokens", type=int, default=20)
     parser.add_argument("--new-tokens", type=int, default=16)
     parser.add_argument("--converted", default="")
+    parser.add_argument("--kernel", help="for int8/int4/fp16: this kernel instead of the machine's choice")
     parser.add_argument("--bandwidth-gib", type=float, default=2.0, help="bytes read to measure the bandwidth")
     args = parser.parse_args()
     common = (args.checkpoint, args.prompt_tokens, args.new_tokens)
-    if args.path == "int8":
-        result = package(*common, quantize="int8")
+    if args.path in ("int8", "int4"):
+        result = package(*common, quantize=args.path, kernel=args.kernel)
+    elif args.path == "fp16":
+        result = package(*common, dtype="float16")
     elif args.path == "ct2":
         result = ctranslate2_int8(*common, args.converted)
     elif args.path == "ct2-convert":

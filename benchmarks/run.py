@@ -15,6 +15,7 @@ import datetime
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -22,14 +23,18 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from checkpoint import PRESETS, build, config_for  # noqa: E402
+from checkpoint import PRESETS, build, config_for
 
 LABELS = {
     "seed": "(1) seed snippet: fp16, HF generate",
-    "default": "(2) kogpt default: KoGPT.load(device='cpu') + stream",
-    "int8": "(3) kogpt --quantize int8 + stream",
+    "default": "(2) kogpt default (16-bit, this CPU's kernel): KoGPT.load(device='cpu') + stream",
+    "fp16": "(2b) kogpt --dtype float16 (fp16 weights)",
+    "int8": "(3) kogpt --quantize int8, this CPU's kernel",
+    "int8-other": "(3b) kogpt --quantize int8, the other int8 kernel",
+    "int4": "(6) kogpt --quantize int4, this CPU's kernel",
     "ct2": "(4) CTranslate2 int8",
 }
+ROWS = ["seed", "default", "fp16", "int8", "int8-other", "int4", "ct2"]
 
 
 def machine() -> dict:
@@ -79,30 +84,75 @@ def weight_bytes_per_token(config, bytes_per_weight: float) -> float:
     return n * bytes_per_weight
 
 
+def bytes_per_weight(name: str, r: dict) -> float:
+    """What the row's kernel reads per weight: 2 (16-bit), 1 (int8), 0.5 plus group scales (int4)."""
+    from kogpt.loading.kernels import KERNELS
+
+    kernel = KERNELS.get(r.get("kernel") or "")
+    if kernel is not None:
+        return kernel.bytes_per_weight
+    if name in ("ct2", "int8", "int8-other"):
+        return 1
+    return 4 if r.get("dtype") == "torch.float32" else 2
+
+
 def table(results: dict, config) -> str:
     bandwidth = results["bandwidth"]["read_gb_s"] * 1e9
     roof16 = bandwidth / weight_bytes_per_token(config, 2)
     roof8 = bandwidth / weight_bytes_per_token(config, 1)
     seed = results.get("seed", {}).get("decode_tok_s")
     ct2 = results.get("ct2", {}).get("decode_tok_s")
-    rows = ["| path | load s | first token s | decode tok/s | x seed | x CT2 | % roofline | peak RSS GiB |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for name, label in LABELS.items():
-        r = results.get(name)
+    int8 = results.get("int8", {}).get("decode_tok_s")
+    rows = ["| path | kernel | load s | first token s | decode tok/s | x seed | x CT2 | x our int8 | % roofline | peak RSS GiB | decode tok/s, CPU clock |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    ratio = lambda a, b: f"{a / b:.2f}" if a and b else "-"
+    for name in ROWS:
+        r, label = results.get(name), LABELS[name]
         if r is None:
             continue
         if "error" in r:
-            rows.append(f"| {label} | failed: {r['error'][:80]} | | | | | | |")
+            rows.append(f"| {label} | | failed: {r['error'][:80]} | | | | | | | | |")
             continue
         rate = r["decode_tok_s"]
-        roof = roof8 if name in ("int8", "ct2") else roof16
+        roof = bandwidth / weight_bytes_per_token(config, bytes_per_weight(name, r))
+        r["roofline_pct"] = 100 * rate / roof
         rows.append(
-            f"| {label} | {r['load_s']:.1f} | {r['first_token_s']:.2f} | {rate:.3f} | "
-            f"{rate / seed:.2f} | {f'{rate / ct2:.2f}' if ct2 else '-'} | {100 * rate / roof:.0f}% | {r['peak_rss_gib']:.1f} |"
-            if seed else f"| {label} | {r['load_s']:.1f} | {r['first_token_s']:.2f} | {rate:.3f} | - | - | - | {r['peak_rss_gib']:.1f} |"
+            f"| {label} | {r.get('kernel') or r.get('dtype', '')} | {r['load_s']:.1f} | {r['first_token_s']:.2f} | {rate:.3f} | "
+            f"{ratio(rate, seed)} | {ratio(rate, ct2)} | {ratio(rate, int8)} | {r['roofline_pct']:.0f}% | {r['peak_rss_gib']:.1f} | "
+            f"{r.get('decode_cpu_tok_s', float('nan')):.3f} |"
         )
-    rows.append(f"| (5) roofline at {bandwidth / 1e9:.1f} GB/s | | | {roof16:.2f} (16-bit) / {roof8:.2f} (int8) | | | 100% | |")
+    rows.append(f"| (5) roofline at {bandwidth / 1e9:.1f} GB/s | | | | {roof16:.2f} (16-bit) / {roof8:.2f} (int8) | | | | 100% | | |")
     return "\n".join(rows)
+
+
+def targets(results: dict) -> list[str]:
+    """Issue 13's targets, each met or not, from this run's figures."""
+    rate = lambda name: results.get(name, {}).get("decode_tok_s")
+    rss = lambda name: results.get(name, {}).get("peak_rss_gib")
+    checks = []
+    for name in ("default", "fp16", "int8", "int4"):
+        if results.get(name, {}).get("roofline_pct") is not None:
+            checks.append((f"{name} decode >= 85% of its roofline", results[name]["roofline_pct"], 85, "%"))
+    if rate("int8") and rate("ct2"):
+        checks.append(("int8 >= 1.1x CTranslate2 int8", rate("int8") / rate("ct2"), 1.1, "x"))
+    if rate("int4") and rate("int8"):
+        checks.append(("int4 >= 1.8x our int8", rate("int4") / rate("int8"), 1.8, "x"))
+    if rate("default") and rate("seed"):
+        checks.append(("default 16-bit >= 1.3x the seed snippet", rate("default") / rate("seed"), 1.3, "x"))
+    lines = [f"- {what}: {value:.2f}{unit} -> {'met' if value >= need else 'NOT met'}" for what, value, need, unit in checks]
+    for name, limit in (("int4", 4.5), ("int8", 7.5), ("default", 13)):
+        if rss(name):
+            lines.append(f"- peak RSS {name} <= {limit} GiB: {rss(name):.2f} GiB -> {'met' if rss(name) <= limit else 'NOT met'}")
+    first = results.get("first-prompt", {})
+    for name in ("default", "int8", "int4"):
+        if f"prompt_{name}_target_s" in first:
+            got, need = first[f"prompt_{name}_cached_s"], first[f"prompt_{name}_target_s"]
+            lines.append(
+                f"- second start to `prompt>` ({name}) <= import {first['import_s']:.1f} s + 1.5 x read of the "
+                f"{first[f'cache_{name}_gib']:.2f} GiB cached file ({first[f'cache_{name}_read_s']:.1f} s) = {need:.1f} s: "
+                f"{got:.1f} s -> {'met' if got <= need else 'NOT met'}"
+            )
+    return lines
 
 
 def extra_lines(results: dict) -> list[str]:
@@ -117,10 +167,14 @@ def extra_lines(results: dict) -> list[str]:
         )
     first = results.get("first-prompt")
     if first and "error" not in first:
+        starts = ", ".join(
+            f"{name} {first[f'prompt_{name}_s']:.1f} s then {first[f'prompt_{name}_cached_s']:.1f} s"
+            for name in ("default", "int8", "int4") if f"prompt_{name}_s" in first
+        )
         lines.append(
-            f"- time to the first `prompt> ` (weights in the page cache): default {first['prompt_default_s']:.1f} s "
-            f"({first['prompt_default_ratio']:.2f}x), int8 {first['prompt_int8_s']:.1f} s ({first['prompt_int8_ratio']:.2f}x) "
-            f"the {first['read_weights_s']:.1f} s it takes to read the weight files once"
+            f"- time to the first `prompt> ` (source weights in the page cache; first start, then the start that maps "
+            f"the converted-weights cache): {starts}; reading the source weight files once takes {first['read_weights_s']:.1f} s, "
+            f"importing torch + transformers {first['import_s']:.1f} s"
         )
     convert = results.get("ct2-convert", {})
     if convert.get("convert_s", 0) > 1:  # below that it was already converted by an earlier run
@@ -144,10 +198,15 @@ def main() -> None:
         default="PASSIVE",
         help="for every path; PASSIVE keeps OpenMP threads from spinning on a CPU shared with others (default:PASSIVE)",
     )
-    parser.add_argument("--paths", default="ct2-convert,bandwidth,seed,default,int8,ct2,overhead,first-prompt")
+    parser.add_argument("--paths", default="ct2-convert,bandwidth,seed,default,fp16,int8,int8-other,int4,ct2,overhead,first-prompt")
+    parser.add_argument("--checkpoint", help="an existing checkpoint directory instead of building OUT/PRESET")
     args = parser.parse_args()
     out = Path(args.out) / args.preset
-    checkpoint = build(out, args.preset)
+    out.mkdir(parents=True, exist_ok=True)
+    checkpoint = Path(args.checkpoint) if args.checkpoint else build(out, args.preset)
+    # The converted-weights cache of these runs lives (and starts empty) under OUT, not the user's.
+    os.environ["KOGPT_CACHE_DIR"] = str(out / "cache")
+    shutil.rmtree(out / "cache", ignore_errors=True)
     results: dict = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="minutes"),
                      "preset": args.preset, "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens,
                      "omp_wait_policy": args.omp_wait_policy,
@@ -161,12 +220,18 @@ def main() -> None:
         extra = ["--converted", str(out / "ct2-int8")] if name.startswith("ct2") else None
         if name == "bandwidth" and args.preset == "tiny":  # seconds, not a measurement
             extra = ["--bandwidth-gib", "0.1"]
-        results[name] = run_path(name, checkpoint, args, extra)
+        name_run = name
+        if name == "int8-other":
+            chosen = results.get("int8", {}).get("kernel", "w8")
+            extra, name_run = ["--kernel", "w8" if chosen == "w8a8" else "w8a8"], "int8"
+        results[name] = run_path(name_run, checkpoint, args, extra)
+        (out / "results.json").write_text(json.dumps(results, indent=1))  # so far: a long run may be cut short
     config = config_for(args.preset)
     report = "\n".join([
         f"{results['date']}, preset {args.preset}, {args.prompt_tokens}-token prompt, {args.new_tokens} sampled tokens, "
         f"OMP_WAIT_POLICY={args.omp_wait_policy}",
         f"machine: {json.dumps(results['machine'])}", "", table(results, config), "", *extra_lines(results),
+        "", "targets (issue 13):", *targets(results),
     ])
     (out / "results.json").write_text(json.dumps(results, indent=1))
     (out / "results.md").write_text(report + "\n")

@@ -63,6 +63,9 @@ class KoGPT:
         offload_dir: str | None = None,
         static_cache: bool | None = None,
         compile: bool = True,
+        threads: int | None = None,
+        kernel: str | None = None,
+        cache: bool = True,
     ) -> KoGPT:
         """Load from a hub repo id or a local checkpoint directory.
 
@@ -72,6 +75,9 @@ class KoGPT:
         ("0=10GiB,cpu=30GiB" or a dict), putting what is left in `offload_dir`. `static_cache`
         (default: on one plain CUDA GPU only) decodes with a preallocated KV cache, over which the
         engine compiles its one-token step with `torch.compile` (CUDA graphs) unless `compile=False`.
+        On the CPU, `threads` (default: the physical cores) compute, `kernel` overrides the kernel
+        measured fastest on this CPU (`kogpt.loading.kernels.KERNELS`), and `cache=False` skips the
+        converted-weights cache.
         """
         options = Options(
             model=model,
@@ -84,6 +90,9 @@ class KoGPT:
             max_memory=parse_max_memory(max_memory),
             offload_dir=offload_dir,
             static_cache=static_cache,
+            threads=threads,
+            kernel=kernel,
+            cache=cache,
         )
         return cls.from_options(options, compile=compile)
 

@@ -16,7 +16,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kogpt import KoGPTError
 cli = importlib.import_module("kogpt.cli.main")  # `kogpt.cli.main` the attribute is the function
 from kogpt.cli.scripting import parse_prompts_file
 from kogpt.settings import (

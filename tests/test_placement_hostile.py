@@ -18,7 +18,6 @@ from kogpt.cli.main import main
 from kogpt.cli.scripting import parse_prompts_file
 from kogpt.errors import KoGPTError
 from kogpt.loading import load as model_lib
-from kogpt.placement import options as placement
 from kogpt.placement.budget import MAX_BYTES, parse_max_memory, parse_size
 from kogpt.placement.options import check_target
 from kogpt.settings import SamplingSettings

@@ -176,7 +176,7 @@ def test_cpu_24gib_runs_bfloat16_but_not_float32(config, model):
         and "23.00 GiB is usable" in fp32.problem
     )
     assert "--dtype bfloat16 (cpu 12.36 GiB)" in fp32.refusal()
-    assert "--quantize int4" not in fp32.refusal()  # GPU only
+    assert "--quantize int4 (cpu 4.49 GiB)" in fp32.refusal()  # kogpt's CPU int4 (issue 13)
 
 
 def test_cpu_8gib_refuses_and_only_disk_offload_fits(config, model):

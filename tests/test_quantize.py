@@ -1,4 +1,5 @@
-"""Weight-only int8: the layer's arithmetic, the streaming loader, and agreement with the float model."""
+"""Quantized CPU weights (int8 and int4, every kernel): the layer's arithmetic, the streaming loader,
+and agreement with the float model."""
 
 from __future__ import annotations
 
@@ -7,8 +8,15 @@ import torch
 
 from kogpt import KoGPT, KoGPTError
 from kogpt.cli.main import build_parser
+from kogpt.loading import int4, kernels
 from kogpt.loading.checkpoint import load_config
-from kogpt.loading.quantize import Int8Linear, load_quantized
+from kogpt.loading.quantize import (
+    Int8Linear,
+    PackedLinear,
+    check_method,
+    load_quantized,
+    quantize_model,
+)
 
 
 def test_int8_linear_matches_float_linear():
@@ -48,6 +56,15 @@ def test_streaming_loader_quantizes_every_linear_as_from_linear_does(tiny_bin_di
         assert torch.equal(got.weight, want.weight) and torch.equal(got.scales, want.scales), name
 
 
+def test_quantize_model_replaces_every_linear(tiny_dir):
+    from transformers import AutoModelForCausalLM
+
+    model = quantize_model(AutoModelForCausalLM.from_pretrained(tiny_dir), "int8")
+    kinds = {type(m) for m in model.modules()}
+    assert torch.nn.Linear not in kinds and PackedLinear in kinds
+    assert isinstance(model.lm_head, PackedLinear) and model.lm_head.kernel.name == "w8"
+
+
 def test_tied_embeddings_are_refused_under_cpu_int8(tmp_path):
     from tests.tiny import build_checkpoint
 
@@ -85,14 +102,21 @@ def test_int8_greedy_tokens_agree_with_the_float_path(gpt, tiny_dir):
 def test_int8_model_loads_and_streams_through_the_api(tiny_bin_dir):
     gpt = KoGPT.load(str(tiny_bin_dir), device="cpu", quantize="int8")
     assert gpt.loaded.dtype == torch.bfloat16
-    assert isinstance(gpt.model.transformer.h[0].mlp.fc_in, Int8Linear)
+    assert isinstance(gpt.model.transformer.h[0].mlp.fc_in, PackedLinear)
+    assert gpt.loaded.kernel in ("w8", "w8a8")
     chunks = list(gpt.stream("인간처럼 생각하고,", temperature=0, max_new_tokens=12))
     assert chunks[-1].tokens == 12 or chunks[-1].finish_reason == "eos"
     text = "".join(c.text for c in chunks)
     assert text == gpt.generate("인간처럼 생각하고,", temperature=0, max_new_tokens=12)
 
 
-def test_unknown_methods_are_refused(tiny_dir):
+def test_unknown_or_misplaced_methods_are_refused(tiny_dir):
+    with pytest.raises(ValueError, match="unknown quantization"):
+        check_method("int3", "cpu")
+    with pytest.raises(ValueError, match="--device cpu"):
+        check_method("int8", "cuda")
+    with pytest.raises(ValueError, match="--device cpu"):
+        check_method("int4", "cuda")
     with pytest.raises(KoGPTError, match="unknown quantization"):
         KoGPT.load(str(tiny_dir), device="cpu", quantize="int3")
 
@@ -102,3 +126,104 @@ def test_cli_flag():
     assert build_parser().parse_args(["--quantize", "int8"]).quantize == "int8"
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--quantize", "int3"])
+
+
+QUANTIZED = [k.name for k in kernels.KERNELS.values() if k.format in ("int8", "int4")]
+
+
+@pytest.mark.parametrize("kernel", QUANTIZED)
+def test_every_quantized_kernel_matches_float_within_its_format_tolerance(kernel):
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(256, 80)  # 80 output rows: int4 pads them to 96 and drops the padding
+    layer = PackedLinear.from_linear(linear, kernel)
+    x = torch.randn(2, 7, 256)
+    with torch.no_grad():
+        want, got = linear(x), layer(x)
+    assert got.shape == want.shape and got.dtype == x.dtype
+    error = float((got - want).norm() / want.norm())
+    assert error < kernels.TOLERANCE[layer.kernel.format], error
+
+
+def test_int4_codes_and_scales_reproduce_the_weight_and_the_kernel_computes_with_them():
+    torch.manual_seed(0)
+    weight = torch.randn(64, 128) * 0.02
+    codes, scales_and_zeros = int4.quantize(weight, 32)
+    assert codes.min() >= 0 and codes.max() <= 15
+    assert scales_and_zeros.shape == (128 // 32, 64, 2)
+    restored = int4.dequantize(codes, scales_and_zeros, 32)
+    step = (weight.reshape(64, 4, 32).amax(-1) - weight.reshape(64, 4, 32).amin(-1)) / 15
+    # Rounding moves each weight by half a step at most (plus the bfloat16 rounding of scale and zero).
+    assert ((restored - weight).abs().reshape(64, 4, 32) <= step[..., None] * 0.5 + 2e-4).all()
+    x = torch.randn(3, 128)
+    exact = x @ restored.t()  # the kernel computes exactly with the dequantized weight, in bfloat16
+    got = int4.matmul(x, int4.pack(weight, 32), 32).float()
+    assert float((got - exact).norm() / exact.norm()) < 0.01
+
+
+def test_int4_refuses_groups_that_do_not_divide_the_inputs():
+    with pytest.raises(ValueError, match="does not divide"):
+        int4.quantize(torch.zeros(16, 96), 64)
+
+
+@pytest.mark.parametrize("method", ["int8", "int4"])
+def test_streaming_quantized_loader_equals_quantizing_the_loaded_model(tiny_bin_dir, method):
+    from transformers import AutoModelForCausalLM
+
+    config = load_config(tiny_bin_dir)
+    streamed = load_quantized(tiny_bin_dir, config, method).state_dict()
+    whole = quantize_model(AutoModelForCausalLM.from_pretrained(tiny_bin_dir, dtype=torch.float32), method).state_dict()
+    assert streamed.keys() == whole.keys()
+    for name, tensor in whole.items():
+        assert torch.equal(streamed[name], tensor), name
+
+
+def logit_error(float_model, quantized, sequences: list[torch.Tensor]) -> float:
+    """Mean over positions of ‖logits − float logits‖ / ‖float logits‖."""
+    errors = []
+    with torch.inference_mode():
+        for ids in sequences:
+            a = float_model(ids).logits.float()
+            b = quantized(ids).logits.float()
+            errors.append(((b - a).norm(dim=-1) / a.norm(dim=-1)).mean())
+    return float(torch.stack(errors).mean())
+
+
+@pytest.fixture(scope="module")
+def greedy_sequences(gpt):
+    from tests.tiny import korean_lines
+
+    sequences = []
+    for line in korean_lines()[:12]:
+        ids = torch.tensor([gpt.encode(line)[:24]])
+        with torch.inference_mode():
+            sequences.append(gpt.model.generate(ids, do_sample=False, max_new_tokens=24, pad_token_id=1))
+    return sequences
+
+
+# Greedy agreement and logit error against the float32 model, on the tiny checkpoint (README's table).
+QUALITY = {"w8": (0.95, 0.03), "w8a8": (0.95, 0.04), "w4g32": (0.65, 0.2), "w4g64": (0.65, 0.2)}
+
+
+@pytest.mark.parametrize("kernel", sorted(QUALITY))
+def test_quantized_greedy_agreement_and_logit_error_against_float(gpt, tiny_dir, greedy_sequences, kernel):
+    method = kernels.KERNELS[kernel].format
+    quantized = KoGPT.load(str(tiny_dir), device="cpu", quantize=method, kernel=kernel, cache=False)
+    assert quantized.loaded.kernel == kernel
+    agreement = greedy_agreement(gpt.model, quantized.model, greedy_sequences)
+    error = logit_error(gpt.model, quantized.model, greedy_sequences)
+    print(f"{kernel}: greedy agreement {agreement:.3f}, logit error {error:.4f}")
+    least_agreement, most_error = QUALITY[kernel]
+    assert agreement >= least_agreement and error <= most_error
+
+
+def test_int4_model_loads_and_streams_on_the_cpu(tiny_bin_dir):
+    gpt = KoGPT.load(str(tiny_bin_dir), device="cpu", quantize="int4")
+    assert gpt.loaded.dtype == torch.bfloat16 and gpt.loaded.kernel in ("w4g32", "w4g64")
+    assert isinstance(gpt.model.lm_head, PackedLinear)
+    text = gpt.generate("인간처럼 생각하고,", temperature=0, max_new_tokens=8)
+    assert text == "".join(c.text for c in gpt.stream("인간처럼 생각하고,", temperature=0, max_new_tokens=8))
+
+
+def test_a_kernel_of_another_format_is_refused(tiny_dir):
+    with pytest.raises(KoGPTError, match="does not compute int8 weights"):
+        KoGPT.load(str(tiny_dir), device="cpu", quantize="int8", kernel="w4g32")

@@ -55,7 +55,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--quantize",
         default="none",
         choices=QUANTIZE_CHOICES,
-        help="weight quantization: int8 (GPU: bitsandbytes; CPU: weight-only), int4 (GPU only); default none",
+        help="weight quantization: int8 or int4 (GPU: bitsandbytes; CPU: kogpt's fastest kernel here); default none",
+    )
+    group.add_argument(
+        "--threads",
+        type=positive_int,
+        metavar="N",
+        help="CPU threads that compute (default: the physical cores)",
+    )
+    group.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="convert the weights in memory; neither read nor write the converted-weights cache (kogpt cache list)",
     )
     group.add_argument(
         "--no-compile",
@@ -65,6 +76,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--plan", action="store_true", help="print where each block would go and the memory it needs, then exit"
     )
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer of 1 or more."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
+    return value
 
 
 def options_from_args(args: argparse.Namespace) -> Options:
@@ -88,6 +110,8 @@ def options_from_args(args: argparse.Namespace) -> Options:
         max_memory=parse_max_memory(args.max_memory),
         offload_dir=args.offload_dir,
         quantize=args.quantize,
+        threads=args.threads,
+        cache=not args.no_cache,
     )
 
 

@@ -35,7 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="KoGPT inference",
         description="KakaoBrain Korean(hangul) Generative Pre-Training Model",
         epilog="few-shot evaluation: kogpt eval {nsmc,ynat,klue-sts} --data FILE (see kogpt eval --help); "
-        "an OpenAI-compatible API: kogpt serve (see kogpt serve --help)",
+        "an OpenAI-compatible API: kogpt serve (see kogpt serve --help); "
+        "the converted-weights cache: kogpt cache {list,clear}",
     )
     flags.add_model_arguments(parser)
     parser.add_argument("--version", action="version", version=f"kogpt {VERSION}")
@@ -90,6 +91,10 @@ def main(argv: list[str] | None = None) -> int:
         from kogpt.cli import serve
 
         parser, runner, argv = serve.build_parser(), serve.run, argv[1:]
+    elif argv[:1] == ["cache"]:
+        from kogpt.cli import cache
+
+        parser, runner, argv = cache.build_parser(), cache.run, argv[1:]
     args = parser.parse_args(argv)
     setup_logging(args.debug)
     from kogpt.cli.render import Renderer

@@ -80,13 +80,20 @@ def show_plan(options: Options, console: Console, hardware: Hardware | None = No
     from kogpt.placement.decide import check_early, decide
 
     check_early(options, planning=True)
-    decision = decide(read_config(options.model, options.revision), options, hardware, planning=True)
+    from kogpt.loading.choices import planned_kernel
+
+    config = read_config(options.model, options.revision)
+    decision = decide(config, options, hardware, planning=True, kernel_for=planned_kernel)
     title = Path(options.model).name or options.model
     if as_json:
         console.out(json.dumps(decision_as_dict(decision, title), ensure_ascii=False), highlight=False)
     else:
         print_plan(console, decision.plan, title=title)
         print_decision(console, decision)
+        if decision.threads and decision.plan.fits:
+            from kogpt.cli.kernelview import cpu_figures, print_cpu
+
+            print_cpu(console, cpu_figures(config, decision))
     return 0 if decision.plan.fits else 1
 
 
@@ -133,4 +140,7 @@ def decision_as_dict(decision: Decision, title: str = "KoGPT") -> dict:
         "dtype_reason": decision.choice.reason,
         "streamed": decision.streamed,
         "static_cache": decision.static_cache,
+        "threads": decision.threads,
+        "kernel": decision.kernel,
+        "kernel_reason": decision.kernel_reason,
     }

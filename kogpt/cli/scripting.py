@@ -5,7 +5,6 @@ Only model text (or JSON) goes to stdout; figures and errors go to stderr.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
 import sys

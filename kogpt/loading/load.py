@@ -10,9 +10,8 @@ from pathlib import Path
 import torch
 
 from kogpt.errors import KoGPTError, first_line
-from kogpt.loading import prefill
+from kogpt.loading import choices, kernels, prefill
 from kogpt.loading import quantize as quantize_lib
-from kogpt.loading import weights as weights_lib
 from kogpt.loading.checkpoint import load_config, load_tokenizer, resolve_checkpoint
 from kogpt.placement.decide import Decision, decide
 from kogpt.placement.devicemap import quiet_accelerate
@@ -44,6 +43,15 @@ class Loaded:
     def quantize(self) -> str:
         return self.decision.quantize
 
+    @property
+    def kernel(self) -> str:
+        """The CPU kernel of the Linear layers (kogpt.loading.kernels); "" when torch's own layers compute."""
+        return self.decision.kernel or ""
+
+    @property
+    def threads(self) -> int:
+        return self.decision.threads
+
 
 def load(options: Options, path: Path | None = None) -> Loaded:
     """Load what `options` asks for: tokenizer and weights, placed and typed as `decide` says.
@@ -62,13 +70,20 @@ def load(options: Options, path: Path | None = None) -> Loaded:
     tokenizer = load_tokenizer(path, config.vocab_size, options.trust_remote_code)
     log.debug("loaded the tokenizer from %s (%d tokens)", path, len(tokenizer))
 
-    decision = decide(config, options)
+    decision = decide(config, options, kernel_for=choices.kernel_for)
     if not decision.plan.fits:
         raise KoGPTError(decision.plan.refusal())
     dtype, quantize = decision.dtype, options.quantize
     log.info("dtype %s on %s: %s", str(dtype).removeprefix("torch."), decision.device, decision.choice.reason)
+    if decision.threads:
+        kernels.set_threads(decision.threads)
+    if decision.kernel:
+        fmt = quantize if quantize != "none" else "16bit"
+        log.debug("%s kernel %s with %d threads: %s", fmt, decision.kernel, decision.threads, decision.kernel_reason)
     if decision.streamed:  # tensor by tensor: peak memory is the model plus one tensor
-        weights = load_streamed_weights(path, config, dtype, quantize, tokenizer.eos_token_id)
+        weights = load_streamed_weights(
+            path, config, dtype, quantize, tokenizer.eos_token_id, decision.kernel, options.cache
+        )
         if dtype == torch.bfloat16 and quantize == "none" and prefill.needs_upcast():
             log.debug("prompts computed in float32 (no fast bfloat16 GEMM): %d layers", prefill.apply(weights))
     else:
@@ -117,13 +132,15 @@ def load_weights(
     return model
 
 
-def load_streamed_weights(path: Path, config, dtype: torch.dtype, quantize: str, pad_token_id: int):
-    """The CPU loader: `kogpt.weights.load_streaming`, quantizing on the way when asked."""
+def load_streamed_weights(
+    path: Path, config, dtype: torch.dtype, quantize: str, pad_token_id: int, kernel: str | None = None, cache: bool = True
+):
+    """The CPU loader: `kogpt.loading.weights.load_streaming`, quantizing on the way when asked,
+    through the converted-weights cache for 16-bit and quantized formats (unless `cache` is off)."""
     config.pad_token_id = pad_token_id
     try:
-        if quantize != "none":
-            return quantize_lib.load_quantized(path, config, quantize, attn_implementation="sdpa")
-        return weights_lib.load_streaming(path, config, dtype, attn_implementation="sdpa")
+        use_cache = cache and (quantize != "none" or dtype in (torch.bfloat16, torch.float16))
+        return quantize_lib.load_cpu(path, config, dtype, quantize, kernel, use_cache, attn_implementation="sdpa")
     except (MemoryError, torch.OutOfMemoryError) as exc:
         raise KoGPTError(f"ran out of memory loading {path} in {dtype} (--quantize {quantize})") from exc
     except Exception as exc:  # as in load_weights: name the file and go

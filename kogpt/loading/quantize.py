@@ -1,9 +1,10 @@
-"""Weight-only int8 on the CPU: `Int8Linear`, and a loader that quantizes as it reads.
+"""Quantized weights on the CPU: `PackedLinear`, `quantize_model()`, and a loader that quantizes as it reads.
 
-Each Linear keeps int8 weights with one bfloat16 scale per output channel and computes with
-`torch.ops.aten._weight_int8pack_mm` on bfloat16 activations; the rest of the model (embeddings,
-layer norms, attention) stays in bfloat16. `load_quantized()` reads the checkpoint one tensor at a
-time and quantizes each weight as it arrives, so the float weights are never all in memory at once.
+Each Linear keeps its weight packed as its kernel (see `kogpt.loading.kernels`) wants it: int8 with
+one scale per output channel (`--quantize int8`), or int4 with per-group scales and zero points
+(`--quantize int4`). The rest of the model (embeddings, layer norms, attention) stays in bfloat16.
+`load_quantized()` reads the checkpoint one tensor at a time and packs each weight as it arrives,
+so the float weights are never all in memory at once.
 """
 
 from __future__ import annotations
@@ -14,84 +15,147 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from kogpt.loading import weights
+from kogpt.loading import cache, int4, kernels, weights
 
 log = logging.getLogger(__name__)
 
+METHODS = ("none", "int8", "int4")
 COMPUTE_DTYPE = torch.bfloat16
 
 
-class Int8Linear(nn.Module):
-    """A Linear layer with int8 weights (out, in) and per-output-channel bfloat16 scales."""
+class PackedLinear(nn.Module):
+    """A Linear layer whose weight is packed for one kernel of `kogpt.loading.kernels.KERNELS`."""
 
-    def __init__(self, in_features: int, out_features: int, bias: bool, device: torch.device | str | None = None):
+    def __init__(self, in_features: int, out_features: int, bias: bool, kernel: str, device: torch.device | str | None = None):
         super().__init__()
         self.in_features = in_features
         self.out_features = out_features
-        self.register_buffer("weight", torch.empty(out_features, in_features, dtype=torch.int8, device=device))
-        self.register_buffer("scales", torch.empty(out_features, dtype=COMPUTE_DTYPE, device=device))
+        self.kernel = kernels.KERNELS[kernel]
+        for name in self.kernel.buffers:  # placeholders until set_weight or a cached load fills them
+            self.register_buffer(name, torch.empty(0, device="meta"))
         self.register_buffer("bias", torch.empty(out_features, dtype=COMPUTE_DTYPE, device=device) if bias else None)
 
     def set_weight(self, weight: torch.Tensor) -> None:
-        """Quantize a float weight (out, in): symmetric, scale = max |w| of the row / 127.
-
-        Rows go in blocks of about 4 MiB of float32, so the arithmetic stays in the CPU's caches.
-        """
-        out, n_in = weight.shape
-        quantized = torch.empty(out, n_in, dtype=torch.int8)
-        scales = torch.empty(out)
-        step = max(1, (1 << 20) // n_in)
-        for start in range(0, out, step):
-            w = weight[start : start + step].to(torch.float32, copy=True)  # (rows, in)
-            # The scale as it will be stored (bfloat16), so the int8 values are rounded against it.
-            scale = (w.abs().amax(dim=1).clamp(min=1e-8) / 127).to(COMPUTE_DTYPE).float()  # (rows,)
-            quantized[start : start + step] = w.div_(scale[:, None]).round_().clamp_(-127, 127)
-            scales[start : start + step] = scale
-        self.weight = quantized
-        self.scales = scales.to(COMPUTE_DTYPE)  # exact: every value came from COMPUTE_DTYPE
+        """Pack a float weight (out, in) for this layer's kernel."""
+        for name, tensor in self.kernel.pack(weight).items():
+            setattr(self, name, tensor)
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear) -> Int8Linear:
-        layer = cls(linear.in_features, linear.out_features, linear.bias is not None)
+    def from_linear(cls, linear: nn.Linear, kernel: str | None = None) -> PackedLinear:
+        layer = cls(linear.in_features, linear.out_features, linear.bias is not None, *([kernel] if kernel else []))
         layer.set_weight(linear.weight.detach())
         if linear.bias is not None:
             layer.bias = linear.bias.detach().to(COMPUTE_DTYPE)
         return layer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        flat = x.reshape(-1, self.in_features).to(COMPUTE_DTYPE)  # (tokens, in)
-        out = torch.ops.aten._weight_int8pack_mm(flat.contiguous(), self.weight, self.scales)  # (tokens, out)
+        flat = x.reshape(-1, self.in_features)  # (tokens, in)
+        out = self.kernel.run(flat, dict(self.named_buffers(recurse=False)))  # (tokens, out or more)
+        if out.shape[-1] != self.out_features:  # int4 pads the output rows to a multiple of 16
+            out = out[:, : self.out_features]
         if self.bias is not None:
             out = out + self.bias
         return out.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, kernel={self.kernel.name}"
+
+
+class Int8Linear(PackedLinear):
+    """Weight-only int8 (`_weight_int8pack_mm`): int8 weights (out, in), one bfloat16 scale per output channel."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool, kernel: str = "w8", device=None):
+        super().__init__(in_features, out_features, bias, kernel, device)
+
+
+def check_method(method: str, device: str) -> None:
+    """Raise ValueError for a method this module cannot run on `device`."""
+    if method not in METHODS:
+        raise ValueError(f"unknown quantization {method!r}; choose one of {', '.join(METHODS)}")
+    if method != "none" and device != "cpu":
+        raise ValueError(f"--quantize {method} with kogpt's kernels runs on the CPU; use --device cpu")
+
+
+def default_kernel(method: str, widths: set[int] | None = None) -> str:
+    """The method's portable kernel; for int4, the largest group up to 128 dividing every width in `widths`."""
+    if method != "int4" or not widths:
+        return kernels.DEFAULTS[method]
+    fitting = [group for group in int4.GROUPS if group <= 128 and all(int4.fits(width, group) for width in widths)]
+    if not fitting:
+        raise ValueError(f"--quantize int4 needs Linear inputs divisible by 32; this model has {sorted(widths)}")
+    return f"w4g{max(fitting)}"
+
+
+def widths(config) -> set[int]:
+    """The input widths of a GPT-J's Linear layers."""
+    return {config.n_embd, getattr(config, "n_inner", None) or 4 * config.n_embd}
 
 
 def _linear_names(model: nn.Module) -> list[str]:
     return [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
 
 
-def load_quantized(path: Path, config, method: str = "int8", **model_kwargs) -> nn.Module:
-    """Build the model empty and fill it from the checkpoint in `path` one tensor at a time.
+def quantize_model(model: nn.Module, method: str = "int8", kernel: str | None = None) -> nn.Module:
+    """Replace every `nn.Linear` of a loaded float model by a `PackedLinear`, in place; returns the model."""
+    check_method(method, "cpu")
+    if method == "none":
+        return model
+    kernel = kernel or default_kernel(method, {model.get_submodule(n).in_features for n in _linear_names(model)})
+    for name in _linear_names(model):
+        parent, _, attr = name.rpartition(".")
+        linear = model.get_submodule(name)
+        setattr(model.get_submodule(parent), attr, PackedLinear.from_linear(linear, kernel))
+    return model.to(COMPUTE_DTYPE)
 
-    Linear weights are quantized as they are read; everything else is cast to bfloat16.
-    """
-    if method != "int8":  # the plan refuses other methods on the CPU before any load
-        raise ValueError(f"no CPU loader for --quantize {method}")
 
-    def prepare(model: nn.Module) -> None:
+def prepare(kernel: str):
+    """`prepare(model)` for `weights.load_streaming`: swap every Linear for an empty `PackedLinear`."""
+
+    def swap(model: nn.Module) -> None:
         for name in _linear_names(model):
             parent, _, attr = name.rpartition(".")
             linear = model.get_submodule(name)
-            empty = Int8Linear(linear.in_features, linear.out_features, linear.bias is not None, device="meta")
+            empty = PackedLinear(linear.in_features, linear.out_features, linear.bias is not None, kernel, device="meta")
             setattr(model.get_submodule(parent), attr, empty)
 
-    def setter(module: nn.Module, attr: str, tensor: torch.Tensor) -> bool:
-        if isinstance(module, Int8Linear) and attr == "weight":
-            module.set_weight(tensor)
-            return True
-        return False
+    return swap
 
-    return weights.load_streaming(path, config, COMPUTE_DTYPE, prepare, setter, **model_kwargs)
+
+def setter(module: nn.Module, attr: str, tensor: torch.Tensor) -> bool:
+    """`setter` for `weights.load_streaming`: pack the float weight of a `PackedLinear` as it is read."""
+    if isinstance(module, PackedLinear) and attr == "weight":
+        module.set_weight(tensor)
+        return True
+    return False
+
+
+def load_quantized(path: Path, config, method: str = "int8", kernel: str | None = None, **model_kwargs) -> nn.Module:
+    """Build the model empty and fill it from the checkpoint in `path` one tensor at a time.
+
+    Linear weights are packed for `kernel` (default: the method's portable kernel) as they are
+    read; everything else is cast to bfloat16.
+    """
+    check_method(method, "cpu")
+    kernel = kernel or default_kernel(method, widths(config))
+    return weights.load_streaming(path, config, COMPUTE_DTYPE, prepare(kernel), setter, **model_kwargs)
+
+
+def load_cpu(
+    path: Path, config, dtype: torch.dtype, method: str, kernel: str | None, use_cache: bool = True, **model_kwargs
+) -> nn.Module:
+    """The CPU model in `dtype` (`method` none) or packed for `kernel` (int8, int4), from the
+    converted-weights cache when it holds this checkpoint so converted, else converted and cached.
+    """
+    check_method(method, "cpu")
+    kernel = kernel or (default_kernel(method, widths(config)) if method != "none" else str(dtype).removeprefix("torch."))
+    swap = prepare(kernel) if method != "none" else None
+    fmt = "16bit" if method == "none" else method
+    entry = cache.entry_for(path, weights.weight_files(path), fmt, kernel) if use_cache else None
+    mapped = cache.open_entry(entry) if entry is not None else None
+    if mapped is not None:
+        log.info("weights mapped from the converted-weights cache %s", entry.path)
+        return weights.load_streaming(path, config, dtype, swap, tensors=mapped.items(), **model_kwargs)
+    model = weights.load_streaming(path, config, dtype, swap, setter if swap else None, **model_kwargs)
+    if entry is not None:
+        cache.store(entry, model.state_dict())
+    return model

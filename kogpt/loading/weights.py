@@ -12,7 +12,7 @@ import ctypes
 import json
 import logging
 import mmap
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import torch
@@ -34,12 +34,15 @@ def load_streaming(
     dtype: torch.dtype,
     prepare: Callable[[nn.Module], None] | None = None,
     setter: Setter | None = None,
+    tensors: Iterable[tuple[str, torch.Tensor]] | None = None,
     **model_kwargs,
 ) -> nn.Module:
     """Build the model from `config` on the meta device and fill it from the weight files in `path`.
 
     `prepare(model)` may swap modules (for example quantized Linears) before filling; `setter` then
-    gets the first say on every tensor. Everything else is cast to `dtype`.
+    gets the first say on every tensor. Everything else is cast to `dtype`. `tensors` replaces the
+    weight files with tensors already converted (the converted-weights cache): they are used as
+    they are, without a copy.
     """
     from accelerate import init_empty_weights
     from transformers import AutoModelForCausalLM, GenerationConfig
@@ -48,17 +51,22 @@ def load_streaming(
         model = AutoModelForCausalLM.from_config(config, dtype=dtype, **model_kwargs)
     if prepare is not None:
         prepare(model)
-    for name, tensor in read_tensors(path):
+    as_is = tensors is not None
+    for name, tensor in tensors if as_is else read_tensors(path):
         owner, _, attr = name.rpartition(".")
         try:
             module = model.get_submodule(owner)
         except AttributeError:
             log.debug("skipping %s: not part of the model", name)
             continue
-        if setter is not None and setter(module, attr, tensor):
+        if not as_is and setter is not None and setter(module, attr, tensor):
             continue
         # Only floating-point tensors take the compute dtype; integer ones (ids, masks) keep theirs.
-        value = tensor.to(dtype, copy=True) if tensor.is_floating_point() else tensor.clone()
+        # Cached tensors are already converted: they are used as they are, mapped from the file.
+        if as_is:
+            value = tensor
+        else:
+            value = tensor.to(dtype, copy=True) if tensor.is_floating_point() else tensor.clone()
         if attr in module._parameters:
             module._parameters[attr] = nn.Parameter(value, requires_grad=False)
         elif attr in module._buffers:

@@ -8,7 +8,8 @@ loads exactly this, and `--plan` prints exactly this.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -34,6 +35,9 @@ class Decision:
     plan: Plan
     streamed: bool  # the CPU loader, tensor by tensor (no device map)
     static_cache: bool  # a preallocated KV cache, compiled on CUDA
+    kernel: str | None = None  # the CPU Linear kernel (kogpt.loading.kernels), for the streamed loader
+    kernel_reason: str = ""
+    threads: int = 0  # CPU threads that compute; 0 on a GPU
 
     @property
     def dtype(self) -> torch.dtype:
@@ -65,11 +69,27 @@ def check_early(options: Options, planning: bool = False) -> torch.device:
     return device
 
 
-def decide(config, options: Options, hardware: Hardware | None = None, planning: bool = False) -> Decision:
+# kernel_for(config, format, requested kernel or None, threads) -> (kernel, why, compute dtype):
+# kogpt.loading.choices measures or remembers it; placement never imports loading, so it is passed in.
+KernelFor = Callable[[object, str, "str | None", int], tuple[str, str, torch.dtype]]
+
+
+def physical_cores() -> int:
+    import os
+
+    import psutil
+
+    return psutil.cpu_count(logical=False) or os.cpu_count() or 1
+
+
+def decide(
+    config, options: Options, hardware: Hardware | None = None, planning: bool = False, kernel_for: KernelFor | None = None
+) -> Decision:
     """Decide everything about the load of `config` with `options`.
 
     `hardware` defaults to this machine's free memory (tests inject other machines); `planning`
-    (`--plan`) needs neither bitsandbytes nor the GPUs `--max-memory` names.
+    (`--plan`) needs neither bitsandbytes nor the GPUs `--max-memory` names. On the CPU,
+    `kernel_for` chooses the Linear kernel of the format (16-bit, int8, int4).
     """
     injected_gpus = options.device == "cuda" and hardware is not None and hardware.gpus
     device = torch.device("cuda") if injected_gpus else resolve_device(options, planning)
@@ -87,7 +107,30 @@ def decide(config, options: Options, hardware: Hardware | None = None, planning:
     plain = options.quantize == "none" and not options.strategy
     static_cache = options.static_cache if options.static_cache is not None else device.type == "cuda" and plain
     log.debug("placement: %s%s", plan.summary(), "" if plan.fits else f" (does not fit: {plan.problem})")
-    return Decision(device, choice, plan, streamed, static_cache)
+    decision = Decision(device, choice, plan, streamed, static_cache)
+    if streamed:
+        if options.threads is not None and options.threads < 1:
+            raise KoGPTError(f"--threads must be 1 or more, not {options.threads}")
+        decision = replace(decision, threads=options.threads or physical_cores())
+    return cpu_kernel(config, options, decision, kernel_for) if streamed and kernel_for else decision
+
+
+def cpu_kernel(config, options: Options, decision: Decision, kernel_for: KernelFor) -> Decision:
+    """The decision with its CPU kernel. A 16-bit load picks between bfloat16 and float16 only when
+    the dtype is `auto` and 16-bit; float32 (which `auto` keeps where it fits) is exact as it is."""
+    if options.quantize != "none":
+        fmt = options.quantize
+    elif options.dtype == "auto" and decision.dtype == torch.bfloat16:
+        fmt = "16bit"
+    elif options.kernel:
+        raise KoGPTError(f"--kernel {options.kernel} needs --quantize, or the automatic 16-bit dtype")
+    else:
+        return decision
+    kernel, why, dtype = kernel_for(config, fmt, options.kernel, decision.threads)
+    choice = decision.choice
+    if dtype != choice.dtype:
+        choice = DtypeChoice(dtype, f"{choice.reason}; {str(dtype).removeprefix('torch.')} is the faster 16-bit kernel here")
+    return replace(decision, choice=choice, kernel=kernel, kernel_reason=why)
 
 
 def choose_dtype(config, device, options: Options, hardware: Hardware, n_params: int, streamed: bool) -> DtypeChoice:

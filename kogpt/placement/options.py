@@ -44,6 +44,9 @@ class Options:
     offload_dir: str | None = None
     quantize: str = "none"
     static_cache: bool | None = None
+    threads: int | None = None  # CPU threads; None: the physical cores
+    kernel: str | None = None  # CPU Linear kernel (kogpt.loading.kernels); None: the fastest measured here
+    cache: bool = True  # the converted-weights cache of CPU loads
 
     @property
     def strategy(self) -> str | None:
@@ -76,6 +79,11 @@ def check_arguments(options: Options) -> Options:
         raise KoGPTError(f"model must be a hub repo id or a directory, not {shown(model)}")
     if offload_dir is not None and not isinstance(offload_dir, (str, os.PathLike)):
         raise KoGPTError(f"offload_dir must be a path, not {shown(offload_dir)}")
+    threads = options.threads
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise KoGPTError(f"threads must be a whole number of 1 or more, not {shown(threads)}")
+    if options.kernel is not None and not isinstance(options.kernel, str):
+        raise KoGPTError(f"kernel must be a kernel's name like 'w8' or 'w4g128', not {shown(options.kernel)}")
     device, dtype = check_target(options.device, options.dtype)
     return replace(options, model=os.fspath(model), device=device, dtype=dtype)
 
@@ -157,8 +165,6 @@ def check_options(options: Options, device: str, gpu_count: int, planning: bool 
         raise KoGPTError(f"unknown quantization {quantize!r}: choose one of {', '.join(QUANTIZE_CHOICES)}")
     if options.device_map is not None and options.device_map not in STRATEGIES:
         raise KoGPTError(f"unknown device map {options.device_map!r}: choose one of {', '.join(STRATEGIES)}")
-    if quantize == "int4" and device == "cpu":
-        raise KoGPTError("--quantize int4 runs only on a CUDA GPU (bitsandbytes 4-bit); on the CPU use --quantize int8")
     if quantize != "none" and options.offload_dir:
         raise KoGPTError(f"--quantize {quantize} weights cannot be offloaded to disk: drop --offload-dir or --quantize")
     if quantize != "none" and device == "cpu" and options.strategy:

@@ -180,8 +180,7 @@ def alternatives(config, dtype, device, options, hardware, tokens, model) -> lis
         tries.append((f"--dtype {str(half).removeprefix('torch.')}", half, options, hardware))
     if options.quantize == "none" and not options.offload_dir:
         tries.append(("--quantize int8", small, replace(options, quantize="int8"), hardware))
-        if device == "cuda":
-            tries.append(("--quantize int4", small, replace(options, quantize="int4"), hardware))
+        tries.append(("--quantize int4", small, replace(options, quantize="int4"), hardware))
     if device == "cuda" and options.strategy is None:
         tries.append(("--device-map auto", dtype, replace(options, device_map="auto"), hardware))
     if options.quantize == "none" and not options.offload_dir:

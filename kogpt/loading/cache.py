@@ -1,0 +1,191 @@
+"""The converted-weights cache: a model's weights as the CPU kernels want them, mapped instead of rebuilt.
+
+The first load of a (checkpoint, format, kernel) casts or quantizes every weight; the result is
+written as one safetensors file under the user cache directory, and later loads map that file.
+An entry's name carries a key made of the source files' identity (path, size, modification time),
+the format, the kernel, torch's version (packed int4 layouts are torch's own) and `VERSION`; the
+same key is stored in the file's header and checked again on load. Files are written to a temporary
+name and renamed into place, so an interrupted write leaves nothing that a load would use; a file
+whose header or size does not add up is deleted and rebuilt. A cache that cannot be written (read-only,
+disk full) only costs the speed-up: the model is converted in memory and used as is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import mmap
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+VERSION = 1
+SUFFIX = ".safetensors"
+DTYPES = {
+    "BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32, "F64": torch.float64,
+    "I8": torch.int8, "U8": torch.uint8, "I16": torch.int16, "I32": torch.int32, "I64": torch.int64, "BOOL": torch.bool,
+}  # fmt: skip
+
+
+class CacheError(Exception):
+    """A cache file that cannot be used: truncated, corrupt, or made for other weights."""
+
+
+def directory() -> Path:
+    """Where converted weights go: `KOGPT_CACHE_DIR`, else `<user cache dir>/kogpt/weights`."""
+    override = os.environ.get("KOGPT_CACHE_DIR")
+    if override:
+        return Path(override).expanduser()
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("kogpt")) / "weights"
+
+
+def source_identity(files: list[Path]) -> list[list]:
+    """[path, size, mtime in ns] of each source file: a changed or replaced file changes the key."""
+    out = []
+    for file in files:
+        stat = file.stat()
+        out.append([str(file.resolve()), stat.st_size, stat.st_mtime_ns])
+    return out
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One cache file: where it is and the key it must carry."""
+
+    path: Path
+    key: str  # JSON: sources, format, kernel, torch version, cache version
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+
+def entry_for(source_dir: Path, files: list[Path], fmt: str, kernel: str, root: Path | None = None) -> Entry:
+    """The cache entry for the weight `files` of the checkpoint in `source_dir`, converted to `fmt`/`kernel`."""
+    key = json.dumps(
+        {"sources": source_identity(files), "format": fmt, "kernel": kernel, "torch": torch.__version__, "version": VERSION},
+        sort_keys=True,
+    )
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in source_dir.resolve().name)[:40] or "model"
+    return Entry((root or directory()) / f"{stem}-{fmt}-{kernel}-{digest}{SUFFIX}", key)
+
+
+def read_header(path: Path) -> tuple[dict, int]:
+    """The safetensors header of `path` and where its data starts; CacheError when it does not add up."""
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        raw = handle.read(8)
+        if len(raw) < 8:
+            raise CacheError(f"{path.name} is truncated")
+        (length,) = struct.unpack("<Q", raw)
+        if length > min(size - 8, 100 << 20):
+            raise CacheError(f"{path.name} has a corrupt header")
+        try:
+            header = json.loads(handle.read(length))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise CacheError(f"{path.name} has a corrupt header") from exc
+    if not isinstance(header, dict):
+        raise CacheError(f"{path.name} has a corrupt header")
+    start = 8 + length
+    ends = [info["data_offsets"][1] for name, info in header.items() if name != "__metadata__"]
+    if start + max(ends, default=0) != size:
+        raise CacheError(f"{path.name} is {size} bytes, its header describes {start + max(ends, default=0)}")
+    return header, start
+
+
+def open_entry(entry: Entry) -> dict[str, torch.Tensor] | None:
+    """The entry's tensors, mapped from the file (no copy), or None on a miss.
+
+    A file that is corrupt, truncated or made for other source files is deleted (and so rebuilt).
+    """
+    if not entry.path.is_file():
+        return None
+    try:
+        header, start = read_header(entry.path)
+        if header.get("__metadata__", {}).get("kogpt") != entry.key:
+            raise CacheError(f"{entry.name} was made for other weights")
+        return map_tensors(entry.path, header, start)
+    except (CacheError, KeyError, TypeError, ValueError, OSError) as exc:
+        log.warning("ignoring the converted-weights cache entry %s: %s; rebuilding it", entry.path, exc)
+        remove(entry.path)
+        return None
+
+
+def map_tensors(path: Path, header: dict, start: int) -> dict[str, torch.Tensor]:
+    """Tensors viewing a private (copy-on-write) mapping of `path`: pages load as they are used."""
+    with open(path, "rb") as handle:
+        mapping = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_COPY)
+    tensors = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        dtype = DTYPES[info["dtype"]]
+        begin, end = info["data_offsets"]
+        count = (end - begin) // dtype.itemsize
+        flat = torch.frombuffer(mapping, dtype=dtype, count=count, offset=start + begin) if count else torch.empty(0, dtype=dtype)
+        tensors[name] = flat.view(info["shape"])
+    return tensors
+
+
+def store(entry: Entry, state: dict[str, torch.Tensor]) -> bool:
+    """Write `state` as the entry's file, atomically; False (and one log line) when it cannot be written."""
+    from safetensors.torch import save_file
+
+    temporary = entry.path.with_name(f".{entry.name}.{os.getpid()}.partial")
+    try:
+        entry.path.parent.mkdir(parents=True, exist_ok=True)
+        tensors = {name: tensor.contiguous() for name, tensor in state.items()}
+        save_file(tensors, str(temporary), metadata={"kogpt": entry.key})
+        with open(temporary, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(temporary, entry.path)
+    except (OSError, RuntimeError) as exc:  # read-only directory, disk full, ...: convert in memory
+        remove(temporary)
+        reason = getattr(exc, "strerror", None) or str(exc).splitlines()[0]
+        log.warning("not caching the converted weights in %s (%s); they are used from memory this time", entry.path.parent, reason)
+        return False
+    except BaseException:  # Ctrl-C mid-write: nothing half-written stays behind
+        remove(temporary)
+        raise
+    log.info("cached the converted weights in %s (%s)", entry.path, size_text(entry.path.stat().st_size))
+    return True
+
+
+def size_text(n: int) -> str:
+    """Bytes for people: GiB with two decimals, MiB below a tenth of a GiB."""
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 / 10 else f"{n / 2**20:.1f} MiB"
+
+
+def remove(path: Path) -> None:
+    try:
+        path.unlink()
+    except OSError:
+        pass
+
+
+def entries(root: Path | None = None) -> list[tuple[Path, int]]:
+    """(file, bytes) of every cache file, leftovers of interrupted writes included."""
+    root = root or directory()
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_file() and (p.suffix == SUFFIX or p.name.endswith(".partial"))]
+    return [(p, p.stat().st_size) for p in sorted(found)]
+
+
+def clear(root: Path | None = None) -> tuple[int, int]:
+    """Delete every cache file; return (files, bytes) freed."""
+    files = total = 0
+    for path, size in entries(root):
+        remove(path)
+        files += 1
+        total += size
+    return files, total

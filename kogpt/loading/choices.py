@@ -1,0 +1,119 @@
+"""The kernel choice per machine, remembered: measured once per CPU model, core count, thread count
+and torch version, and kept in the user cache directory (`kernels.json`)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from kogpt.errors import KoGPTError
+from kogpt.loading.kernels import (
+    DEFAULTS,
+    KERNELS,
+    Choice,
+    Measure,
+    candidates,
+    choose,
+    last_level_cache_bytes,
+    linear_shapes,
+    read_bandwidth,
+)
+
+log = logging.getLogger(__name__)
+
+CHOICE_VERSION = 1
+
+
+def machine_key(threads: int) -> str:
+    """What a measured choice is valid for: CPU model, cores, threads and torch version."""
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model} | {os.cpu_count()} cpus | {threads} threads | torch {torch.__version__} | v{CHOICE_VERSION}"
+
+
+def choices_file() -> Path:
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("kogpt")) / "json"
+
+
+def cached_choice(fmt: str, threads: int) -> Choice | None:
+    """The choice measured earlier on this machine for `fmt`, or None."""
+    try:
+        stored = json.loads(choices_file().read_text())[machine_key(threads)][fmt]
+        return Choice(**stored) if stored["kernel"] in KERNELS else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def choice_for(
+    fmt: str, shapes: dict[tuple[int, int], int], threads: int, measure: Measure | None = None, **inject
+) -> Choice:
+    """The kernel for `fmt` on this machine: remembered, or measured now (seconds) and remembered."""
+    found = cached_choice(fmt, threads)
+    if found is not None:
+        log.debug("%s kernel %s (measured earlier on this machine: %s)", fmt, found.kernel, found.why)
+        return found
+    started = time.perf_counter()
+    weights = sum(count * out * n_in for (out, n_in), count in shapes.items())  # 16-bit model: 2 bytes each
+    bandwidth = read_bandwidth(min(2 * last_level_cache_bytes(), 2**30, 2 * weights)) if measure is None else 0.0
+    choice = choose(fmt, shapes, measure, bandwidth, **inject)
+    log.debug("%s kernel %s, measured in %.1f s: %s", fmt, choice.kernel, time.perf_counter() - started, choice.why)
+    remember(choice, threads)
+    return choice
+
+
+def remember(choice: Choice, threads: int) -> None:
+    """Store `choice` in the choices file (atomically); a cache that cannot be written is skipped."""
+    path = choices_file()
+    try:
+        stored = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError):
+        stored = {}
+    stored.setdefault(machine_key(threads), {})[choice.format] = asdict(choice)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_suffix(f".{os.getpid()}.tmp")
+        temporary.write_text(json.dumps(stored, indent=1))
+        os.replace(temporary, path)
+    except OSError as exc:
+        log.info("could not remember the kernel choice in %s: %s", path, exc)
+
+
+def kernel_for(config, fmt: str, requested: str | None, threads: int, measure: bool = True) -> tuple[str, str, torch.dtype]:
+    """(kernel, why, compute dtype) for `fmt` weights of a GPT-J `config`: `requested` when it can
+    compute them, else the fastest measured on this machine (remembered, or measured now when
+    `measure`; else the portable default, for `--plan`)."""
+    shapes = linear_shapes(config)
+    widths = {n_in for _, n_in in shapes}
+    usable = [k.name for k in candidates(fmt) if all(k.fits(width) for width in widths)]
+    if requested is not None:
+        if requested not in usable:
+            raise KoGPTError(f"kernel {requested!r} does not compute {fmt} weights of this model; choose one of {', '.join(usable)}")
+        return requested, "asked for", KERNELS[requested].dtype
+    if measure:
+        choice = choice_for(fmt, shapes, threads)
+        why = choice.why
+    else:
+        choice = cached_choice(fmt, threads)
+        why = f"measured on this CPU: {choice.why}" if choice else "not measured on this CPU yet: the first load measures the candidates (seconds)"
+    kernel = choice.kernel if choice else (DEFAULTS[fmt] if DEFAULTS[fmt] in usable else usable[-1])
+    return kernel, why, KERNELS[kernel].dtype
+
+
+def planned_kernel(config, fmt: str, requested: str | None, threads: int) -> tuple[str, str, torch.dtype]:
+    """`kernel_for` without measuring: what `--plan` shows."""
+    return kernel_for(config, fmt, requested, threads, measure=False)

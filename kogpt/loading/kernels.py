@@ -1,0 +1,272 @@
+"""The CPU matrix kernels for each weight format, and the choice of the fastest on this machine.
+
+For each format (16-bit, int8, int4) several kernels torch ships can do a Linear layer's work; which
+is fastest depends on the CPU (AVX2, AVX-512, VNNI, AMX) and the torch version. `choose()` times the
+candidates once on the model's own matrix shapes, rotating over more weight than the last-level
+cache holds, keeps the fastest that passes an accuracy check against float32, and remembers the
+choice per CPU model, core count, thread count and torch version in the user cache directory.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from kogpt.loading import int4
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("16bit", "int8", "int4")
+TOLERANCE = {"16bit": 0.01, "int8": 0.03, "int4": 0.2, "32bit": 1e-5}  # relative error vs float32
+TIE = 0.05  # candidates within 5% of the fastest count as tied; the most accurate of them wins
+Tensors = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """One way to compute `x @ weight.T`: how to pack a float weight, and how to multiply by it."""
+
+    name: str
+    format: str  # 16bit, int8, int4 (or 32bit, the reference)
+    bytes_per_weight: float
+    pack: Callable[[torch.Tensor], Tensors]  # float weight (out, in) -> the tensors a layer keeps
+    run: Callable[[torch.Tensor, Tensors], torch.Tensor]  # x (rows, in) -> (rows, out)
+    about: str
+    buffers: tuple[str, ...] = ("weight",)  # the names `pack` returns, the buffers a layer registers
+    fits: Callable[[int], bool] = lambda in_features: True
+    dtype: torch.dtype = torch.bfloat16  # the model's compute dtype with this kernel
+
+
+def int8_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-row int8: (codes (out, in) int8, scales (out,) exact in bfloat16), in ~4 MiB blocks."""
+    out, n_in = weight.shape
+    codes = torch.empty(out, n_in, dtype=torch.int8)
+    scales = torch.empty(out)
+    step = max(1, (1 << 20) // n_in)
+    for start in range(0, out, step):
+        w = weight[start : start + step].to(torch.float32, copy=True)  # (rows, in)
+        # The scale as it will be stored (bfloat16), so the int8 values are rounded against it.
+        scale = (w.abs().amax(dim=1).clamp(min=1e-8) / 127).to(torch.bfloat16).float()  # (rows,)
+        codes[start : start + step] = w.div_(scale[:, None]).round_().clamp_(-127, 127)
+        scales[start : start + step] = scale
+    return codes, scales
+
+
+def _pack_w8(weight: torch.Tensor) -> Tensors:
+    codes, scales = int8_rows(weight)
+    return {"weight": codes, "scales": scales.to(torch.bfloat16)}
+
+
+def _run_w8(x: torch.Tensor, t: Tensors) -> torch.Tensor:
+    return torch.ops.aten._weight_int8pack_mm(x.to(torch.bfloat16).contiguous(), t["weight"], t["scales"])
+
+
+def _pack_w8a8(weight: torch.Tensor) -> Tensors:
+    codes, scales = int8_rows(weight)
+    return {"weight": codes, "scales": scales.to(torch.bfloat16)}  # bfloat16, as the rest of a quantized model
+
+
+def _run_w8a8(x: torch.Tensor, t: Tensors) -> torch.Tensor:
+    """Activations quantized per row on the fly (symmetric int8), int8 x int8 -> int32, then rescaled."""
+    xf = x.float()
+    x_scale = xf.abs().amax(dim=1, keepdim=True).clamp(min=1e-8) / 127  # (rows, 1)
+    xq = xf.div(x_scale).round_().clamp_(-127, 127).to(torch.int8)
+    acc = torch._int_mm(xq, t["weight"].t())  # (rows, out) int32
+    return (acc.float().mul_(x_scale).mul_(t["scales"])).to(torch.bfloat16)
+
+
+def _float(dtype: torch.dtype) -> tuple[Callable, Callable]:
+    return (lambda w: {"weight": w.to(dtype, copy=True)}), (lambda x, t: F.linear(x.to(dtype), t["weight"]))
+
+
+def _int4(group: int) -> Kernel:
+    return Kernel(
+        f"w4g{group}", "int4", 0.5 + 4 / group,
+        lambda w: int4.pack(w, group), lambda x, t: int4.matmul(x, t, group),
+        f"int4 weights, groups of {group}, bfloat16 activations (_weight_int4pack_mm_for_cpu)",
+        ("packed", "scales_and_zeros"), lambda n_in: int4.fits(n_in, group),
+    )  # fmt: skip
+
+
+KERNELS: dict[str, Kernel] = {
+    k.name: k
+    for k in [
+        Kernel("bf16", "16bit", 2, *_float(torch.bfloat16), "bfloat16 weights and activations (F.linear)"),
+        Kernel("fp16", "16bit", 2, *_float(torch.float16), "float16 weights and activations (F.linear)", dtype=torch.float16),
+        Kernel("fp32", "32bit", 4, *_float(torch.float32), "float32 (F.linear); the accuracy reference", dtype=torch.float32),
+        Kernel("w8", "int8", 1, _pack_w8, _run_w8, "int8 weights, bfloat16 activations (_weight_int8pack_mm)", ("weight", "scales")),
+        Kernel("w8a8", "int8", 1, _pack_w8a8, _run_w8a8, "int8 weights x int8 activations quantized per token (torch._int_mm)", ("weight", "scales")),
+        *(_int4(group) for group in int4.GROUPS),
+    ]
+}  # fmt: skip
+
+
+# Used without a measurement (quantize_model, tests): the kernels that run everywhere torch does.
+DEFAULTS = {"16bit": "bf16", "int8": "w8", "int4": "w4g128"}
+
+
+def candidates(fmt: str, in_features: int = 4096) -> list[Kernel]:
+    return [k for k in KERNELS.values() if k.format == fmt and k.fits(in_features)]
+
+
+@dataclass
+class Choice:
+    """The kernel chosen for one format on this machine, and why."""
+
+    format: str
+    kernel: str
+    why: str
+    seconds: dict[str, float] = field(default_factory=dict)  # per candidate: time of one pass over the shapes
+    errors: dict[str, float] = field(default_factory=dict)  # per candidate: relative error vs float32
+    bandwidth_gb_s: float = 0.0
+
+
+def relative_error(kernel: Kernel, in_features: int = 512, out_features: int = 256, rows: int = 4) -> float:
+    """‖kernel(x, W) − x Wᵀ‖ / ‖x Wᵀ‖ in float32 on a random weight shaped like a model's (N(0, 0.02))."""
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.randn(out_features, in_features, generator=generator) * 0.02
+    x = torch.randn(rows, in_features, generator=generator)
+    exact = x @ weight.t()
+    got = kernel.run(x, kernel.pack(weight)).float()
+    return float((got - exact).norm() / exact.norm())
+
+
+def last_level_cache_bytes() -> int:
+    """The largest CPU cache this machine reports (sysfs), or 256 MiB when it cannot be read."""
+    sizes = []
+    for index in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
+        try:
+            text = (index / "size").read_text().strip()
+        except OSError:
+            continue
+        unit = {"K": 2**10, "M": 2**20, "G": 2**30}.get(text[-1:], 1)
+        sizes.append(int(text.rstrip("KMG") or 0) * unit)
+    return max(sizes, default=256 * 2**20)
+
+
+def read_bandwidth(nbytes: int, repeats: int = 3) -> float:
+    """Bytes per second that `sum()` reads from a buffer of `nbytes` (best of `repeats`)."""
+    buffer = torch.ones(max(1, nbytes // 4))
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        buffer.sum()
+        best = min(best, time.perf_counter() - started)
+    return buffer.numel() * 4 / best
+
+
+def time_kernel(kernel: Kernel, shape: tuple[int, int], rotate_bytes: int, rounds: int = 3) -> float:
+    """Seconds for one (1, in) x (in, out) product, timed over copies of the packed weight that
+    together exceed `rotate_bytes`, so that the weight comes from memory and not from the cache."""
+    out_features, in_features = shape
+    weight = torch.randn(out_features, in_features) * 0.02
+    packed = kernel.pack(weight)
+    del weight
+    size = sum(t.nbytes for t in packed.values())
+    copies = [packed] + [{k: t.clone() for k, t in packed.items()} for _ in range(max(1, -(-rotate_bytes // size)) - 1)]
+    x = torch.randn(1, in_features)
+    kernel.run(x, copies[0])  # warm-up: one-time setup inside the kernel
+    per_round = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        for tensors in copies:
+            kernel.run(x, tensors)
+        per_round.append((time.perf_counter() - started) / len(copies))
+    return min(per_round)  # the least disturbed round: other processes only ever slow a round down
+
+
+Measure = Callable[[Kernel, tuple[int, int]], float]
+MEASURED_WEIGHTS = 1 << 26  # larger matrices (lm_head) are timed on a slice of this many weights and scaled
+
+
+def default_threads() -> int:
+    """The physical cores (hyper-threads share a core's arithmetic units and gain nothing here)."""
+    try:
+        import psutil
+
+        return psutil.cpu_count(logical=False) or os.cpu_count() or 1
+    except ImportError:
+        return os.cpu_count() or 1
+
+
+def set_threads(threads: int | None) -> int:
+    """Make torch compute with `threads` threads (default: the physical cores); return the number."""
+    threads = threads or default_threads()
+    if threads < 1:
+        raise ValueError(f"--threads must be 1 or more, not {threads}")
+    torch.set_num_threads(threads)
+    return threads
+
+
+def default_measure(rotate_bytes: int, rounds: int = 5) -> Measure:
+    """Time each shape as it is, but a matrix over 64M weights (an lm_head) on a slice, scaled."""
+
+    def measure(kernel: Kernel, shape: tuple[int, int]) -> float:
+        out_features, in_features = shape
+        if out_features * in_features <= MEASURED_WEIGHTS:
+            return time_kernel(kernel, shape, rotate_bytes, rounds)
+        rows = MEASURED_WEIGHTS // in_features
+        return time_kernel(kernel, (rows, in_features), rotate_bytes, rounds) * out_features / rows
+
+    return measure
+
+
+def choose(
+    fmt: str,
+    shapes: dict[tuple[int, int], int],
+    measure: Measure | None = None,
+    bandwidth: float = 0.0,
+    accuracy: Callable[[Kernel], float] = relative_error,
+) -> Choice:
+    """The fastest kernel of `fmt` over the model's `shapes` ({(out, in): count}) that passes the
+    accuracy check; among those within 5% of the fastest, the most accurate.
+
+    `measure(kernel, shape)` returns seconds per product and `accuracy(kernel)` the relative error
+    against float32; tests inject them, by default they are measured.
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown weight format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if measure is None:  # rotate over more than the cache holds, or over the whole model when it is smaller
+        weights = sum(count * out_features * in_features for (out_features, in_features), count in shapes.items())
+        measure = default_measure(min(2 * last_level_cache_bytes(), 3 * 2**30 // 2, weights))
+    widths = {n_in for _, n_in in shapes}
+    seconds, errors, rejected = {}, {}, []
+    for kernel in candidates(fmt):
+        if not all(kernel.fits(n_in) for n_in in widths):
+            continue
+        try:
+            errors[kernel.name] = accuracy(kernel)
+        except (RuntimeError, NotImplementedError) as exc:  # not built into this torch, or not for this CPU
+            log.debug("kernel %s does not run here: %s", kernel.name, exc)
+            continue
+        if not errors[kernel.name] <= TOLERANCE[fmt]:
+            rejected.append(f"{kernel.name} (error {errors[kernel.name]:.3g})")
+            continue
+        seconds[kernel.name] = sum(count * measure(kernel, shape) for shape, count in shapes.items())
+    if not seconds:
+        raise RuntimeError(f"no {fmt} kernel runs correctly on this CPU (rejected: {', '.join(rejected) or 'none'})")
+    fastest = min(seconds.values())
+    tied = [name for name, s in seconds.items() if s <= fastest * (1 + TIE)]
+    best = min(tied, key=lambda name: (errors[name], seconds[name]))
+    timings = ", ".join(f"{name} {1000 * s:.1f} ms" for name, s in sorted(seconds.items(), key=lambda kv: kv[1]))
+    why = f"fastest of {len(seconds)} passing the accuracy check ({timings} per token)"
+    if len(tied) > 1:
+        why += f"; within {TIE:.0%} of the fastest, the most accurate"
+    if rejected:
+        why += f"; rejected as inaccurate: {', '.join(rejected)}"
+    return Choice(fmt, best, why, seconds, errors, bandwidth / 1e9)
+
+
+def linear_shapes(config) -> dict[tuple[int, int], int]:
+    """{(out, in): count} of a GPT-J model's Linear layers, lm_head included."""
+    d, inner = config.n_embd, getattr(config, "n_inner", None) or 4 * config.n_embd
+    shapes = {(d, d): 4 * config.n_layer, (inner, d): config.n_layer, (d, inner): config.n_layer}
+    shapes[(config.vocab_size, d)] = shapes.get((config.vocab_size, d), 0) + 1
+    return shapes

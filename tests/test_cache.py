@@ -1,0 +1,176 @@
+"""The converted-weights cache: hit, miss, stale source, corrupt and truncated files, interrupted
+writes, read-only and full disks, and the `kogpt cache` command."""
+
+from __future__ import annotations
+
+import errno
+import io
+import logging
+import os
+import shutil
+
+import pytest
+import torch
+from rich.console import Console
+
+from kogpt import KoGPT
+from kogpt.loading import cache
+
+STATE = {"a.weight": torch.arange(12, dtype=torch.int8).reshape(3, 4), "b": torch.randn(5).bfloat16(), "c": torch.zeros(0)}
+
+
+@pytest.fixture
+def source(tmp_path):
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(b"weights")
+    return folder
+
+
+def entry(source, fmt="int8", kernel="w8"):
+    return cache.entry_for(source, [source / "model.safetensors"], fmt, kernel)
+
+
+def test_a_stored_entry_is_mapped_back_unchanged(source):
+    assert cache.open_entry(entry(source)) is None  # miss
+    assert cache.store(entry(source), STATE)
+    mapped = cache.open_entry(entry(source))
+    assert mapped.keys() == STATE.keys()
+    for name, tensor in STATE.items():
+        assert mapped[name].dtype == tensor.dtype and torch.equal(mapped[name], tensor)
+    assert cache.entry_for(source, [source / "model.safetensors"], "int8", "w8").path.parent == cache.directory()
+
+
+def test_format_kernel_and_source_identity_make_different_entries(source):
+    base = entry(source)
+    assert entry(source, "int4", "w4g32").path != base.path
+    assert entry(source, "int8", "w8a8").path != base.path
+    os.utime(source / "model.safetensors", ns=(1, 1))  # the checkpoint was replaced: another mtime
+    assert entry(source).path != base.path
+
+
+def test_a_stale_entry_is_not_used(source):
+    assert cache.store(entry(source), STATE)
+    (source / "model.safetensors").write_bytes(b"other weights")  # new size and mtime
+    assert cache.open_entry(entry(source)) is None
+
+
+def test_a_file_carrying_another_key_is_deleted_not_used(source, caplog):
+    wrong = cache.Entry(entry(source).path, '{"other": 1}')
+    assert cache.store(wrong, STATE)
+    with caplog.at_level(logging.WARNING):
+        assert cache.open_entry(entry(source)) is None
+    assert "made for other weights" in caplog.text and not entry(source).path.exists()
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda data: data[: len(data) // 2],  # truncated
+        lambda data: b"\xff" * 8 + data[8:],  # a header length past the end
+        lambda data: data[:8] + b"!" + data[9:],  # a header that is not JSON
+        lambda data: data + b"\0" * 16,  # longer than its header says
+        lambda data: data[:4],  # less than a header
+    ],
+)
+def test_a_corrupt_or_partial_file_is_deleted_and_rebuilt(source, damage, caplog):
+    assert cache.store(entry(source), STATE)
+    path = entry(source).path
+    path.write_bytes(damage(path.read_bytes()))
+    with caplog.at_level(logging.WARNING):
+        assert cache.open_entry(entry(source)) is None
+    assert "rebuilding it" in caplog.text and not path.exists()
+    assert cache.store(entry(source), STATE) and cache.open_entry(entry(source)) is not None
+
+
+def interrupted_writer(exception):
+    """A `save_file` that writes half a file, then fails as a full disk or a Ctrl-C would."""
+
+    def save_file(tensors, filename, metadata=None):
+        with open(filename, "wb") as handle:
+            handle.write(b"\x10\0\0\0\0\0\0\0{\"half")
+        raise exception
+
+    return save_file
+
+
+def test_an_interrupted_write_leaves_nothing_behind(source, monkeypatch):
+    monkeypatch.setattr("safetensors.torch.save_file", interrupted_writer(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        cache.store(entry(source), STATE)
+    assert cache.entries() == [] and cache.open_entry(entry(source)) is None
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS, errno.EACCES])
+def test_a_full_or_read_only_disk_falls_back_to_memory_with_one_line(source, monkeypatch, caplog, code):
+    monkeypatch.setattr("safetensors.torch.save_file", interrupted_writer(OSError(code, os.strerror(code))))
+    with caplog.at_level(logging.WARNING):
+        assert cache.store(entry(source), STATE) is False
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1 and os.strerror(code) in lines[0] and "used from memory" in lines[0]
+    assert cache.entries() == []
+
+
+def test_a_cache_directory_that_cannot_exist_falls_back(source, monkeypatch, tmp_path):
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv("KOGPT_CACHE_DIR", str(tmp_path / "a-file" / "cache"))
+    assert cache.store(entry(source), STATE) is False
+
+
+def test_list_and_clear(source):
+    assert cache.store(entry(source), STATE) and cache.store(entry(source, "int4", "w4g32"), STATE)
+    (cache.directory() / ".left.partial").write_bytes(b"x")
+    assert len(cache.entries()) == 3
+    files, total = cache.clear()
+    assert files == 3 and total > 0 and cache.entries() == []
+
+
+def loads(caplog, path, **kwargs):
+    with caplog.at_level(logging.INFO, logger="kogpt"):
+        caplog.clear()
+        gpt = KoGPT.load(str(path), device="cpu", **kwargs)
+        return gpt, caplog.text
+
+
+@pytest.mark.parametrize("quantize", ["int8", "int4"])
+def test_the_second_load_maps_the_cache_and_generates_the_same(tiny_bin_dir, caplog, quantize):
+    first, log_first = loads(caplog, tiny_bin_dir, quantize=quantize)
+    assert "cached the converted weights" in log_first
+    second, log_second = loads(caplog, tiny_bin_dir, quantize=quantize, kernel=first.loaded.kernel)
+    assert "mapped from the converted-weights cache" in log_second
+    for name, tensor in first.model.state_dict().items():
+        assert torch.equal(second.model.state_dict()[name], tensor), name
+    prompt = "인간처럼 생각하고,"
+    assert second.generate(prompt, temperature=0, max_new_tokens=8) == first.generate(prompt, temperature=0, max_new_tokens=8)
+
+
+def test_a_bfloat16_load_is_cached_and_no_cache_skips_it(tiny_bin_dir, caplog):
+    _, text = loads(caplog, tiny_bin_dir, dtype="bfloat16", cache=False)
+    assert "cache" not in text and cache.entries() == []
+    loads(caplog, tiny_bin_dir, dtype="bfloat16")
+    assert len(cache.entries()) == 1
+    _, text = loads(caplog, tiny_bin_dir, dtype="bfloat16")
+    assert "mapped from the converted-weights cache" in text
+
+
+def test_a_load_on_a_full_disk_still_runs(tiny_bin_dir, caplog, monkeypatch):
+    monkeypatch.setattr("safetensors.torch.save_file", interrupted_writer(OSError(errno.ENOSPC, "No space left on device")))
+    gpt, text = loads(caplog, tiny_bin_dir, quantize="int8")
+    assert "No space left on device" in text and gpt.generate("인간", temperature=0, max_new_tokens=4) is not None
+
+
+def test_the_cache_command_lists_and_clears(source, monkeypatch):
+    from kogpt.cli import cache as command
+    from kogpt.cli.main import main
+
+    assert cache.store(entry(source), STATE)
+    out = io.StringIO()
+    monkeypatch.setattr("kogpt.cli.render.Renderer", lambda: type("R", (), {"out": Console(file=out, width=200)})())
+    assert main(["cache", "list"]) == 0
+    assert entry(source).path.name in out.getvalue() and "1 file(s)" in out.getvalue() and "free" in out.getvalue()
+    assert main(["cache", "clear"]) == 0
+    assert "removed 1 file(s)" in out.getvalue() and cache.entries() == []
+    with pytest.raises(SystemExit):
+        command.build_parser().parse_args(["prune"])
+    shutil.rmtree(cache.directory())
+    assert main(["cache", "list"]) == 0 and "0 file(s)" in out.getvalue()

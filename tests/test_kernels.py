@@ -1,0 +1,151 @@
+"""The kernel chooser, with injected timings and errors (no test here times anything)."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+import torch
+
+from kogpt import KoGPT
+from kogpt.loading import choices, kernels
+
+SHAPES = {(64, 64): 8, (256, 64): 2, (64, 256): 2}
+
+
+def timings(seconds: dict[str, float], calls: list | None = None):
+    def measure(kernel, shape):
+        if calls is not None:
+            calls.append((kernel.name, shape))
+        return seconds[kernel.name]
+
+    return measure
+
+
+def errors(values: dict[str, float]):
+    return lambda kernel: values.get(kernel.name, 0.001)
+
+
+def test_the_fastest_kernel_that_passes_the_accuracy_check_wins():
+    choice = kernels.choose("int8", SHAPES, timings({"w8": 3.0, "w8a8": 2.0}), accuracy=errors({}))
+    assert choice.kernel == "w8a8"
+    assert choice.seconds == {"w8": 3.0 * 12, "w8a8": 2.0 * 12}  # one pass: count x time per shape
+    assert "fastest of 2" in choice.why
+
+
+def test_an_inaccurate_kernel_is_rejected_however_fast():
+    choice = kernels.choose("int8", SHAPES, timings({"w8": 3.0, "w8a8": 1.0}), accuracy=errors({"w8a8": 0.5}))
+    assert choice.kernel == "w8"
+    assert "rejected as inaccurate: w8a8" in choice.why
+
+
+def test_within_five_percent_the_more_accurate_kernel_wins():
+    seconds = {"w4g32": 1.04, "w4g64": 1.0, "w4g128": 1.3, "w4g256": 1.5}
+    accuracy = errors({"w4g32": 0.07, "w4g64": 0.09, "w4g128": 0.1, "w4g256": 0.11})
+    assert kernels.choose("int4", {(64, 256): 1}, timings(seconds), accuracy=accuracy).kernel == "w4g32"
+
+
+def test_a_kernel_that_does_not_run_here_is_skipped():
+    def accuracy(kernel):
+        if kernel.name == "w8a8":
+            raise RuntimeError("not implemented for this CPU")
+        return 0.001
+
+    assert kernels.choose("int8", SHAPES, timings({"w8": 3.0, "w8a8": 1.0}), accuracy=accuracy).kernel == "w8"
+
+
+def test_no_passing_kernel_is_an_error_that_names_the_rejected():
+    with pytest.raises(RuntimeError, match="no int8 kernel runs correctly.*w8"):
+        kernels.choose("int8", SHAPES, timings({"w8": 1.0, "w8a8": 1.0}), accuracy=errors({"w8": 1.0, "w8a8": 1.0}))
+    with pytest.raises(ValueError, match="unknown weight format"):
+        kernels.choose("int3", SHAPES, timings({}))
+
+
+def test_int4_groups_that_do_not_divide_the_inputs_are_not_candidates():
+    calls: list = []
+    seconds = {"w4g32": 2.0, "w4g64": 1.0, "w4g128": 0.1, "w4g256": 0.1}
+    choice = kernels.choose("int4", {(64, 64): 1}, timings(seconds, calls), accuracy=errors({}))
+    assert choice.kernel == "w4g64" and {name for name, _ in calls} == {"w4g32", "w4g64"}
+
+
+def test_the_choice_is_measured_once_per_machine_and_thread_count():
+    calls: list = []
+    measure = timings({"w8": 3.0, "w8a8": 2.0}, calls)
+    first = choices.choice_for("int8", SHAPES, 2, measure, accuracy=errors({}))
+    measured = len(calls)
+    again = choices.choice_for("int8", SHAPES, 2, measure, accuracy=errors({}))
+    assert again == first and len(calls) == measured  # remembered, not measured again
+    choices.choice_for("int8", SHAPES, 1, measure, accuracy=errors({}))
+    assert len(calls) == 2 * measured  # another thread count is another measurement
+    stored = json.loads(choices.choices_file().read_text())
+    assert any("torch " + torch.__version__ in key for key in stored)
+
+
+def test_a_damaged_choices_file_is_measured_again():
+    choices.choices_file().parent.mkdir(parents=True, exist_ok=True)
+    choices.choices_file().write_text("{not json")
+    calls: list = []
+    choice = choices.choice_for("int8", SHAPES, 2, timings({"w8": 1.0, "w8a8": 2.0}, calls), accuracy=errors({}))
+    assert choice.kernel == "w8" and calls
+    assert choices.cached_choice("int8", 2).kernel == "w8"
+
+
+def test_an_unwritable_choices_file_only_costs_a_measurement_next_time(monkeypatch, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setattr(choices, "choices_file", lambda: blocker / "kernels.json")
+    choice = choices.choice_for("int8", SHAPES, 2, timings({"w8": 1.0, "w8a8": 2.0}), accuracy=errors({}))
+    assert choice.kernel == "w8"
+
+
+def test_gptj_linear_shapes_cover_every_linear_weight():
+    from transformers import GPTJConfig
+
+    config = GPTJConfig(n_embd=4096, n_layer=28, n_head=16, rotary_dim=64, vocab_size=64512)
+    shapes = kernels.linear_shapes(config)
+    assert shapes == {(4096, 4096): 112, (16384, 4096): 28, (4096, 16384): 28, (64512, 4096): 1}
+    assert sum(o * i * n for (o, i), n in shapes.items()) == 28 * 12 * 4096**2 + 64512 * 4096
+
+
+def test_threads_default_to_the_physical_cores_and_are_applied():
+    before = torch.get_num_threads()
+    try:
+        assert kernels.set_threads(1) == 1 and torch.get_num_threads() == 1
+        assert kernels.set_threads(None) == kernels.default_threads() >= 1
+        with pytest.raises(ValueError, match="1 or more"):
+            kernels.set_threads(-2)
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_every_kernel_runs_on_this_cpu_and_the_measurement_runs():
+    for kernel in kernels.KERNELS.values():
+        assert kernel.buffers == tuple(kernel.pack(torch.randn(32, 256)).keys())
+        assert kernels.relative_error(kernel) < kernels.TOLERANCE[kernel.format]
+    assert kernels.time_kernel(kernels.KERNELS["w8"], (32, 64), rotate_bytes=1 << 14, rounds=1) > 0
+
+
+def test_load_says_which_kernel_and_why(tiny_bin_dir, caplog):
+    before = torch.get_num_threads()
+    try:
+        with caplog.at_level(logging.DEBUG, logger="kogpt"):
+            gpt = KoGPT.load(str(tiny_bin_dir), device="cpu", quantize="int8", threads=1, cache=False)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    assert gpt.loaded.threads == 1 and gpt.loaded.kernel in ("w8", "w8a8")
+    assert f"int8 kernel {gpt.loaded.kernel}" in caplog.text and "fastest of" in caplog.text
+
+
+@pytest.mark.parametrize(("threads", "kernel", "message"), [
+    (0, None, "threads must be a whole number of 1 or more, not 0"),
+    ("2", None, "threads must be a whole number"),
+    (None, 8, "kernel must be a kernel's name"),
+    (None, "w9", "kernel 'w9' does not compute int8 weights of this model; choose one of w8, w8a8"),
+])  # fmt: skip
+def test_bad_threads_or_kernel_are_one_line_errors(tiny_dir, threads, kernel, message):
+    from kogpt import KoGPTError
+
+    with pytest.raises(KoGPTError, match=message):
+        KoGPT.load(str(tiny_dir), device="cpu", quantize="int8", threads=threads, kernel=kernel, cache=False)
