@@ -105,7 +105,9 @@ def measure(gpt, url: str, new_tokens: int, rounds: int, clients: list[int]) -> 
         return min(row[key] for row in rows)
 
     def paired(key):  # rounds alternate, so each pair saw about the same load
-        return statistics.median(s[key] / a[key] for a, s in zip(api, server, strict=True))
+        # max(): the engine's worker runs ahead of its reader, so a short API round can read all its
+        # chunks at once (0 s per token) on a tiny model.
+        return statistics.median(s[key] / max(a[key], 1e-9) for a, s in zip(api, server, strict=True))
 
     overhead = {
         "api_first_token_s": best(api, "first_s"),
@@ -117,7 +119,7 @@ def measure(gpt, url: str, new_tokens: int, rounds: int, clients: list[int]) -> 
         "first_byte_minus_first_token_ms_median_of_pairs": 1000
         * statistics.median(s["first_s"] - a["first_s"] for a, s in zip(api, server, strict=True)),
     }
-    overhead["per_token_ratio_best"] = overhead["server_per_token_s"] / overhead["api_per_token_s"]
+    overhead["per_token_ratio_best"] = overhead["server_per_token_s"] / max(overhead["api_per_token_s"], 1e-9)
     overhead["first_byte_minus_first_token_ms_best"] = 1000 * (
         overhead["server_first_byte_s"] - overhead["api_first_token_s"]
     )
