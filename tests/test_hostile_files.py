@@ -139,7 +139,9 @@ def test_ctrl_x_ctrl_e_with_a_bad_editor_is_one_line(gpt, tmp_path, monkeypatch,
 
     def type_slowly(inp):
         inp.send_text("봄\x18\x05")  # Ctrl-X Ctrl-E: the editor, from the prompt
-        time.sleep(1.5)
+        deadline = time.monotonic() + 60  # the rest only once the failure was reported, however busy the CPU
+        while message not in renderer.err.file.getvalue() and time.monotonic() < deadline:
+            time.sleep(0.05)
         inp.send_text(ENTER + ENTER + "20" + ENTER + CTRL_D)
 
     with create_pipe_input() as inp, create_app_session(input=inp, output=DummyOutput()):
