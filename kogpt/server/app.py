@@ -49,7 +49,7 @@ class ServerState:
         self.runner: Runner | None = None
         self.created = int(time.time())
 
-    def ready(self, gpt, serialise: bool = True) -> Runner:
+    def ready(self, gpt, serialise: bool = False) -> Runner:
         self.runner = Runner(gpt, serialise)
         return self.runner
 

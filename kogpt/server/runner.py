@@ -2,8 +2,9 @@
 
 `KoGPT.stream()` is a blocking iterator. A thread per generation drives it and passes its `Chunk`s to
 the event loop; when the client leaves (or the server shuts down) the thread closes the iterator,
-which stops the generation at its next token. Until the engine (issue 12) queues the callers of one
-`KoGPT` itself, one lock serialises the generations; `Runner(gpt, serialise=False)` drops it.
+which stops the generation at its next token. The engine queues the callers of one `KoGPT` in
+order, so a request waiting its turn can be cancelled there; `Runner(gpt, serialise=True)` adds a
+lock of the server's own around each generation.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ class Stats:
 class Runner:
     """Streams completions of one loaded `KoGPT` to asyncio callers."""
 
-    def __init__(self, gpt, serialise: bool = True) -> None:
+    def __init__(self, gpt, serialise: bool = False) -> None:
         self.gpt = gpt
         self._lock: contextlib.AbstractContextManager = threading.Lock() if serialise else contextlib.nullcontext()
         self._stats_lock = threading.Lock()
