@@ -1,6 +1,6 @@
 """Named defaults shared by the command line and the library (importing this costs nothing)."""
 
-VERSION = "0.2.0"  # also in pyproject.toml
+VERSION = "0.3.0"  # also in pyproject.toml
 
 DEFAULT_MODEL = "kakaobrain/kogpt"
 REVISIONS = ("KoGPT6B-ryan1.5b", "KoGPT6B-ryan1.5b-float16")
