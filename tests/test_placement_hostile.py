@@ -21,6 +21,7 @@ from kogpt.loading import load as model_lib
 from kogpt.placement.budget import MAX_BYTES, parse_max_memory, parse_size
 from kogpt.placement.options import check_target
 from kogpt.settings import SamplingSettings
+from tests.test_placement_cli import refused as one_line_error
 
 
 @pytest.fixture
@@ -30,15 +31,6 @@ def no_loading(monkeypatch):
 
     monkeypatch.setattr(model_lib, "load_weights", refuse)
     monkeypatch.setattr(model_lib, "load_streamed_weights", refuse)
-
-
-def one_line_error(capsys, argv: list[str]) -> str:
-    assert main(argv) == 1
-    out, err = capsys.readouterr()
-    assert out == ""
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    return lines[0]
 
 
 # --offload-dir
