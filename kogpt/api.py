@@ -9,13 +9,13 @@ import unicodedata
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from kogpt.defaults import DEFAULT_MODEL, DEFAULT_REVISION
 from kogpt import text as text_lib
+from kogpt.context import fit_prompt
+from kogpt.defaults import DEFAULT_MODEL, DEFAULT_REVISION
 from kogpt.engine import Chunk, Engine
 from kogpt.errors import Interrupted, Terminated
 from kogpt.loading.load import Loaded, load
 from kogpt.placement.options import Options, input_device, parse_max_memory
-from kogpt.context import fit_prompt
 from kogpt.settings import InputError, SamplingSettings, check_settings
 from kogpt.transcript import Record
 

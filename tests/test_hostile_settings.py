@@ -4,8 +4,8 @@ the smaller things users see."""
 
 from __future__ import annotations
 
-import importlib
 import argparse
+import importlib
 import json
 import logging
 import os
@@ -18,10 +18,16 @@ from hypothesis import strategies as st
 
 cli = importlib.import_module("kogpt.cli.main")  # `kogpt.cli.main` the attribute is the function
 from kogpt.cli.scripting import parse_prompts_file
-from kogpt.settings import (
-    MAX_SEED, SPECS, InputError, SamplingSettings, check_settings, check_value, parse_setting,
-)
 from kogpt.context import fit_prompt
+from kogpt.settings import (
+    MAX_SEED,
+    SPECS,
+    InputError,
+    SamplingSettings,
+    check_settings,
+    check_value,
+    parse_setting,
+)
 from tests.test_cli import run_kogpt
 from tests.test_repl import CTRL_D, ENTER, run_repl
 

@@ -16,6 +16,7 @@ import time
 import pytest
 
 from kogpt.cli import flags, terminal
+
 cli = importlib.import_module("kogpt.cli.main")  # `kogpt.cli.main` the attribute is the function
 from tests.test_hardening import slow_forward
 

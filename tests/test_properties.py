@@ -6,9 +6,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kogpt.cli.scripting import parse_prompts_file
+from kogpt.engine.textstream import REPLACEMENT, IncrementalDecoder, StopMatcher
 from kogpt.errors import KoGPTError
 from kogpt.settings import PARSERS, InputError, SamplingSettings, parse_setting
-from kogpt.engine.textstream import REPLACEMENT, IncrementalDecoder, StopMatcher
 from tests.tiny import train_tokenizer
 
 TOKENIZER = train_tokenizer()

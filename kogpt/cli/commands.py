@@ -21,8 +21,8 @@ from prompt_toolkit.completion import CompleteEvent, Completer, Completion
 from prompt_toolkit.document import Document
 
 from kogpt import text as text_lib
-from kogpt.context import check_context
 from kogpt.cli.session import Session
+from kogpt.context import check_context
 from kogpt.settings import (
     HELP,
     PARSERS,

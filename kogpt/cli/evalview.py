@@ -22,9 +22,9 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from kogpt.cli.render import printable
 from kogpt.evaluate.fewshot import Prompt
 from kogpt.evaluate.templates import Task, Template
-from kogpt.cli.render import printable
 
 METRIC_NAMES = {"accuracy": "accuracy", "f1": "F1", "macro_f1": "macro-F1"}
 

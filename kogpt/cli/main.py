@@ -161,9 +161,9 @@ def check_prompts(args: argparse.Namespace, prompts, renderer) -> None:
     """What the tokenizer alone can tell (an empty prompt, one too long for the context, a limit
     above the context), for every prompt, before the minutes a model load takes."""
     from kogpt.api import encode
+    from kogpt.context import fit_prompt
     from kogpt.loading.checkpoint import load_config, load_tokenizer, resolve_checkpoint
     from kogpt.placement.decide import check_early
-    from kogpt.context import fit_prompt
     from kogpt.settings import InputError
 
     flags.quiet_libraries(args.debug)

@@ -92,7 +92,12 @@ def load(
     """KoGPT on vLLM for scoring; a one-line `KoGPTError` without vLLM or a GPU. `before_loading(path)`
     runs once the checkpoint is found, before vLLM loads it (to check the prompts first)."""
     from kogpt.loading import vllm as support
-    from kogpt.loading.checkpoint import load_config, load_tokenizer, looks_local, resolve_checkpoint
+    from kogpt.loading.checkpoint import (
+        load_config,
+        load_tokenizer,
+        looks_local,
+        resolve_checkpoint,
+    )
 
     support.check_parallel(tensor_parallel, pipeline_parallel)
     support.check_available()

@@ -15,7 +15,12 @@ from kogpt.loading import quantize as quantize_lib
 from kogpt.loading.checkpoint import load_config, load_tokenizer, resolve_checkpoint
 from kogpt.placement.decide import Decision, decide
 from kogpt.placement.devicemap import quiet_accelerate
-from kogpt.placement.options import Options, check_arguments, load_kwargs, removing_partial_offload
+from kogpt.placement.options import (
+    Options,
+    check_arguments,
+    load_kwargs,
+    removing_partial_offload,
+)
 
 log = logging.getLogger(__name__)
 

@@ -17,11 +17,22 @@ from pathlib import Path
 
 import torch
 
-from kogpt.defaults import DEFAULT_MODEL, DEFAULT_REVISION, QUANTIZE_CHOICES
+from kogpt.defaults import (
+    DEFAULT_MODEL,
+    DEFAULT_REVISION,
+    DEVICES,
+    DTYPE_CHOICES,
+    QUANTIZE_CHOICES,
+)
 from kogpt.defaults import DEVICE_MAP_STRATEGIES as STRATEGIES
-from kogpt.defaults import DEVICES, DTYPE_CHOICES
 from kogpt.errors import KoGPTError
-from kogpt.placement.budget import MAX_BYTES, MaxMemory, parse_max_memory, parse_size, shown  # noqa: F401 (re-exported)
+from kogpt.placement.budget import (  # noqa: F401 (re-exported)
+    MAX_BYTES,
+    MaxMemory,
+    parse_max_memory,
+    parse_size,
+    shown,
+)
 
 log = logging.getLogger(__name__)
 
