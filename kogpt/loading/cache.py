@@ -120,6 +120,11 @@ def open_entry(entry: Entry) -> dict[str, torch.Tensor] | None:
         return None
 
 
+# torch's CPU kernels (the int8 and int4 matmuls among them) may use aligned vector loads: a tensor
+# that starts off a 64-byte boundary crashed `_weight_int8pack_mm` (a segmentation fault in CI).
+ALIGNMENT = 64
+
+
 def map_tensors(path: Path, header: dict, start: int) -> dict[str, torch.Tensor]:
     """Tensors viewing a private (copy-on-write) mapping of `path`: pages load as they are used."""
     with open(path, "rb") as handle:
@@ -132,6 +137,8 @@ def map_tensors(path: Path, header: dict, start: int) -> dict[str, torch.Tensor]
         begin, end = info["data_offsets"]
         count = (end - begin) // dtype.itemsize
         flat = torch.frombuffer(mapping, dtype=dtype, count=count, offset=start + begin) if count else torch.empty(0, dtype=dtype)
+        if (start + begin) % ALIGNMENT:  # safetensors packs tensors back to back: copy one that starts unaligned
+            flat = flat.clone()
         tensors[name] = flat.view(info["shape"])
     return tensors
 
