@@ -127,7 +127,7 @@ def test_sigterm_mid_stream_cancels_and_exits_cleanly(tiny_dir, gpt, monkeypatch
     monkeypatch.setattr(serve, "load_model", lambda args: gated)
     ready = ServerState.ready
     monkeypatch.setattr(
-        ServerState, "ready", lambda self, g, serialise=False: runners.append(ready(self, g, serialise)) or runners[-1]
+        ServerState, "ready", lambda self, g: runners.append(ready(self, g)) or runners[-1]
     )
     port = free_port()
     url = f"http://127.0.0.1:{port}"

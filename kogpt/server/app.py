@@ -49,8 +49,8 @@ class ServerState:
         self.runner: Runner | None = None
         self.created = int(time.time())
 
-    def ready(self, gpt, serialise: bool = False) -> Runner:
-        self.runner = Runner(gpt, serialise)
+    def ready(self, gpt) -> Runner:
+        self.runner = Runner(gpt)
         return self.runner
 
 

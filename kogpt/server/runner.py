@@ -3,14 +3,12 @@
 `KoGPT.stream()` is a blocking iterator. A thread per generation drives it and passes its `Chunk`s to
 the event loop; when the client leaves (or the server shuts down) the thread closes the iterator,
 which stops the generation at its next token. The engine queues the callers of one `KoGPT` in
-order, so a request waiting its turn can be cancelled there; `Runner(gpt, serialise=True)` adds a
-lock of the server's own around each generation.
+order, so a request waiting its turn can be cancelled there.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import threading
 import time
@@ -43,9 +41,8 @@ class Stats:
 class Runner:
     """Streams completions of one loaded `KoGPT` to asyncio callers."""
 
-    def __init__(self, gpt, serialise: bool = False) -> None:
+    def __init__(self, gpt) -> None:
         self.gpt = gpt
-        self._lock: contextlib.AbstractContextManager = threading.Lock() if serialise else contextlib.nullcontext()
         self._stats_lock = threading.Lock()
         self.stats = Stats()
         self.closing = threading.Event()  # shutdown: every generation stops at its next token
@@ -79,20 +76,19 @@ class Runner:
             outcome, tokens = "finished", 0
             self._count("started", +1)
             try:
-                with self._lock:
-                    if cancel.is_set():
-                        outcome = "cancelled"
-                        return
-                    chunks = self.gpt.stream(prompt, settings)
-                    try:
-                        for chunk in chunks:
-                            tokens = chunk.tokens
-                            put(chunk)
-                            if cancel.is_set() or self.closing.is_set():
-                                outcome = "cancelled"
-                                break
-                    finally:
-                        chunks.close()  # stops and joins the generation
+                if cancel.is_set():
+                    outcome = "cancelled"
+                    return
+                chunks = self.gpt.stream(prompt, settings)
+                try:
+                    for chunk in chunks:
+                        tokens = chunk.tokens
+                        put(chunk)
+                        if cancel.is_set() or self.closing.is_set():
+                            outcome = "cancelled"
+                            break
+                finally:
+                    chunks.close()  # stops the generation (in the engine's queue or at its next token)
             except BaseException as exc:  # handed to the caller
                 outcome = "failed"
                 put(exc)
