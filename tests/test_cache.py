@@ -84,18 +84,18 @@ def test_a_corrupt_or_partial_file_is_deleted_and_rebuilt(source, damage, caplog
 
 
 def interrupted_writer(exception):
-    """A `save_file` that writes half a file, then fails as a full disk or a Ctrl-C would."""
+    """A `write_file` that writes half a file, then fails as a full disk or a Ctrl-C would."""
 
-    def save_file(tensors, filename, metadata=None):
+    def write_file(tensors, filename, metadata=None):
         with open(filename, "wb") as handle:
             handle.write(b"\x10\0\0\0\0\0\0\0{\"half")
         raise exception
 
-    return save_file
+    return write_file
 
 
 def test_an_interrupted_write_leaves_nothing_behind(source, monkeypatch):
-    monkeypatch.setattr("safetensors.torch.save_file", interrupted_writer(KeyboardInterrupt()))
+    monkeypatch.setattr("kogpt.loading.cache.write_file", interrupted_writer(KeyboardInterrupt()))
     with pytest.raises(KeyboardInterrupt):
         cache.store(entry(source), STATE)
     assert cache.entries() == [] and cache.open_entry(entry(source)) is None
@@ -103,7 +103,7 @@ def test_an_interrupted_write_leaves_nothing_behind(source, monkeypatch):
 
 @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS, errno.EACCES])
 def test_a_full_or_read_only_disk_falls_back_to_memory_with_one_line(source, monkeypatch, caplog, code):
-    monkeypatch.setattr("safetensors.torch.save_file", interrupted_writer(OSError(code, os.strerror(code))))
+    monkeypatch.setattr("kogpt.loading.cache.write_file", interrupted_writer(OSError(code, os.strerror(code))))
     with caplog.at_level(logging.WARNING):
         assert cache.store(entry(source), STATE) is False
     lines = [r.getMessage() for r in caplog.records]
@@ -154,7 +154,7 @@ def test_a_bfloat16_load_is_cached_and_no_cache_skips_it(tiny_bin_dir, caplog):
 
 
 def test_a_load_on_a_full_disk_still_runs(tiny_bin_dir, caplog, monkeypatch):
-    monkeypatch.setattr("safetensors.torch.save_file", interrupted_writer(OSError(errno.ENOSPC, "No space left on device")))
+    monkeypatch.setattr("kogpt.loading.cache.write_file", interrupted_writer(OSError(errno.ENOSPC, "No space left on device")))
     gpt, text = loads(caplog, tiny_bin_dir, quantize="int8")
     assert "No space left on device" in text and gpt.generate("인간", temperature=0, max_new_tokens=4) is not None
 
@@ -185,3 +185,22 @@ def test_mapped_tensors_start_on_64_byte_boundaries(tiny_bin_dir, caplog, quanti
     assert "mapped from the converted-weights cache" in text
     unaligned = [name for name, t in second.model.state_dict().items() if t.numel() and t.data_ptr() % 64]
     assert unaligned == []
+
+
+def test_the_written_file_is_safetensors_with_every_tensor_on_a_64_byte_boundary(source):
+    """safetensors' own writer pads its header to 8 bytes only, so on a 6B model most tensors would
+    start unaligned and be copied at load; ours pads the header and puts odd-sized tensors last."""
+    from safetensors.torch import load_file
+
+    state = {"odd": torch.arange(3, dtype=torch.int8), "w": torch.randn(4, 32).bfloat16(), "b": torch.ones(16), "q": torch.ones(64, dtype=torch.uint8)}
+    path = entry(source).path
+    for extra in range(8):  # headers of every length modulo 8 (the key's length varies with the path)
+        assert cache.store(cache.Entry(path, entry(source).key + "x" * extra), state)
+        header, start = cache.read_header(path)
+        assert start % 64 == 0
+        for name, tensor in state.items():
+            begin = header[name]["data_offsets"][0]
+            assert (start + begin) % 64 == 0 or tensor.nbytes % 64, name
+    assert header["odd"]["data_offsets"][1] == path.stat().st_size - start  # the odd-sized one is last
+    read = load_file(str(path))  # still a file safetensors reads
+    assert read.keys() == state.keys() and all(torch.equal(read[n], t) for n, t in state.items())

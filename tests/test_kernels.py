@@ -43,6 +43,17 @@ def test_an_inaccurate_kernel_is_rejected_however_fast():
 def test_within_five_percent_the_more_accurate_kernel_wins():
     seconds = {"w4g32": 1.04, "w4g64": 1.0, "w4g128": 1.3, "w4g256": 1.5}
     accuracy = errors({"w4g32": 0.07, "w4g64": 0.09, "w4g128": 0.1, "w4g256": 0.11})
+    choice = kernels.choose("int4", {(64, 256): 1}, timings(seconds), accuracy=accuracy)
+    assert choice.kernel == "w4g32" and "the most accurate" in choice.why
+
+
+def test_within_five_percent_the_standard_kernel_wins():
+    """Group 128 (0.53 bytes a weight) over a more accurate group 32 (0.63) that is barely faster."""
+    seconds = {"w4g32": 1.0, "w4g64": 1.02, "w4g128": 1.04, "w4g256": 1.5}
+    accuracy = errors({"w4g32": 0.07, "w4g64": 0.09, "w4g128": 0.1, "w4g256": 0.11})
+    choice = kernels.choose("int4", {(64, 256): 1}, timings(seconds), accuracy=accuracy)
+    assert choice.kernel == kernels.DEFAULTS["int4"] == "w4g128" and "the standard kernel" in choice.why
+    seconds["w4g128"] = 1.06  # just outside the tie: the fastest group wins again
     assert kernels.choose("int4", {(64, 256): 1}, timings(seconds), accuracy=accuracy).kernel == "w4g32"
 
 

@@ -122,7 +122,9 @@ def open_entry(entry: Entry) -> dict[str, torch.Tensor] | None:
 
 # torch's CPU kernels (the int8 and int4 matmuls among them) may use aligned vector loads: a tensor
 # that starts off a 64-byte boundary crashed `_weight_int8pack_mm` (a segmentation fault in CI).
+# `write_file` lays tensors out on such boundaries; `map_tensors` copies any that is not.
 ALIGNMENT = 64
+NAMES = {dtype: name for name, dtype in DTYPES.items()}
 
 
 def map_tensors(path: Path, header: dict, start: int) -> dict[str, torch.Tensor]:
@@ -137,23 +139,44 @@ def map_tensors(path: Path, header: dict, start: int) -> dict[str, torch.Tensor]
         begin, end = info["data_offsets"]
         count = (end - begin) // dtype.itemsize
         flat = torch.frombuffer(mapping, dtype=dtype, count=count, offset=start + begin) if count else torch.empty(0, dtype=dtype)
-        if (start + begin) % ALIGNMENT:  # safetensors packs tensors back to back: copy one that starts unaligned
+        if (start + begin) % ALIGNMENT:  # written by another tool, or after an odd-sized tensor: copy it
             flat = flat.clone()
         tensors[name] = flat.view(info["shape"])
     return tensors
 
 
+def write_file(tensors: dict[str, torch.Tensor], filename: str, metadata: dict[str, str]) -> None:
+    """A safetensors file whose tensors start on `ALIGNMENT`-byte boundaries, so that all of them map.
+
+    The format packs tensors back to back after the header and allows no holes, and
+    `safetensors.torch.save_file` pads the header to 8 bytes only. Here the header is padded with
+    spaces (which the format allows) so the data starts on a boundary, and the tensors whose size is
+    a multiple of the boundary come first: in a GPT-J model that is every tensor.
+    """
+    order = sorted(tensors, key=lambda name: (tensors[name].nbytes % ALIGNMENT != 0, name))
+    header: dict = {"__metadata__": metadata}
+    offset = 0
+    for name in order:
+        tensor = tensors[name]
+        header[name] = {"dtype": NAMES[tensor.dtype], "shape": list(tensor.shape), "data_offsets": [offset, offset + tensor.nbytes]}
+        offset += tensor.nbytes
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-(8 + len(text)) % ALIGNMENT)
+    with open(filename, "wb") as handle:
+        handle.write(struct.pack("<Q", len(text)) + text)
+        for name in order:
+            if tensors[name].numel():
+                handle.write(tensors[name].contiguous().reshape(-1).view(torch.uint8).numpy().data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
 def store(entry: Entry, state: dict[str, torch.Tensor]) -> bool:
     """Write `state` as the entry's file, atomically; False (and one log line) when it cannot be written."""
-    from safetensors.torch import save_file
-
     temporary = entry.path.with_name(f".{entry.name}.{os.getpid()}.partial")
     try:
         entry.path.parent.mkdir(parents=True, exist_ok=True)
-        tensors = {name: tensor.contiguous() for name, tensor in state.items()}
-        save_file(tensors, str(temporary), metadata={"kogpt": entry.key})
-        with open(temporary, "rb") as handle:
-            os.fsync(handle.fileno())
+        write_file(state, str(temporary), metadata={"kogpt": entry.key})
         os.replace(temporary, entry.path)
     except (OSError, RuntimeError) as exc:  # read-only directory, disk full, ...: convert in memory
         remove(temporary)

@@ -28,7 +28,7 @@ from kogpt.loading.kernels import (
 
 log = logging.getLogger(__name__)
 
-CHOICE_VERSION = 1
+CHOICE_VERSION = 2  # 2: the standard kernel wins ties
 
 
 def machine_key(threads: int) -> str:
@@ -47,7 +47,7 @@ def machine_key(threads: int) -> str:
 def choices_file() -> Path:
     from platformdirs import user_cache_dir
 
-    return Path(user_cache_dir("kogpt")) / "json"
+    return Path(user_cache_dir("kogpt")) / "kernels.json"
 
 
 def cached_choice(fmt: str, threads: int) -> Choice | None:
