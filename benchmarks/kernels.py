@@ -5,10 +5,10 @@
 For each shape (4096x4096, 16384x4096, 4096x16384, lm_head 64512x4096) and each candidate kernel,
 one (1, in) x (in, out) product is timed over copies of the packed weight that together exceed
 `--rotate-mib` (default: 1.25x the last-level cache), so the weight streams from memory as in a
-decode step. Each round times every kernel once, after a read-bandwidth measurement (`sum()` over a
-buffer of that size), so that a shared machine's changing load falls on all alike; each cell keeps
-the best round, in ms per product and as a share of the best bandwidth measured for that shape. torchao's
-CPU configs are added when torchao imports. `--preset smoke` runs small shapes quickly (for tests).
+decode step. Each round times every kernel once, after a read-bandwidth measurement (the faster of
+`sum()` and a matrix-vector product over a buffer of that size), so that a shared machine's changing
+load falls on all alike; each cell keeps the best round, in ms per product and as a share of the best
+bandwidth measured for that shape. torchao's CPU configs are added when torchao imports. `--preset smoke` runs small shapes quickly (for tests).
 """
 
 from __future__ import annotations
@@ -103,17 +103,16 @@ def measure_shape(shape, ours, theirs, rotate: int, rounds: int) -> list[dict]:
     cpu = dict(best)
     bandwidth = cpu_bandwidth = 0.0
     threads = torch.get_num_threads()
-    buffer = torch.ones(rotate // 4)
+    matrix, vector = torch.ones(max(1, rotate // 4096), 1024), torch.ones(1024)
     x = torch.randn(1, shape[1])
     with torch.no_grad():
         for name in best:
             run, copies, _, _ = found[name]
             run(x, copies[0])  # warm-up
         for _ in range(rounds):
-            started, used = time.perf_counter(), time.process_time()
-            buffer.sum()
-            bandwidth = max(bandwidth, rotate / (time.perf_counter() - started))
-            cpu_bandwidth = max(cpu_bandwidth, rotate * threads / max(time.process_time() - used, 1e-9))
+            used = time.process_time()
+            bandwidth = max(bandwidth, rotate / kernels.read_seconds(matrix, vector))
+            cpu_bandwidth = max(cpu_bandwidth, 2 * rotate * threads / max(time.process_time() - used, 1e-9))  # two reads
             for name in best:
                 run, copies, _, _ = found[name]
                 started, used = time.perf_counter(), time.process_time()

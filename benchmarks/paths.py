@@ -138,16 +138,13 @@ def ctranslate2_int8(checkpoint: str, n_prompt: int, n_new: int, converted: str)
 
 
 def bandwidth(_checkpoint: str, _n_prompt: int, _n_new: int, gib: float = 2.0) -> dict:
-    """Memory read bandwidth: the best of several full reads of a buffer far larger than the caches."""
+    """Memory read bandwidth: the best of several full reads of a buffer far larger than the caches
+    (`sum()` and a float32 matrix-vector product, `kogpt.loading.kernels.read_bandwidth`)."""
     import torch
 
-    buffer = torch.ones(int(gib * 1024**3) // 4)
-    best = float("inf")
-    for _ in range(6):
-        started = time.perf_counter()
-        buffer.sum()
-        best = min(best, time.perf_counter() - started)
-    return {"read_gb_s": buffer.numel() * 4 / best / 1e9, "threads": torch.get_num_threads()}
+    from kogpt.loading.kernels import read_bandwidth
+
+    return {"read_gb_s": read_bandwidth(int(gib * 1024**3), repeats=6) / 1e9, "threads": torch.get_num_threads()}
 
 
 PATHS = {

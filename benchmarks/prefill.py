@@ -1,5 +1,5 @@
 """Prefill (prompt) time of a bfloat16 KoGPT-width model on the CPU: torch's bfloat16 kernel
-against kogpt.prefill's blocked float32 path, side by side in one run.
+against kogpt.loading.bf16's blocked float32 path, side by side in one run.
 
     python benchmarks/prefill.py --layers 2 --tokens 20 200 500
 
@@ -14,7 +14,7 @@ import time
 import torch
 from transformers import GPTJConfig, GPTJForCausalLM
 
-from kogpt.loading import prefill
+from kogpt.loading import bf16 as prefill
 
 
 def timed(model, ids) -> float:
@@ -36,14 +36,14 @@ def main() -> None:
     plain = GPTJForCausalLM(config).to(torch.bfloat16).eval().requires_grad_(False)
     print(f"cpu capability {torch.backends.cpu.get_cpu_capability()}, needs_upcast={prefill.needs_upcast()}, "
           f"{args.layers} layers of KoGPT width, bfloat16")
-    print("| prompt tokens | bfloat16 kernel s | kogpt.prefill s | speed-up |\n|---:|---:|---:|---:|")
+    print("| prompt tokens | bfloat16 kernel s | float32 blocks s | speed-up |\n|---:|---:|---:|---:|")
     for tokens in args.tokens:
         ids = torch.randint(2, 64512, (1, tokens))
         for module in plain.modules():
-            if type(module) is prefill.UpcastPrefillLinear:
+            if type(module) is prefill.CpuLinear:
                 module.__class__ = torch.nn.Linear
         base = timed(plain, ids)
-        prefill.apply(plain)
+        prefill.apply(plain, upcast=True)
         fast = timed(plain, ids)
         print(f"| {tokens} | {base:.2f} | {fast:.2f} | {base / fast:.2f}x |")
 

@@ -62,6 +62,9 @@ def machine() -> dict:
     }
 
 
+CACHED = ("default", "fp16", "int8", "int8-other", "int4")  # measured on the start that reads the converted weights
+
+
 def run_path(name: str, checkpoint: Path, args, extra: list[str] | None = None) -> dict:
     command = [sys.executable, str(HERE / "paths.py"), name, str(checkpoint),
                "--prompt-tokens", str(args.prompt_tokens), "--new-tokens", str(args.new_tokens), *(extra or [])]
@@ -142,7 +145,11 @@ def targets(results: dict) -> list[str]:
     lines = [f"- {what}: {value:.2f}{unit} -> {'met' if value >= need else 'NOT met'}" for what, value, need, unit in checks]
     for name, limit in (("int4", 4.5), ("int8", 7.5), ("default", 13)):
         if rss(name):
-            lines.append(f"- peak RSS {name} <= {limit} GiB: {rss(name):.2f} GiB -> {'met' if rss(name) <= limit else 'NOT met'}")
+            peak = max(rss(name), results[name].get("convert_peak_rss_gib", 0))  # whichever start peaks higher
+            lines.append(
+                f"- peak RSS {name} <= {limit} GiB: {rss(name):.2f} GiB reading the cache, "
+                f"{results[name].get('convert_peak_rss_gib', float('nan')):.2f} GiB converting -> {'met' if peak <= limit else 'NOT met'}"
+            )
     first = results.get("first-prompt", {})
     for name in ("default", "int8", "int4"):
         if f"prompt_{name}_target_s" in first:
@@ -172,7 +179,7 @@ def extra_lines(results: dict) -> list[str]:
             for name in ("default", "int8", "int4") if f"prompt_{name}_s" in first
         )
         lines.append(
-            f"- time to the first `prompt> ` (source weights in the page cache; first start, then the start that maps "
+            f"- time to the first `prompt> ` (source weights in the page cache; first start, then the start that reads "
             f"the converted-weights cache): {starts}; reading the source weight files once takes {first['read_weights_s']:.1f} s, "
             f"importing torch + transformers {first['import_s']:.1f} s"
         )
@@ -182,6 +189,10 @@ def extra_lines(results: dict) -> list[str]:
             f"- CTranslate2 conversion (its own process, not counted as load): {convert['convert_s']:.0f} s, "
             f"peak RSS {convert['peak_rss_gib']:.1f} GiB"
         )
+    converting = ", ".join(f"{name} {r['convert_load_s']:.1f} s, {r['convert_peak_rss_gib']:.2f} GiB"
+                           for name, r in results.items() if isinstance(r, dict) and "convert_load_s" in r)  # fmt: skip
+    if converting:
+        lines.append(f"- the first load of each row (measuring the kernels, converting, writing the cache): {converting}")
     loads = {name: r["loadavg"] for name, r in results.items() if isinstance(r, dict) and "loadavg" in r}
     lines.append(f"- load average before/after each path (other users share this machine): {loads}")
     return lines
@@ -225,6 +236,9 @@ def main() -> None:
             chosen = results.get("int8", {}).get("kernel", "w8")
             extra, name_run = ["--kernel", "w8" if chosen == "w8a8" else "w8a8"], "int8"
         results[name] = run_path(name_run, checkpoint, args, extra)
+        if name in CACHED and "error" not in results[name]:  # that load converted; users' later starts read the cache
+            converted, results[name] = results[name], run_path(name_run, checkpoint, args, extra)
+            results[name].update(convert_load_s=converted["load_s"], convert_peak_rss_gib=converted["peak_rss_gib"])
         (out / "results.json").write_text(json.dumps(results, indent=1))  # so far: a long run may be cut short
     config = config_for(args.preset)
     report = "\n".join([

@@ -42,6 +42,12 @@ class Kernel:
     buffers: tuple[str, ...] = ("weight",)  # the names `pack` returns, the buffers a layer registers
     fits: Callable[[int], bool] = lambda in_features: True
     dtype: torch.dtype = torch.bfloat16  # the model's compute dtype with this kernel
+    stored_as: str = ""  # another kernel whose packed tensors this one uses as they are
+
+    @property
+    def layout(self) -> str:
+        """The name of the packed tensors' layout: the converted-weights cache keys entries by it."""
+        return self.stored_as or self.name
 
 
 def int8_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -68,11 +74,6 @@ def _run_w8(x: torch.Tensor, t: Tensors) -> torch.Tensor:
     return torch.ops.aten._weight_int8pack_mm(x.to(torch.bfloat16).contiguous(), t["weight"], t["scales"])
 
 
-def _pack_w8a8(weight: torch.Tensor) -> Tensors:
-    codes, scales = int8_rows(weight)
-    return {"weight": codes, "scales": scales.to(torch.bfloat16)}  # bfloat16, as the rest of a quantized model
-
-
 def _run_w8a8(x: torch.Tensor, t: Tensors) -> torch.Tensor:
     """Activations quantized per row on the fly (symmetric int8), int8 x int8 -> int32, then rescaled."""
     xf = x.float()
@@ -84,6 +85,13 @@ def _run_w8a8(x: torch.Tensor, t: Tensors) -> torch.Tensor:
 
 def _float(dtype: torch.dtype) -> tuple[Callable, Callable]:
     return (lambda w: {"weight": w.to(dtype, copy=True)}), (lambda x, t: F.linear(x.to(dtype), t["weight"]))
+
+
+def _run_bf16mv(x: torch.Tensor, t: Tensors) -> torch.Tensor:
+    """One row (a decode step) by `torch.mv`, more by `F.linear`; `kogpt.loading.bf16` does the same in the model."""
+    if x.shape[0] == 1:
+        return torch.mv(t["weight"], x[0].to(torch.bfloat16)).unsqueeze(0)
+    return F.linear(x.to(torch.bfloat16), t["weight"])
 
 
 def _int4(group: int) -> Kernel:
@@ -99,10 +107,11 @@ KERNELS: dict[str, Kernel] = {
     k.name: k
     for k in [
         Kernel("bf16", "16bit", 2, *_float(torch.bfloat16), "bfloat16 weights and activations (F.linear)"),
+        Kernel("bf16mv", "16bit", 2, _float(torch.bfloat16)[0], _run_bf16mv, "bfloat16, a decode step by torch.mv", stored_as="bf16"),
         Kernel("fp16", "16bit", 2, *_float(torch.float16), "float16 weights and activations (F.linear)", dtype=torch.float16),
         Kernel("fp32", "32bit", 4, *_float(torch.float32), "float32 (F.linear); the accuracy reference", dtype=torch.float32),
         Kernel("w8", "int8", 1, _pack_w8, _run_w8, "int8 weights, bfloat16 activations (_weight_int8pack_mm)", ("weight", "scales")),
-        Kernel("w8a8", "int8", 1, _pack_w8a8, _run_w8a8, "int8 weights x int8 activations quantized per token (torch._int_mm)", ("weight", "scales")),
+        Kernel("w8a8", "int8", 1, _pack_w8, _run_w8a8, "int8 weights x int8 activations quantized per token (torch._int_mm)", ("weight", "scales"), stored_as="w8"),
         *(_int4(group) for group in int4.GROUPS),
     ]
 }  # fmt: skip
@@ -153,15 +162,22 @@ def last_level_cache_bytes() -> int:
     return max(sizes, default=256 * 2**20)
 
 
-def read_bandwidth(nbytes: int, repeats: int = 3) -> float:
-    """Bytes per second that `sum()` reads from a buffer of `nbytes` (best of `repeats`)."""
-    buffer = torch.ones(max(1, nbytes // 4))
+def read_seconds(matrix: torch.Tensor, vector: torch.Tensor) -> float:
+    """Seconds of the faster of two plain reads of a float32 `matrix` (rows, len(vector)): `sum()`
+    and a matrix-vector product. Either alone can read low: on one Xeon `sum()` gave 16.9 GB/s where
+    `torch.mv` gave 31.7."""
     best = float("inf")
-    for _ in range(repeats):
+    for read in (matrix.sum, lambda: torch.mv(matrix, vector)):
         started = time.perf_counter()
-        buffer.sum()
+        read()
         best = min(best, time.perf_counter() - started)
-    return buffer.numel() * 4 / best
+    return best
+
+
+def read_bandwidth(nbytes: int, repeats: int = 3) -> float:
+    """Bytes per second read from a float32 buffer of `nbytes` (best of `repeats`)."""
+    matrix, vector = torch.ones(max(1, nbytes // 4096), 1024), torch.ones(1024)
+    return matrix.nbytes / min(read_seconds(matrix, vector) for _ in range(repeats))
 
 
 def time_kernel(kernel: Kernel, shape: tuple[int, int], rotate_bytes: int, rounds: int = 3) -> float:

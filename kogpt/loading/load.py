@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from kogpt.errors import KoGPTError, first_line
-from kogpt.loading import choices, kernels, prefill
+from kogpt.loading import bf16, choices, kernels
 from kogpt.loading import quantize as quantize_lib
 from kogpt.loading.checkpoint import load_config, load_tokenizer, resolve_checkpoint
 from kogpt.placement.decide import Decision, decide
@@ -89,8 +89,10 @@ def load(options: Options, path: Path | None = None) -> Loaded:
         weights = load_streamed_weights(
             path, config, dtype, quantize, tokenizer.eos_token_id, decision.kernel, options.cache
         )
-        if dtype == torch.bfloat16 and quantize == "none" and prefill.needs_upcast():
-            log.debug("prompts computed in float32 (no fast bfloat16 GEMM): %d layers", prefill.apply(weights))
+        upcast, gemv = bf16.needs_upcast(), decision.kernel == "bf16mv"
+        if dtype == torch.bfloat16 and quantize == "none" and (upcast or gemv):
+            count = bf16.apply(weights, upcast=upcast, gemv=gemv)
+            log.debug("%d bfloat16 layers: decode steps by torch.mv %s, prompts in float32 %s", count, gemv, upcast)
     else:
         with removing_partial_offload(options.offload_dir):
             placed = load_kwargs(decision.plan.device_map, decision.device, options, dtype)

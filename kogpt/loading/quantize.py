@@ -150,10 +150,11 @@ def load_cpu(
     kernel = kernel or (default_kernel(method, widths(config)) if method != "none" else str(dtype).removeprefix("torch."))
     swap = prepare(kernel) if method != "none" else None
     fmt = "16bit" if method == "none" else method
-    entry = cache.entry_for(path, weights.weight_files(path), fmt, kernel) if use_cache else None
+    layout = kernels.KERNELS[kernel].layout if kernel in kernels.KERNELS else kernel  # w8a8 keeps w8's tensors
+    entry = cache.entry_for(path, weights.weight_files(path), fmt, layout) if use_cache else None
     mapped = cache.open_entry(entry) if entry is not None else None
     if mapped is not None:
-        log.info("weights mapped from the converted-weights cache %s", entry.path)
+        log.info("weights read from the converted-weights cache %s", entry.path)
         return weights.load_streaming(path, config, dtype, swap, tensors=mapped.items(), **model_kwargs)
     model = weights.load_streaming(path, config, dtype, swap, setter if swap else None, **model_kwargs)
     if entry is not None:

@@ -122,11 +122,15 @@ def cpu_kernel(config, options: Options, decision: Decision, kernel_for: KernelF
         fmt = options.quantize
     elif options.dtype == "auto" and decision.dtype == torch.bfloat16:
         fmt = "16bit"
+    elif options.kernel and decision.dtype in (torch.bfloat16, torch.float16):
+        fmt = "16bit"  # a 16-bit dtype asked for, with a kernel of that dtype (checked below)
     elif options.kernel:
-        raise KoGPTError(f"--kernel {options.kernel} needs --quantize, or the automatic 16-bit dtype")
+        raise KoGPTError(f"--kernel {options.kernel} needs --quantize, or a 16-bit dtype")
     else:
         return decision
     kernel, why, dtype = kernel_for(config, fmt, options.kernel, decision.threads)
+    if options.dtype != "auto" and dtype != decision.dtype:
+        raise KoGPTError(f"kernel {kernel} computes in {str(dtype).removeprefix('torch.')}, not in the {options.dtype} asked for")
     choice = decision.choice
     if dtype != choice.dtype:
         choice = DtypeChoice(dtype, f"{choice.reason}; {str(dtype).removeprefix('torch.')} is the faster 16-bit kernel here")

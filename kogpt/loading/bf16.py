@@ -1,9 +1,12 @@
-"""Fast prefill on CPUs without bfloat16 matrix instructions (no AVX512-BF16, no AMX).
+"""bfloat16 Linear layers on the CPU: a decode step by `torch.mv`, and prompts in float32 where needed.
 
-There, torch's bfloat16 matrix multiply costs about as much per input row as a matrix-vector
-product: measured here, a 4096x16384 layer takes 1.38 s for 200 rows (a 200-token prompt) against
-0.31 s when the weight is widened to float32 in 1024-row blocks and the float32 GEMM does the
-work. Decoding (one row at a time) keeps the bfloat16 kernel, which is the faster one there.
+- `gemv`: one input row (a decode step) is computed by `torch.mv`, where the kernel chooser measured
+  that faster than `F.linear` (kernel `bf16mv`; 1.15-1.2x on a 2-vCPU Xeon, rotating over more weight
+  than its cache holds).
+- `upcast`: on CPUs without bfloat16 matrix instructions (no AVX512-BF16, no AMX), torch's bfloat16
+  matrix multiply costs about as much per input row as a matrix-vector product: measured, a
+  4096x16384 layer takes 1.38 s for 200 rows (a 200-token prompt) against 0.31 s when the weight is
+  widened to float32 in 1024-row blocks and the float32 GEMM does the work.
 """
 
 from __future__ import annotations
@@ -15,15 +18,26 @@ MIN_ROWS = 16  # below this the bfloat16 kernel is as fast (20 rows: 141 ms vs 1
 BLOCK_ROWS = 1024  # weight rows widened at a time: 16 MiB of float32 for KoGPT's 4096 columns
 
 
-class UpcastPrefillLinear(nn.Linear):
-    """An `nn.Linear` whose many-row inputs are computed in float32, a block of the weight at a time."""
+class CpuLinear(nn.Linear):
+    """An `nn.Linear` whose one-row inputs may go through `torch.mv` (`gemv`) and whose many-row
+    inputs may be computed in float32, a block of the weight at a time (`upcast`)."""
+
+    gemv = False
+    upcast = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // x.shape[-1]
         training = torch.is_grad_enabled() and (self.weight.requires_grad or x.requires_grad)
-        if rows < MIN_ROWS or self.weight.dtype != torch.bfloat16 or training:
+        if self.weight.dtype != torch.bfloat16 or x.dtype != torch.bfloat16 or training:
             return super().forward(x)
-        return blocked_float32_linear(x, self.weight, self.bias)
+        if rows == 1 and self.gemv:
+            out = torch.mv(self.weight, x.reshape(-1))
+            if self.bias is not None:
+                out += self.bias
+            return out.reshape(*x.shape[:-1], self.out_features)
+        if rows >= MIN_ROWS and self.upcast:
+            return blocked_float32_linear(x, self.weight, self.bias)
+        return super().forward(x)
 
 
 def blocked_float32_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -48,11 +62,12 @@ def needs_upcast() -> bool:
     return not fast
 
 
-def apply(model: nn.Module) -> int:
-    """Make every plain `nn.Linear` of `model` an `UpcastPrefillLinear`; return how many."""
+def apply(model: nn.Module, *, upcast: bool, gemv: bool = False) -> int:
+    """Make every plain `nn.Linear` of `model` a `CpuLinear` doing `upcast` and `gemv`; return how many."""
     count = 0
     for module in model.modules():
         if type(module) is nn.Linear:
-            module.__class__ = UpcastPrefillLinear
+            module.__class__ = CpuLinear
+            module.upcast, module.gemv = upcast, gemv
             count += 1
     return count

@@ -1,0 +1,89 @@
+"""bfloat16 Linears on the CPU: a decode step by torch.mv (kernel bf16mv), and many-row inputs in
+float32 on CPUs without fast bfloat16 matrix instructions."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from torch import nn
+
+from kogpt import KoGPT
+from kogpt.errors import KoGPTError
+from kogpt.loading import bf16 as prefill
+
+
+def test_blocked_float32_linear_equals_a_float32_linear(monkeypatch):
+    monkeypatch.setattr(prefill, "BLOCK_ROWS", 7)  # several blocks and a ragged last one
+    torch.manual_seed(0)
+    weight = torch.randn(30, 12).to(torch.bfloat16)
+    bias = torch.randn(30).to(torch.bfloat16)
+    x = torch.randn(2, 9, 12).to(torch.bfloat16)
+    got = prefill.blocked_float32_linear(x, weight, bias)
+    expected = nn.functional.linear(x.float(), weight.float(), bias.float()).to(torch.bfloat16)
+    assert got.shape == (2, 9, 30) and got.dtype == torch.bfloat16
+    assert torch.equal(got, expected)
+
+
+def test_only_many_row_inputs_take_the_float32_path(monkeypatch):
+    calls = []
+    real = prefill.blocked_float32_linear
+    monkeypatch.setattr(prefill, "blocked_float32_linear", lambda *a: (calls.append(a[0].shape), real(*a))[1])
+    layer = nn.Linear(8, 4).to(torch.bfloat16).requires_grad_(False)
+    assert prefill.apply(nn.Sequential(layer), upcast=True) == 1 and isinstance(layer, prefill.CpuLinear)
+    layer(torch.randn(1, 1, 8, dtype=torch.bfloat16))
+    layer(torch.randn(1, prefill.MIN_ROWS, 8, dtype=torch.bfloat16))
+    assert calls == [(1, prefill.MIN_ROWS, 8)]
+    layer.requires_grad_(True)  # training: autograd needs the ordinary kernel
+    layer(torch.randn(1, prefill.MIN_ROWS, 8, dtype=torch.bfloat16))
+    assert len(calls) == 1
+
+
+def test_a_bfloat16_cpu_load_uses_it_and_generates_the_same(tiny_dir, monkeypatch):
+    monkeypatch.setattr(prefill, "needs_upcast", lambda: True)
+    fast = KoGPT.load(str(tiny_dir), device="cpu", dtype="bfloat16")
+    monkeypatch.setattr(prefill, "needs_upcast", lambda: False)
+    plain = KoGPT.load(str(tiny_dir), device="cpu", dtype="bfloat16")
+    assert any(isinstance(m, prefill.CpuLinear) for m in fast.model.modules())
+    assert not any(isinstance(m, prefill.CpuLinear) for m in plain.model.modules())
+    ids = torch.tensor([fast.encode("한국어 언어 모델은 문장을 이어서 쓰는 일을 잘한다.")])
+    assert ids.shape[1] >= prefill.MIN_ROWS
+    with torch.inference_mode():
+        reference = fast.model.float()(ids).logits
+        fast.model.to(torch.bfloat16)
+        a, b = fast.model(ids).logits.float(), plain.model(ids).logits.float()
+    # float32 accumulation is at least as close to the float32 model as the bfloat16 kernel
+    assert (a - reference).abs().max() <= (b - reference).abs().max() + 1e-2
+    prompt = "오늘은 날씨가 맑아서 공원에 산책을"
+    assert fast.generate(prompt, temperature=0, max_new_tokens=8) == plain.generate(prompt, temperature=0, max_new_tokens=8)
+
+
+def test_one_row_goes_through_torch_mv_when_gemv_is_on(monkeypatch):
+    calls = []
+    real_mv = torch.mv
+    monkeypatch.setattr(torch, "mv", lambda w, x: (calls.append(x.shape), real_mv(w, x))[1])
+    torch.manual_seed(0)
+    layer = nn.Linear(16, 8).to(torch.bfloat16).requires_grad_(False)
+    expected = [layer(torch.ones(1, 1, 16, dtype=torch.bfloat16)), layer(torch.ones(16, dtype=torch.bfloat16))]
+    prefill.apply(nn.Sequential(layer), upcast=False, gemv=True)
+    got = [layer(torch.ones(1, 1, 16, dtype=torch.bfloat16)), layer(torch.ones(16, dtype=torch.bfloat16))]
+    assert calls == [(16,), (16,)]
+    for g, e in zip(got, expected, strict=True):
+        assert g.shape == e.shape and torch.allclose(g.float(), e.float(), atol=2e-2)
+    layer(torch.ones(1, 3, 16, dtype=torch.bfloat16))  # several rows: F.linear
+    assert len(calls) == 2
+
+
+def test_the_bf16mv_kernel_shares_the_cache_with_bf16_and_decodes_the_same(tiny_bin_dir, caplog):
+    plain = KoGPT.load(str(tiny_bin_dir), device="cpu", dtype="bfloat16", kernel="bf16")
+    with caplog.at_level(logging.DEBUG, logger="kogpt"):
+        gemv = KoGPT.load(str(tiny_bin_dir), device="cpu", dtype="bfloat16", kernel="bf16mv")
+    assert "read from the converted-weights cache" in caplog.text  # the same bfloat16 tensors
+    layers = [m for m in gemv.model.modules() if isinstance(m, nn.Linear)]
+    assert layers and all(isinstance(m, prefill.CpuLinear) and m.gemv for m in layers)
+    assert not any(isinstance(m, prefill.CpuLinear) for m in plain.model.modules())
+    with pytest.raises(KoGPTError, match="computes in float16, not in the bfloat16"):
+        KoGPT.load(str(tiny_bin_dir), device="cpu", dtype="bfloat16", kernel="fp16")
+    prompt = "오늘은 날씨가 맑아서 공원에 산책을"
+    assert gemv.generate(prompt, temperature=0, max_new_tokens=8) == plain.generate(prompt, temperature=0, max_new_tokens=8)
