@@ -136,7 +136,7 @@ def read_file(path: Path) -> float:
 
 def measure_first_prompt(checkpoint: str) -> dict:
     """Time to the first `prompt> `, each start twice: the first may convert and write the
-    converted-weights cache, the second reads it; against importing and reading the cached file."""
+    converted-weights cache, the second maps it; against importing and reading the cached file."""
     from kogpt.loading import cache
 
     read_once(checkpoint)  # into the page cache

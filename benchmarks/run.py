@@ -62,7 +62,7 @@ def machine() -> dict:
     }
 
 
-CACHED = ("default", "fp16", "int8", "int8-other", "int4")  # measured on the start that reads the converted weights
+CACHED = ("default", "fp16", "int8", "int8-other", "int4")  # measured on the start that maps the converted weights
 
 
 def run_path(name: str, checkpoint: Path, args, extra: list[str] | None = None) -> dict:
@@ -179,7 +179,7 @@ def extra_lines(results: dict) -> list[str]:
             for name in ("default", "int8", "int4") if f"prompt_{name}_s" in first
         )
         lines.append(
-            f"- time to the first `prompt> ` (source weights in the page cache; first start, then the start that reads "
+            f"- time to the first `prompt> ` (source weights in the page cache; first start, then the start that maps "
             f"the converted-weights cache): {starts}; reading the source weight files once takes {first['read_weights_s']:.1f} s, "
             f"importing torch + transformers {first['import_s']:.1f} s"
         )

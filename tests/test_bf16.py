@@ -79,7 +79,7 @@ def test_the_bf16mv_kernel_shares_the_cache_with_bf16_and_decodes_the_same(tiny_
     plain = KoGPT.load(str(tiny_bin_dir), device="cpu", dtype="bfloat16", kernel="bf16")
     with caplog.at_level(logging.DEBUG, logger="kogpt"):
         gemv = KoGPT.load(str(tiny_bin_dir), device="cpu", dtype="bfloat16", kernel="bf16mv")
-    assert "read from the converted-weights cache" in caplog.text  # the same bfloat16 tensors
+    assert "mapped from the converted-weights cache" in caplog.text  # the same bfloat16 tensors
     layers = [m for m in gemv.model.modules() if isinstance(m, nn.Linear)]
     assert layers and all(isinstance(m, prefill.CpuLinear) and m.gemv for m in layers)
     assert not any(isinstance(m, prefill.CpuLinear) for m in plain.model.modules())

@@ -137,7 +137,7 @@ def test_the_second_load_maps_the_cache_and_generates_the_same(tiny_bin_dir, cap
     first, log_first = loads(caplog, tiny_bin_dir, quantize=quantize)
     assert "cached the converted weights" in log_first
     second, log_second = loads(caplog, tiny_bin_dir, quantize=quantize, kernel=first.loaded.kernel)
-    assert "read from the converted-weights cache" in log_second
+    assert "mapped from the converted-weights cache" in log_second
     for name, tensor in first.model.state_dict().items():
         assert torch.equal(second.model.state_dict()[name], tensor), name
     prompt = "인간처럼 생각하고,"
@@ -150,7 +150,7 @@ def test_a_bfloat16_load_is_cached_and_no_cache_skips_it(tiny_bin_dir, caplog):
     loads(caplog, tiny_bin_dir, dtype="bfloat16")
     assert len(cache.entries()) == 1
     _, text = loads(caplog, tiny_bin_dir, dtype="bfloat16")
-    assert "read from the converted-weights cache" in text
+    assert "mapped from the converted-weights cache" in text
 
 
 def test_a_load_on_a_full_disk_still_runs(tiny_bin_dir, caplog, monkeypatch):
@@ -182,7 +182,7 @@ def test_mapped_tensors_start_on_64_byte_boundaries(tiny_bin_dir, caplog, quanti
     instructions, so every tensor the cache hands out starts on a 64-byte boundary."""
     first, _ = loads(caplog, tiny_bin_dir, quantize=quantize)
     second, text = loads(caplog, tiny_bin_dir, quantize=quantize, kernel=first.loaded.kernel)
-    assert "read from the converted-weights cache" in text
+    assert "mapped from the converted-weights cache" in text
     unaligned = [name for name, t in second.model.state_dict().items() if t.numel() and t.data_ptr() % 64]
     assert unaligned == []
 

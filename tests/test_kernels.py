@@ -160,3 +160,13 @@ def test_bad_threads_or_kernel_are_one_line_errors(tiny_dir, threads, kernel, me
 
     with pytest.raises(KoGPTError, match=message):
         KoGPT.load(str(tiny_dir), device="cpu", quantize="int8", threads=threads, kernel=kernel, cache=False)
+
+
+def test_a_new_candidate_kernel_means_measuring_again(monkeypatch):
+    calls: list = []
+    measure = timings({"w8": 3.0, "w8a8": 2.0}, calls)
+    choices.choice_for("int8", SHAPES, 2, measure, accuracy=errors({}))
+    measured = len(calls)
+    monkeypatch.setitem(kernels.KERNELS, "w8new", kernels.KERNELS["w8"])  # a later kogpt, one kernel more
+    choices.choice_for("int8", SHAPES, 2, measure, accuracy=errors({}))
+    assert len(calls) > measured

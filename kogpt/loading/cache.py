@@ -1,9 +1,8 @@
 """The converted-weights cache: a model's weights as the CPU kernels want them, mapped instead of rebuilt.
 
-The first load of a (checkpoint, format, kernel) casts or quantizes every weight; the result is
-written as one safetensors file under the user cache directory, and later loads map that file.
-An entry's name carries a key made of the source files' identity (path, size, modification time),
-the format, the kernel, torch's version (packed int4 layouts are torch's own) and `VERSION`; the
+The first load of a (checkpoint, format, kernel layout) casts or quantizes every weight; the result
+is written as one safetensors file under the user cache directory, and later loads map that file. An entry's name carries a key made of the source files' identity (path,
+size, modification time), the format, the kernel's packed layout, torch's version (packed int4 layouts are torch's own) and `VERSION`; the
 same key is stored in the file's header and checked again on load. Files are written to a temporary
 name and renamed into place, so an interrupted write leaves nothing that a load would use; a file
 whose header or size does not add up is deleted and rebuilt. A cache that cannot be written (read-only,
@@ -127,33 +126,28 @@ ALIGNMENT = 64
 NAMES = {dtype: name for name, dtype in DTYPES.items()}
 
 
-def read_into_memory(path: Path) -> mmap.mmap:
-    """The whole file in private anonymous memory, in huge pages where the kernel allows them.
+def map_file(path: Path) -> mmap.mmap:
+    """A private (copy-on-write) mapping of the file, asking for huge pages.
 
-    A decode step streams every weight once. Mapped from the file, the weights sat mostly in 4 KiB
-    pages (the page cache's large folios covered 14-27% of the int8 and bfloat16 files) and could be
-    evicted under memory pressure; read into anonymous huge pages, a 6B decode step ran 1.15-1.4x
-    faster (`benchmarks/RESULTS.md`). The price is one read of the file at start.
+    A decode step streams every weight once, so how the weights sit in memory shows: measured on a
+    2-vCPU Xeon VM (`benchmarks/RESULTS.md`), asking for huge pages made an int8 6B step about 5%
+    faster, and reading the whole file into anonymous memory 8-15% faster still, but that read cost
+    15-20 s more per start there (fresh anonymous memory is slow to fault in on that VM), against
+    under 3 s to map. So the file is mapped: pages come in from the page cache as they are used.
     """
-    size = path.stat().st_size
-    memory = mmap.mmap(-1, max(size, 1), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)  # shared would be shmem: no THP
-    if hasattr(mmap, "MADV_HUGEPAGE"):
-        memory.madvise(mmap.MADV_HUGEPAGE)
-    view = memoryview(memory)
     with open(path, "rb") as handle:
-        done = 0
-        while done < size:
-            got = handle.readinto(view[done : min(size, done + (64 << 20))])
-            if not got:
-                raise CacheError(f"{path.name} ended early")
-            done += got
-    view.release()
-    return memory
+        mapping = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_COPY)
+    if hasattr(mmap, "MADV_HUGEPAGE"):  # Linux: takes effect where the page cache holds large folios
+        try:
+            mapping.madvise(mmap.MADV_HUGEPAGE)
+        except OSError:
+            pass
+    return mapping
 
 
 def map_tensors(path: Path, header: dict, start: int) -> dict[str, torch.Tensor]:
-    """Tensors viewing the file's bytes, read into anonymous (huge-page) memory: no copy per tensor."""
-    mapping = read_into_memory(path)
+    """Tensors viewing a mapping of the file: no copy, and pages load as they are used."""
+    mapping = map_file(path)
     tensors = {}
     for name, info in header.items():
         if name == "__metadata__":
@@ -169,7 +163,7 @@ def map_tensors(path: Path, header: dict, start: int) -> dict[str, torch.Tensor]
 
 
 def write_file(tensors: dict[str, torch.Tensor], filename: str, metadata: dict[str, str]) -> None:
-    """A safetensors file whose tensors start on `ALIGNMENT`-byte boundaries, so that all of them map.
+    """A safetensors file whose tensors start on `ALIGNMENT`-byte boundaries, so that none needs copying.
 
     The format packs tensors back to back after the header and allows no holes, and
     `safetensors.torch.save_file` pads the header to 8 bytes only. Here the header is padded with

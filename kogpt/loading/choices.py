@@ -3,6 +3,7 @@ and torch version, and kept in the user cache directory (`kernels.json`)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -41,7 +42,10 @@ def machine_key(threads: int) -> str:
                 break
     except OSError:
         pass
-    return f"{model} | {os.cpu_count()} cpus | {threads} threads | torch {torch.__version__} | v{CHOICE_VERSION}"
+    # The candidates are part of the key: a kogpt with a new kernel measures again instead of
+    # keeping a choice made without it.
+    kinds = hashlib.sha256(" ".join(sorted(KERNELS)).encode()).hexdigest()[:8]
+    return f"{model} | {os.cpu_count()} cpus | {threads} threads | torch {torch.__version__} | v{CHOICE_VERSION}-{kinds}"
 
 
 def choices_file() -> Path:

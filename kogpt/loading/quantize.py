@@ -154,7 +154,7 @@ def load_cpu(
     entry = cache.entry_for(path, weights.weight_files(path), fmt, layout) if use_cache else None
     mapped = cache.open_entry(entry) if entry is not None else None
     if mapped is not None:
-        log.info("weights read from the converted-weights cache %s", entry.path)
+        log.info("weights mapped from the converted-weights cache %s", entry.path)
         return weights.load_streaming(path, config, dtype, swap, tensors=mapped.items(), **model_kwargs)
     model = weights.load_streaming(path, config, dtype, swap, setter if swap else None, **model_kwargs)
     if entry is not None:
