@@ -204,3 +204,19 @@ def test_the_written_file_is_safetensors_with_every_tensor_on_a_64_byte_boundary
     assert header["odd"]["data_offsets"][1] == path.stat().st_size - start  # the odd-sized one is last
     read = load_file(str(path))  # still a file safetensors reads
     assert read.keys() == state.keys() and all(torch.equal(read[n], t) for n, t in state.items())
+
+
+def test_after_caching_the_source_files_leave_the_page_cache(tiny_bin_dir, caplog, monkeypatch):
+    """Once converted and cached, the source is not read again: its pages would only compete with
+    the mapped cache file. Without a cache entry written, nothing is dropped."""
+    dropped = []
+    monkeypatch.setattr(os, "posix_fadvise", lambda fd, offset, length, advice: dropped.append((os.fstat(fd).st_size, advice)))
+    real_writer = cache.write_file
+    monkeypatch.setattr(cache, "write_file", interrupted_writer(OSError(errno.ENOSPC, "No space left on device")))
+    loads(caplog, tiny_bin_dir, quantize="int8")
+    assert dropped == []
+    monkeypatch.setattr(cache, "write_file", real_writer)
+    loads(caplog, tiny_bin_dir, quantize="int8")
+    assert dropped == [((tiny_bin_dir / "pytorch_model.bin").stat().st_size, os.POSIX_FADV_DONTNEED)]
+    loads(caplog, tiny_bin_dir, quantize="int8")  # mapped from the cache: the source is not touched
+    assert len(dropped) == 1

@@ -157,6 +157,6 @@ def load_cpu(
         log.info("weights mapped from the converted-weights cache %s", entry.path)
         return weights.load_streaming(path, config, dtype, swap, tensors=mapped.items(), **model_kwargs)
     model = weights.load_streaming(path, config, dtype, swap, setter if swap else None, **model_kwargs)
-    if entry is not None:
-        cache.store(entry, model.state_dict())
+    if entry is not None and cache.store(entry, model.state_dict()):
+        weights.drop_from_page_cache(weights.weight_files(path))  # read again only to convert to another format
     return model

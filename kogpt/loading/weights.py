@@ -12,6 +12,7 @@ import ctypes
 import json
 import logging
 import mmap
+import os
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
@@ -127,3 +128,23 @@ def release(mapped: torch.Tensor) -> None:
         libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), 4)  # MADV_DONTNEED
     except (OSError, AttributeError, TypeError):  # no POSIX madvise (Windows): only the peak is higher
         pass
+
+
+def drop_from_page_cache(files: list[Path]) -> None:
+    """Tell the kernel the page cache may let go of `files` (POSIX_FADV_DONTNEED).
+
+    Once a checkpoint is converted and cached, its source files are not read again; their 12 GB
+    in the page cache would only compete with the mapped cache file, whose pages a decode step
+    streams, and under that pressure the kernel evicts mapped pages mid-generation.
+    """
+    if not hasattr(os, "posix_fadvise"):  # Windows, macOS: nothing to say
+        return
+    for file in files:
+        try:
+            fd = os.open(file, os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            log.debug("could not drop %s from the page cache: %s", file, exc)
