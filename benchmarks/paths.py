@@ -65,13 +65,14 @@ def seed_snippet(checkpoint: str, n_prompt: int, n_new: int) -> dict:
 
 
 def package(
-    checkpoint: str, n_prompt: int, n_new: int, quantize: str = "none", dtype: str = "auto", kernel: str | None = None
+    checkpoint: str, n_prompt: int, n_new: int, quantize: str = "none", dtype: str = "auto", kernel: str | None = None,
+    mmap: bool = True,
 ) -> dict:
     """`KoGPT.load(device='cpu')` and the package's streaming `stream()`; `kernel` None: this machine's choice."""
     from kogpt import KoGPT, SamplingSettings
 
     started = time.perf_counter()
-    gpt = KoGPT.load(checkpoint, device="cpu", quantize=quantize, dtype=dtype, kernel=kernel)
+    gpt = KoGPT.load(checkpoint, device="cpu", quantize=quantize, dtype=dtype, kernel=kernel, mmap=mmap)
     load_s = time.perf_counter() - started
     ids = prompt_ids(gpt.tokenizer, n_prompt)
     settings = SamplingSettings(temperature=0.8, max_new_tokens=n_new, seed=0)
@@ -161,11 +162,14 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=16)
     parser.add_argument("--converted", default="")
     parser.add_argument("--kernel", help="for int8/int4/fp16: this kernel instead of the machine's choice")
+    parser.add_argument("--no-mmap", action="store_true", help="for default/int8/int4: read the cached weights into memory")
     parser.add_argument("--bandwidth-gib", type=float, default=2.0, help="bytes read to measure the bandwidth")
     args = parser.parse_args()
     common = (args.checkpoint, args.prompt_tokens, args.new_tokens)
     if args.path in ("int8", "int4"):
-        result = package(*common, quantize=args.path, kernel=args.kernel)
+        result = package(*common, quantize=args.path, kernel=args.kernel, mmap=not args.no_mmap)
+    elif args.path == "default":
+        result = package(*common, mmap=not args.no_mmap)
     elif args.path == "fp16":
         result = package(*common, dtype="float16")
     elif args.path == "ct2":

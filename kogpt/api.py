@@ -66,6 +66,7 @@ class KoGPT:
         threads: int | None = None,
         kernel: str | None = None,
         cache: bool = True,
+        mmap: bool = True,
     ) -> KoGPT:
         """Load from a hub repo id or a local checkpoint directory.
 
@@ -76,8 +77,8 @@ class KoGPT:
         (default: on one plain CUDA GPU only) decodes with a preallocated KV cache, over which the
         engine compiles its one-token step with `torch.compile` (CUDA graphs) unless `compile=False`.
         On the CPU, `threads` (default: the physical cores) compute, `kernel` overrides the kernel
-        measured fastest on this CPU (`kogpt.loading.kernels.KERNELS`), and `cache=False` skips the
-        converted-weights cache.
+        measured fastest on this CPU (`kogpt.loading.kernels.KERNELS`), `cache=False` skips the
+        converted-weights cache, and `mmap=False` reads the cache file into memory instead of mapping it.
         """
         options = Options(
             model=model,
@@ -93,6 +94,7 @@ class KoGPT:
             threads=threads,
             kernel=kernel,
             cache=cache,
+            mmap=mmap,
         )
         return cls.from_options(options, compile=compile)
 

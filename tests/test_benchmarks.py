@@ -16,7 +16,7 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 # or in IMPORTED (run by another script) or NEEDS_GPU.
 SMALLEST = {
     # Every path but CTranslate2's (the optional `bench` extra; run.py skips it when missing).
-    "run.py": ["--preset", "tiny", "--out", "{out}", "--paths", "bandwidth,seed,default,int8,int4,overhead,first-prompt"],
+    "run.py": ["--preset", "tiny", "--out", "{out}", "--paths", "bandwidth,seed,default,int8,int8-nommap,int4,overhead,first-prompt"],
     "kernels.py": ["--preset", "smoke", "--rounds", "1", "--kernels", "bf16,w8,w8a8,w4g32", "--out", "{out}/kernels.json"],
     "prefill.py": ["--layers", "1", "--tokens", "4", "20"],
     "checkpoint.py": ["{out}/ckpt", "tiny"],
@@ -51,7 +51,7 @@ def test_benchmark_runs_on_its_smallest_preset(script, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     if script == "run.py":
         results = json.loads((tmp_path / "tiny" / "results.json").read_text())
-        for path in ("default", "int8", "int4", "overhead"):
+        for path in ("default", "int8", "int8-nommap", "int4", "overhead"):
             assert "error" not in results[path], results[path]
         assert results["default"]["tokens"] == 16 and results["default"]["decode_tok_s"] > 0
         assert "| (2) kogpt default" in done.stdout

@@ -220,3 +220,46 @@ def test_after_caching_the_source_files_leave_the_page_cache(tiny_bin_dir, caplo
     assert dropped == [((tiny_bin_dir / "pytorch_model.bin").stat().st_size, os.POSIX_FADV_DONTNEED)]
     loads(caplog, tiny_bin_dir, quantize="int8")  # mapped from the cache: the source is not touched
     assert len(dropped) == 1
+
+
+def mapped_files() -> str:
+    return open("/proc/self/maps").read() if os.path.exists("/proc/self/maps") else ""
+
+
+@pytest.mark.parametrize("quantize", ["int8", "int4"])
+def test_no_mmap_reads_the_cache_into_memory_and_generates_the_same(tiny_bin_dir, caplog, quantize):
+    """`mmap=False` (`--no-mmap`): the same tensors, held in anonymous memory the OS cannot page
+    out, instead of a mapping of the cache file."""
+    first, _ = loads(caplog, tiny_bin_dir, quantize=quantize)
+    entry = cache.entries()[0][0]
+    mapped, text = loads(caplog, tiny_bin_dir, quantize=quantize, kernel=first.loaded.kernel)
+    assert "mapped from the converted-weights cache" in text
+    if mapped_files():
+        assert str(entry) in mapped_files()
+    del mapped
+    import gc
+
+    gc.collect()
+    read, text = loads(caplog, tiny_bin_dir, quantize=quantize, kernel=first.loaded.kernel, mmap=False)
+    assert "read into memory from the converted-weights cache" in text
+    if mapped_files():
+        assert str(entry) not in mapped_files()
+    for name, tensor in first.model.state_dict().items():
+        assert torch.equal(read.model.state_dict()[name], tensor), name
+        assert not tensor.numel() or read.model.state_dict()[name].data_ptr() % 64 == 0, name
+    prompt = "인간처럼 생각하고,"
+    assert read.generate(prompt, temperature=0, max_new_tokens=8) == first.generate(prompt, temperature=0, max_new_tokens=8)
+
+
+
+def test_the_cpu_flags_reach_the_load_options():
+    import argparse
+
+    from kogpt.cli import flags
+
+    parser = argparse.ArgumentParser()
+    flags.add_model_arguments(parser)
+    plain = flags.options_from_args(parser.parse_args([]))
+    assert plain.cache and plain.mmap
+    off = flags.options_from_args(parser.parse_args(["--no-cache", "--no-mmap", "--threads", "1"]))
+    assert not off.cache and not off.mmap and off.threads == 1

@@ -69,6 +69,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="convert the weights in memory; neither read nor write the converted-weights cache (kogpt cache list)",
     )
     group.add_argument(
+        "--no-mmap",
+        action="store_true",
+        help="read the converted weights into memory instead of mapping the cache file: a slower start, "
+        "but the OS cannot page weights out mid-generation",
+    )
+    group.add_argument(
         "--no-compile",
         action="store_true",
         help="CUDA: do not compile the decoding step with torch.compile (starts faster, decodes slower)",
@@ -112,6 +118,7 @@ def options_from_args(args: argparse.Namespace) -> Options:
         quantize=args.quantize,
         threads=args.threads,
         cache=not args.no_cache,
+        mmap=not args.no_mmap,
     )
 
 

@@ -101,8 +101,9 @@ def read_header(path: Path) -> tuple[dict, int]:
     return header, start
 
 
-def open_entry(entry: Entry) -> dict[str, torch.Tensor] | None:
-    """The entry's tensors, mapped from the file (no copy), or None on a miss.
+def open_entry(entry: Entry, mmap: bool = True) -> dict[str, torch.Tensor] | None:
+    """The entry's tensors, mapped from the file (no copy) or, with `mmap` False, read into
+    memory; None on a miss.
 
     A file that is corrupt, truncated or made for other source files is deleted (and so rebuilt).
     """
@@ -112,7 +113,7 @@ def open_entry(entry: Entry) -> dict[str, torch.Tensor] | None:
         header, start = read_header(entry.path)
         if header.get("__metadata__", {}).get("kogpt") != entry.key:
             raise CacheError(f"{entry.name} was made for other weights")
-        return map_tensors(entry.path, header, start)
+        return map_tensors(entry.path, header, start, map_file if mmap else read_file)
     except (CacheError, KeyError, TypeError, ValueError, OSError) as exc:
         log.warning("ignoring the converted-weights cache entry %s: %s; rebuilding it", entry.path, exc)
         remove(entry.path)
@@ -127,27 +128,52 @@ NAMES = {dtype: name for name, dtype in DTYPES.items()}
 
 
 def map_file(path: Path) -> mmap.mmap:
-    """A private (copy-on-write) mapping of the file, asking for huge pages.
-
-    A decode step streams every weight once, so how the weights sit in memory shows: measured on a
-    2-vCPU Xeon VM (`benchmarks/RESULTS.md`), asking for huge pages made an int8 6B step about 5%
-    faster, and reading the whole file into anonymous memory 8-15% faster still, but that read cost
-    15-20 s more per start there (fresh anonymous memory is slow to fault in on that VM), against
-    under 3 s to map. So the file is mapped: pages come in from the page cache as they are used.
-    """
+    """A private (copy-on-write) mapping of the file, asking for huge pages: pages come in from the
+    page cache as they are used, and a start costs no read (the default; `benchmarks/RESULTS.md`)."""
     with open(path, "rb") as handle:
         mapping = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_COPY)
-    if hasattr(mmap, "MADV_HUGEPAGE"):  # Linux: takes effect where the page cache holds large folios
-        try:
-            mapping.madvise(mmap.MADV_HUGEPAGE)
-        except OSError:
-            pass
+    advise_huge_pages(mapping)  # fewer TLB misses where the page cache holds large folios: ~5% on an int8 step
     return mapping
 
 
-def map_tensors(path: Path, header: dict, start: int) -> dict[str, torch.Tensor]:
-    """Tensors viewing a mapping of the file: no copy, and pages load as they are used."""
-    mapping = map_file(path)
+def read_file(path: Path) -> mmap.mmap:
+    """The whole file in private anonymous memory (`--no-mmap`), in huge pages where allowed.
+
+    Mapped file pages can be paged out while the model runs (memory pressure, or a VM's proactive
+    reclaim: the benchmark VM's DAMON `pageout` scheme slowed mapped 6B decoding up to 5x), and
+    anonymous memory without swap cannot. The price is one read of the file at every start.
+    """
+    size = path.stat().st_size
+    if hasattr(mmap, "MAP_PRIVATE"):  # private: a shared anonymous mapping is shmem, which gets no huge pages
+        memory = mmap.mmap(-1, max(size, 1), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    else:  # Windows
+        memory = mmap.mmap(-1, max(size, 1))
+    advise_huge_pages(memory)
+    view = memoryview(memory)
+    try:
+        with open(path, "rb") as handle:
+            done = 0
+            while done < size:
+                got = handle.readinto(view[done : min(size, done + (64 << 20))])
+                if not got:
+                    raise CacheError(f"{path.name} ended early")
+                done += got
+    finally:
+        view.release()
+    return memory
+
+
+def advise_huge_pages(memory: mmap.mmap) -> None:
+    if hasattr(mmap, "MADV_HUGEPAGE"):  # Linux
+        try:
+            memory.madvise(mmap.MADV_HUGEPAGE)
+        except OSError:
+            pass
+
+
+def map_tensors(path: Path, header: dict, start: int, source=map_file) -> dict[str, torch.Tensor]:
+    """Tensors viewing the file's bytes as `source` (`map_file` or `read_file`) holds them: no copy per tensor."""
+    mapping = source(path)
     tensors = {}
     for name, info in header.items():
         if name == "__metadata__":

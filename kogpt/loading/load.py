@@ -87,7 +87,7 @@ def load(options: Options, path: Path | None = None) -> Loaded:
         log.debug("%s kernel %s with %d threads: %s", fmt, decision.kernel, decision.threads, decision.kernel_reason)
     if decision.streamed:  # tensor by tensor: peak memory is the model plus one tensor
         weights = load_streamed_weights(
-            path, config, dtype, quantize, tokenizer.eos_token_id, decision.kernel, options.cache
+            path, config, dtype, quantize, tokenizer.eos_token_id, decision.kernel, options.cache, options.mmap
         )
         upcast, gemv = bf16.needs_upcast(), decision.kernel == "bf16mv"
         if dtype == torch.bfloat16 and quantize == "none" and (upcast or gemv):
@@ -140,14 +140,21 @@ def load_weights(
 
 
 def load_streamed_weights(
-    path: Path, config, dtype: torch.dtype, quantize: str, pad_token_id: int, kernel: str | None = None, cache: bool = True
+    path: Path,
+    config,
+    dtype: torch.dtype,
+    quantize: str,
+    pad_token_id: int,
+    kernel: str | None = None,
+    cache: bool = True,
+    mmap: bool = True,
 ):
     """The CPU loader: `kogpt.loading.weights.load_streaming`, quantizing on the way when asked,
     through the converted-weights cache for 16-bit and quantized formats (unless `cache` is off)."""
     config.pad_token_id = pad_token_id
     try:
         use_cache = cache and (quantize != "none" or dtype in (torch.bfloat16, torch.float16))
-        return quantize_lib.load_cpu(path, config, dtype, quantize, kernel, use_cache, attn_implementation="sdpa")
+        return quantize_lib.load_cpu(path, config, dtype, quantize, kernel, use_cache, mmap, attn_implementation="sdpa")
     except (MemoryError, torch.OutOfMemoryError) as exc:
         raise KoGPTError(f"ran out of memory loading {path} in {dtype} (--quantize {quantize})") from exc
     except Exception as exc:  # as in load_weights: name the file and go

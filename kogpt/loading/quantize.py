@@ -141,10 +141,11 @@ def load_quantized(path: Path, config, method: str = "int8", kernel: str | None 
 
 
 def load_cpu(
-    path: Path, config, dtype: torch.dtype, method: str, kernel: str | None, use_cache: bool = True, **model_kwargs
+    path: Path, config, dtype: torch.dtype, method: str, kernel: str | None, use_cache: bool = True, mmap: bool = True, **model_kwargs
 ) -> nn.Module:
     """The CPU model in `dtype` (`method` none) or packed for `kernel` (int8, int4), from the
     converted-weights cache when it holds this checkpoint so converted, else converted and cached.
+    The cache file is mapped, or with `mmap` False read into memory.
     """
     check_method(method, "cpu")
     kernel = kernel or (default_kernel(method, widths(config)) if method != "none" else str(dtype).removeprefix("torch."))
@@ -152,9 +153,9 @@ def load_cpu(
     fmt = "16bit" if method == "none" else method
     layout = kernels.KERNELS[kernel].layout if kernel in kernels.KERNELS else kernel  # w8a8 keeps w8's tensors
     entry = cache.entry_for(path, weights.weight_files(path), fmt, layout) if use_cache else None
-    mapped = cache.open_entry(entry) if entry is not None else None
+    mapped = cache.open_entry(entry, mmap) if entry is not None else None
     if mapped is not None:
-        log.info("weights mapped from the converted-weights cache %s", entry.path)
+        log.info("weights %s the converted-weights cache %s", "mapped from" if mmap else "read into memory from", entry.path)
         return weights.load_streaming(path, config, dtype, swap, tensors=mapped.items(), **model_kwargs)
     model = weights.load_streaming(path, config, dtype, swap, setter if swap else None, **model_kwargs)
     if entry is not None and cache.store(entry, model.state_dict()):

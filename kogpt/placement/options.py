@@ -58,6 +58,7 @@ class Options:
     threads: int | None = None  # CPU threads; None: the physical cores
     kernel: str | None = None  # CPU Linear kernel (kogpt.loading.kernels); None: the fastest measured here
     cache: bool = True  # the converted-weights cache of CPU loads
+    mmap: bool = True  # map the cache file (False: read it into memory, which the OS cannot page out)
 
     @property
     def strategy(self) -> str | None:
