@@ -263,3 +263,10 @@ def test_the_cpu_flags_reach_the_load_options():
     assert plain.cache and plain.mmap
     off = flags.options_from_args(parser.parse_args(["--no-cache", "--no-mmap", "--threads", "1"]))
     assert not off.cache and not off.mmap and off.threads == 1
+
+
+def test_a_tensor_type_the_cache_cannot_hold_falls_back_to_memory_with_one_line(source, caplog):
+    with caplog.at_level(logging.WARNING):
+        assert cache.store(entry(source), {**STATE, "odd": torch.zeros(2, dtype=torch.complex64)}) is False
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1 and "complex64 tensors are not supported" in lines[0] and cache.entries() == []

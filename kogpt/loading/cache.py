@@ -201,6 +201,8 @@ def write_file(tensors: dict[str, torch.Tensor], filename: str, metadata: dict[s
     offset = 0
     for name in order:
         tensor = tensors[name]
+        if tensor.dtype not in NAMES:  # a RuntimeError: `store` falls back to the weights in memory
+            raise RuntimeError(f"cannot cache {name}: {str(tensor.dtype).removeprefix('torch.')} tensors are not supported")
         header[name] = {"dtype": NAMES[tensor.dtype], "shape": list(tensor.shape), "data_offsets": [offset, offset + tensor.nbytes]}
         offset += tensor.nbytes
     text = json.dumps(header, separators=(",", ":")).encode()
