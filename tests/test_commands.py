@@ -114,6 +114,23 @@ def test_num_return_sequences_streams_each(gpt, tmp_path):
     assert out.count("봄") >= 3 and "[2/3]" in err and "[3/3]" in err
 
 
+def test_a_sequence_without_text_still_shows_its_header_and_prompt(gpt, tmp_path, monkeypatch):
+    """Random or tiny models often end a sample at once, or with ids that decode to no text: the
+    sequence is still shown, in order, as an empty completion after its header and the prompt."""
+    from kogpt.transcript import Record
+
+    def complete(prompt, settings, on_text=None, interleaved=False):
+        for index, text in ((0, "하나"), (2, "셋")):  # sequence 1 produces nothing
+            on_text(index, text)
+        return [Record(prompt, text, index=i, completion_tokens=1, seconds=0.1) for i, text in enumerate(["하나", "", "셋"])]
+
+    monkeypatch.setattr(gpt, "complete", complete)
+    keys = "/set quick on" + ENTER + "/set num_return_sequences 3" + ENTER + "봄" + ENTER + CTRL_D
+    code, out, err = run_repl(gpt, keys, tmp_path)
+    assert code == 0 and out.count("봄") == 3 and "봄하나" in out and "봄셋" in out
+    assert err.index("[1/3]") < err.index("[2/3]") < err.index("[3/3]")
+
+
 def test_edit_opens_the_editor_without_a_shell(gpt, tmp_path, monkeypatch):
     editor = tmp_path / "editor.py"
     editor.write_text("import sys\nopen(sys.argv[1], 'w', encoding='utf-8').write('편집한\\n프롬프트')\n")

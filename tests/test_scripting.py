@@ -102,3 +102,26 @@ def test_stop_sequence_ends_the_stream_and_is_not_printed(gpt):
     assert text == greedy[: greedy.index(stop)]
     assert chunks[-1].finish_reason == "stop"
     assert chunks[-1].tokens < 40
+
+
+def test_each_sequence_gets_its_own_line_even_without_text(gpt, monkeypatch):
+    """Scripts read one line per sequence: one that produced no text (in the middle or at the end)
+    is an empty line, not a shift of the ones after it."""
+    import io
+
+    from kogpt.cli import scripting
+    from kogpt.cli.render import Renderer
+    from kogpt.transcript import Record
+
+    def complete(prompt, settings, on_text=None):
+        for index, text in ((0, "하나"), (2, "셋")):
+            on_text(index, text)
+        return [Record(prompt, t, index=i, completion_tokens=1, seconds=0.1) for i, t in enumerate(["하나", "", "셋", ""])]
+
+    monkeypatch.setattr(gpt, "complete", complete)
+    from rich.console import Console
+
+    out = io.StringIO()
+    renderer = Renderer(err=Console(file=io.StringIO()))
+    assert scripting.run_batch(gpt, [("", "봄", SamplingSettings(num_return_sequences=4))], renderer, False, out) == 0
+    assert out.getvalue() == "하나\n\n셋\n\n"

@@ -197,20 +197,20 @@ class Repl(Session):
         total = turn.settings.num_return_sequences
 
         def on_text(index: int, text: str) -> None:
-            if index != shown[0]:
-                if index > 0:
+            while shown[0] < index:  # every sequence in order, one that produced no text included
+                shown[0] += 1
+                if shown[0] > 0:
                     self.renderer.out.print()
                 if total > 1:
-                    self.renderer.sequence_header(index, total)
+                    self.renderer.sequence_header(shown[0], total)
                 if turn.echo:
                     self.renderer.prompt_echo(turn.prompt)
-                shown[0] = index
             self.renderer.completion(text)
 
         count = turn.settings.num_return_sequences
         try:
             if count > 1 and self.renderer.out.is_terminal:  # watch them grow together
-                shown[0] = 0
+                shown[0] = count - 1  # `samples` prints every sequence at the end, empty ones too
                 with self.renderer.samples(count, turn.prompt if turn.echo else None) as update:
                     records = self.gpt.complete(turn.prompt, turn.settings, update, interleaved=True)
             else:
@@ -229,8 +229,8 @@ class Repl(Session):
                 log.debug("generation failed", exc_info=exc)
             self.renderer.error(str(exc) if isinstance(exc, KoGPTError) else f"error: {type(exc).__name__}: {exc}")
             return
-        if shown[0] < 0 and turn.echo:  # nothing was generated at all
-            self.renderer.prompt_echo(turn.prompt)
+        if shown[0] < len(records) - 1:  # the last sequences produced no text: show them all the same
+            on_text(len(records) - 1, "")
         self.finish(records)
         last = records[-1]
         # The sequences are decoded together: the time is the longest one's.

@@ -97,8 +97,8 @@ def run_batch(
         def on_text(index: int, text: str) -> None:
             if as_json:
                 return
-            if index != current[0]:  # the next of several sequences starts on a new line
-                out.write("\n")
+            if index > current[0]:  # each of several sequences on its own line, an empty one too
+                out.write("\n" * (index - current[0]))
                 current[0] = index
             out.write(show(text))
             out.flush()
@@ -115,6 +115,8 @@ def run_batch(
             renderer.error(f"{label}: {exc}" if label else f"error: {exc}")
             failed = True
             continue
+        if not as_json:  # the last sequences produced no text: their (empty) lines all the same
+            out.write("\n" * max(0, len(records) - 1 - current[0]))
         _finish(out, records, as_json)
         for record in records:
             renderer.stats(record.completion_tokens, record.seconds, record.finish_reason)
