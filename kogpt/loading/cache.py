@@ -1,12 +1,14 @@
 """The converted-weights cache: a model's weights as the CPU kernels want them, mapped instead of rebuilt.
 
 The first load of a (checkpoint, format, kernel layout) casts or quantizes every weight; the result
-is written as one safetensors file under the user cache directory, and later loads map that file. An entry's name carries a key made of the source files' identity (path,
-size, modification time), the format, the kernel's packed layout, torch's version (packed int4 layouts are torch's own) and `VERSION`; the
-same key is stored in the file's header and checked again on load. Files are written to a temporary
-name and renamed into place, so an interrupted write leaves nothing that a load would use; a file
-whose header or size does not add up is deleted and rebuilt. A cache that cannot be written (read-only,
-disk full) only costs the speed-up: the model is converted in memory and used as is.
+is written as one safetensors file under the user cache directory, and later loads map that file.
+An entry's name carries a key made of the source files' identity (path, size, modification time),
+the format, the kernel's packed layout, torch's version (packed int4 layouts are torch's own) and
+`VERSION`; the same key is stored in the file's header and checked again on load. Files are
+written to a temporary name and renamed into place, so an interrupted write leaves nothing that a
+load would use; a file whose header or size does not add up is deleted and rebuilt. A cache that
+cannot be written (read-only, disk full) only costs the speed-up: the model is converted in memory
+and used as is.
 """
 
 from __future__ import annotations

@@ -152,12 +152,13 @@ def load_cpu(
     swap = prepare(kernel) if method != "none" else None
     fmt = "16bit" if method == "none" else method
     layout = kernels.KERNELS[kernel].layout if kernel in kernels.KERNELS else kernel  # w8a8 keeps w8's tensors
-    entry = cache.entry_for(path, weights.weight_files(path), fmt, layout) if use_cache else None
+    files = weights.weight_files(path)
+    entry = cache.entry_for(path, files, fmt, layout) if use_cache else None
     mapped = cache.open_entry(entry, mmap) if entry is not None else None
     if mapped is not None:
         log.info("weights %s the converted-weights cache %s", "mapped from" if mmap else "read into memory from", entry.path)
         return weights.load_streaming(path, config, dtype, swap, tensors=mapped.items(), **model_kwargs)
     model = weights.load_streaming(path, config, dtype, swap, setter if swap else None, **model_kwargs)
     if entry is not None and cache.store(entry, model.state_dict()):
-        weights.drop_from_page_cache(weights.weight_files(path))  # read again only to convert to another format
+        weights.drop_from_page_cache(files)  # read again only to convert to another format
     return model
