@@ -1,6 +1,6 @@
 """Kernel micro-benchmark: every CPU Linear kernel on KoGPT's own matrix shapes, against the memory.
 
-    flock /tmp/kogpt-6b.lock python benchmarks/kernels.py --threads 2 --out /tmp/kogpt-kernels.json
+    flock /tmp/kogpt-6b.lock python benchmarks/kernel_timings.py --threads 2 --out /tmp/kogpt-kernels.json
 
 For each shape (4096x4096, 16384x4096, 4096x16384, lm_head 64512x4096) and each candidate kernel,
 one (1, in) x (in, out) product is timed over copies of the packed weight that together exceed
