@@ -216,6 +216,17 @@ def test_install_commands_use_the_checkout():
     assert wrong == []
 
 
+def test_relative_links_point_at_files_that_exist():
+    broken = []
+    for page in PAGES:
+        for _, line in outside_fences(page):
+            for target in re.findall(r"\]\(([^)\s]+)\)", line):
+                path = target.split("#", 1)[0]
+                if path and "://" not in path and not (page.parent / path).exists():
+                    broken.append(f"{page.relative_to(ROOT)}: {target}")
+    assert broken == []
+
+
 # The flags
 
 
