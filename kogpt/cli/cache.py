@@ -9,8 +9,10 @@ from rich.text import Text
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="kogpt cache",
+    from kogpt.cli.parser import Parser, command_name
+
+    parser = Parser(
+        prog=f"{command_name()} cache",
         description="The converted-weights cache: CPU weights already cast or quantized, mapped at the next start.",
     )
     parser.add_argument("action", choices=("list", "clear"), help="list: show the files and the disk they use; clear: delete them")
