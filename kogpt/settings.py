@@ -6,7 +6,6 @@ per-line settings of a prompts file, so a value is judged the same way wherever 
 
 from __future__ import annotations
 
-import json
 import math
 import shlex
 import warnings
@@ -17,6 +16,7 @@ from typing import Any
 from kogpt import text as text_lib
 from kogpt.defaults import DEFAULT_MAX_LENGTH, DEFAULT_TEMPERATURE
 from kogpt.errors import InputError
+from kogpt.messages import shown
 
 MAX_TEMPERATURE = 100.0
 MAX_SEQUENCES = 16
@@ -26,7 +26,6 @@ MAX_TOKENS = 1_000_000  # the static bound; the model's context is checked by `c
 # 1e-38 overflow float32 and sampling fails. Below MIN_REPETITION_PENALTY a penalty overflows the same way.
 MIN_TEMPERATURE = 1e-5
 MIN_REPETITION_PENALTY = 0.01
-MAX_SHOWN = 40  # characters of a value quoted in an error message
 
 
 @dataclass
@@ -109,27 +108,6 @@ def _number_text(x: float) -> str:
 
 def _no_setting(name: str, names=None) -> InputError:
     return InputError(f"no setting {shown(name)}; settings: {', '.join(names or SPECS)}")
-
-
-def shown(value: Any, quote: bool = True, limit: int = MAX_SHOWN) -> str:
-    """`value` as an error message quotes it: any value works (lone surrogates and control
-    characters escaped, integers of thousands of digits by their size), one line, at most `limit`
-    characters."""
-    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 128:
-        text = f"a number of about {int(value.bit_length() * 0.30103) + 1} digits"
-    elif isinstance(value, str):
-        text = repr(value[: limit + 1]) if quote else value[: limit + 1]
-    elif isinstance(value, (bool, int, float)) or value is None:
-        text = repr(value)
-    else:
-        try:
-            text = json.dumps(value, ensure_ascii=False)[: limit + 1]
-        except (TypeError, ValueError, RecursionError):
-            text = type(value).__name__
-    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
-    if not quote or not isinstance(value, str):
-        text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def sequence_seed(base: int, index: int) -> int:

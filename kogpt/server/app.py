@@ -26,7 +26,8 @@ from kogpt.server.errors import APIError
 from kogpt.server.guard import Guard
 from kogpt.server.request import MAX_BODY_BYTES, check_content_type, parse_completion, parse_json, read_body
 from kogpt.server.runner import MAX_QUEUE, Runner
-from kogpt.settings import SamplingSettings, shown
+from kogpt.messages import shown
+from kogpt.settings import SamplingSettings
 from kogpt.transcript import Transcript
 
 log = logging.getLogger(__name__)

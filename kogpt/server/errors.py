@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from starlette.responses import JSONResponse
 
-from kogpt.settings import shown
+from kogpt.messages import shown
 
 TYPES = {
     400: "invalid_request_error",

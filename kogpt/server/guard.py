@@ -21,7 +21,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from kogpt.server.errors import APIError
-from kogpt.settings import shown
+from kogpt.messages import shown
 
 log = logging.getLogger(__name__)
 

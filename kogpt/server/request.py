@@ -16,8 +16,9 @@ from starlette.requests import ClientDisconnect, Request
 
 from kogpt import text as text_lib
 from kogpt.errors import InputError
+from kogpt.messages import shown
 from kogpt.server.errors import APIError, bad_request
-from kogpt.settings import MAX_SEQUENCES, SPECS, SamplingSettings, check_value, shown
+from kogpt.settings import MAX_SEQUENCES, SPECS, SamplingSettings, check_value
 
 MAX_BODY_BYTES = 1 << 20
 MAX_CHOICES = MAX_SEQUENCES  # completions in one request (prompts x n), as n alone: 16

@@ -173,7 +173,7 @@ class Runner:
             finally:
                 self._count(outcome, -1)
                 if outcome == "cancelled":
-                    log.info("generation cancelled after %d tokens", tokens)
+                    log.info("generation cancelled after %d token%s", tokens, "" if tokens == 1 else "s")
                 put(_END)
 
         self._running.add(generation)
