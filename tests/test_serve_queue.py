@@ -168,7 +168,7 @@ def test_sse_stream_of_a_request_that_waits_its_turn(gpt):
     gated = GatedGPT(gpt)
     state, runner = serve(gated)
     with running(create_app(state)) as url:
-        first = in_thread(ask, url, {"prompt": PROMPT, "max_tokens": 4})
+        first = in_thread(ask, url, {"prompt": PROMPT, "max_tokens": 8, "temperature": 0})  # greedy: 2+ chunks
         wait_for(lambda: runner.stats.started == 1, "the first generation to start")
         lines: list[str] = []
 

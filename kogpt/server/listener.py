@@ -38,13 +38,17 @@ class GuardedH11(H11Protocol):
     header_timeout = HEADER_SECONDS
     body_timeout = BODY_SECONDS
     max_connections = MAX_CONNECTIONS
+    last_warning = float("-inf")
 
     def connection_made(self, transport) -> None:  # type: ignore[override]
         self._phase: str | None = None
         self._timer: asyncio.TimerHandle | None = None
         super().connection_made(transport)
         if len(self.connections) > self.max_connections:
-            log.warning("more than %d connections: refusing a new one", self.max_connections)
+            now = self.loop.time()
+            if now - GuardedH11.last_warning > 10:  # once in a while, not once per connection of a flood
+                GuardedH11.last_warning = now
+                log.warning("more than %d connections: refusing new ones", self.max_connections)
             self._answer(503, "Service Unavailable", "too many connections; retry later", "too_many_connections")
             return
         self._watch()
