@@ -102,6 +102,29 @@ def test_a_plain_request_gets_the_shutdown_timeout_then_a_503(gpt, caplog):
     assert "Traceback" not in caplog.text and "CancelledError" not in caplog.text
 
 
+def test_the_timeout_also_bounds_a_later_choice_of_a_running_request(gpt):
+    """n=2: the first choice ends after the shutdown began, within the timeout; the second then
+    starts and runs past it: the request still gets its 503 at the deadline."""
+    from tests.serving import _gated
+
+    gated, state, runner = gated_state(gpt, shutdown_timeout=1.0)
+    gates = [threading.Event(), threading.Event()]
+    inner = gpt.engine.stream
+    gated.engine.stream = lambda *args, **kwargs: _gated(inner(*args, **kwargs), gates[runner.stats.started - 1])
+    replies: list = []
+    with running(create_app(state), state) as url:
+        thread = post_in_thread(url, replies, {"prompt": PROMPT, "max_tokens": 50, "n": 2, "temperature": 0})
+        wait_for(lambda: runner.stats.started == 1, "the first choice to start")
+        sigterm()
+        gates[0].set()  # the first choice ends; the second starts after the shutdown began
+        thread.join(WAIT_SECONDS)
+        gates[1].set()
+        wait_for(lambda: runner.stats.running == 0, "the generation to stop")
+    (reply,) = replies
+    assert reply.status_code == 503 and reply.json()["error"]["code"] == "server_shutting_down"
+    assert runner.stats.started == 2
+
+
 def test_a_plain_request_that_finishes_within_the_timeout_is_answered(gpt):
     gated, state, runner = gated_state(gpt, shutdown_timeout=20)
     replies: list = []

@@ -82,6 +82,7 @@ class Runner:
         self.stats = Stats()
         self.admitted = 0
         self.stopping = False
+        self._deadline: float | None = None  # loop time when running plain requests get their 503
         self._stats_lock = threading.Lock()
         self._busy = False
         self._waiters: deque[asyncio.Future] = deque()
@@ -149,8 +150,10 @@ class Runner:
         raised here, and `shutting_down()` when the server stops (a `graceful` one: after the grace)."""
         loop = asyncio.get_running_loop()
         generation = _Generation(asyncio.Queue(), loop, graceful)
-        if self.stopping and not graceful:
-            raise shutting_down()
+        if self.stopping:
+            if not graceful or self._deadline is None:
+                raise shutting_down()
+            loop.call_at(self._deadline, generation.stop, shutting_down())  # a later choice of a running request
 
         def put(item) -> None:
             try:
@@ -201,6 +204,7 @@ class Runner:
         if self.stopping:
             return
         self.stopping = True
+        self._deadline = asyncio.get_running_loop().time() + grace
         log.info("shutting down: %d waiting, %d running", len(self._waiters), len(self._running))
         while self._waiters:
             waiter = self._waiters.popleft()
@@ -210,7 +214,7 @@ class Runner:
             if not generation.graceful:
                 generation.stop(shutting_down())
             else:
-                generation.loop.call_later(grace, generation.stop, shutting_down())
+                generation.loop.call_at(self._deadline, generation.stop, shutting_down())
 
     def cancel_all(self) -> None:
         """Cancel every generation at its next token (any thread): the server has stopped."""
