@@ -58,7 +58,8 @@ def test_seed_plus_n_wraps_modulo_2_32(http):
     assert complete(http, seed=MAX_SEED, temperature=1.0)["choices"][0]["text"] == texts[1]
     events = sse(http, seed=MAX_SEED - 1, n=3, temperature=1.0)
     assert events[-1] == "[DONE]" and not any("error" in e for e in events[:-1])
-    streamed = ["".join(e["choices"][0]["text"] for e in events[:-1] if e["choices"][0]["index"] == i) for i in range(3)]
+    choices = [e["choices"][0] for e in events[:-1]]
+    streamed = ["".join(c["text"] for c in choices if c["index"] == i) for i in range(3)]
     assert streamed == texts
 
 

@@ -70,7 +70,7 @@ def test_shutdown_ends_running_and_queued_streams_and_requests_with_errors(gpt):
         second = threading.Thread(target=stream_lines, args=(url, queued_stream), daemon=True)
         second.start()
         third = post_in_thread(url, queued_plain)
-        wait_for(lambda: runner.admitted == 3, "two requests to queue")
+        wait_for(lambda: runner.waiting == 2, "two requests to wait their turn")
         sigterm()
         for thread in (first, second, third):
             thread.join(WAIT_SECONDS)

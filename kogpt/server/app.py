@@ -143,7 +143,8 @@ def create_app(state: ServerState) -> Starlette:
 
     async def http_error(request: Request, exc: HTTPException) -> Response:
         message = {
-            404: f"no route {shown(request.url.path)}; kogpt serves POST /v1/completions, GET /v1/models and GET /health",
+            404: f"no route {shown(request.url.path)}; kogpt serves POST /v1/completions, GET /v1/models and "
+            "GET /health",
             405: f"{shown(request.method, quote=False)} is not allowed on {shown(request.url.path)}",
         }
         error = APIError(exc.status_code, message.get(exc.status_code, str(exc.detail)), headers=exc.headers)

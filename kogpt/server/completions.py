@@ -73,7 +73,8 @@ def too_long(n: int, settings: SamplingSettings, context: int) -> APIError:
     if n == 0:
         return APIError(400, "the prompt has no tokens", param="prompt")
     if room is not None and room >= context:
-        why = f"max_tokens is {room}: the model's context of {context} tokens holds the prompt too, so at most {context - 1}"
+        why = f"max_tokens is {room}: the model's context of {context} tokens holds the prompt too, so at most "
+        why += str(context - 1)
         return APIError(400, why, param="max_tokens", code="context_length_exceeded")
     if n >= context:
         why = f"the prompt is {_tokens(n)}, more than the model's context of {context}: shorten it"

@@ -91,7 +91,8 @@ class GuardedH11(H11Protocol):
             self.transport.close()
             return
         what = "headers" if phase == "head" else "body"
-        self._answer(408, "Request Timeout", f"the request's {what} did not arrive within {seconds:g} s", "request_timeout")
+        message = f"the request's {what} did not arrive within {seconds:g} s"
+        self._answer(408, "Request Timeout", message, "request_timeout")
 
     def _answer(self, status: int, reason: str, message: str, code: str) -> None:
         """A whole reply written straight to the socket, then closed (no request is being served)."""

@@ -94,6 +94,11 @@ class Runner:
     def context_length(self) -> int:
         return self.gpt.context_length
 
+    @property
+    def waiting(self) -> int:
+        """Requests waiting for their turn (admitted ones may still be tokenizing)."""
+        return len(self._waiters)
+
     def admit(self) -> Ticket:
         """A place for one request; 503 when stopping, 429 with `Retry-After` when the queue is full."""
         if self.stopping:
@@ -164,16 +169,20 @@ class Runner:
         def work() -> None:
             self._count("started", +1)
             outcome, tokens = "cancelled", 0
+            chunks = self.gpt.engine.stream(ids, settings, seed, generation.cancel)
             try:
-                for chunk in self.gpt.engine.stream(ids, settings, seed, generation.cancel):
+                for chunk in chunks:
                     tokens = chunk.tokens
                     put(chunk)
                     if chunk.finish_reason:
                         outcome = "finished"
+                    elif generation.cancel.is_set():  # the engine may have run ahead: nobody reads the rest
+                        break
             except BaseException as exc:  # handed to the caller
                 outcome = "failed"
                 put(exc)
             finally:
+                chunks.close()
                 self._count(outcome, -1)
                 if outcome == "cancelled":
                     log.info("generation cancelled after %d token%s", tokens, "" if tokens == 1 else "s")
