@@ -16,7 +16,7 @@ from kogpt.engine import Chunk, Engine
 from kogpt.errors import Interrupted, Terminated
 from kogpt.loading.load import Loaded, load
 from kogpt.placement.options import Options, input_device, parse_max_memory
-from kogpt.settings import InputError, SamplingSettings, check_settings
+from kogpt.settings import InputError, SamplingSettings, check_settings, sequence_seed
 from kogpt.transcript import Record
 
 log = logging.getLogger(__name__)
@@ -151,8 +151,8 @@ class KoGPT:
     ) -> list[Record]:
         """All `settings.num_return_sequences` completions of `prompt`, decoded together in one batch.
 
-        The prompt is fed once; sequence i uses seed `settings.seed + i` (a fresh random base seed
-        when unset), so every record can be reproduced. `on_text(i, text)` receives the text as it
+        The prompt is fed once; sequence i uses seed `settings.seed + i`, modulo 2**32 (a fresh random
+        base seed when unset), so every record can be reproduced. `on_text(i, text)` receives the text as it
         streams: sequence by sequence in order (later ones are held back until the earlier ones
         end), or, with `interleaved`, as soon as any sequence grows. Ctrl-C raises `Interrupted`,
         and the command line's SIGTERM/SIGHUP `Terminated`: both carry the records shown so far, the
@@ -162,8 +162,8 @@ class KoGPT:
         ids = self.fit_context(self.encode(prompt), settings)
         base = settings.seed if settings.seed is not None else random.randrange(2**31)
         count = settings.num_return_sequences
-        records = [Record(prompt, settings=settings.as_dict(), seed=base + i, index=i, prompt_tokens=len(ids))
-                   for i in range(count)]
+        records = [Record(prompt, settings=settings.as_dict(), seed=sequence_seed(base, i), index=i,
+                          prompt_tokens=len(ids)) for i in range(count)]
         budget = settings.new_tokens(len(ids), self.context_length)
         if budget == 0:
             for record in records:

@@ -16,11 +16,16 @@ from typing import Any
 from kogpt import text as text_lib
 from kogpt.defaults import DEFAULT_MAX_LENGTH, DEFAULT_TEMPERATURE
 from kogpt.errors import InputError
+from kogpt.messages import shown
 
 MAX_TEMPERATURE = 100.0
 MAX_SEQUENCES = 16
 MAX_SEED = 2**32 - 1
 MAX_TOKENS = 1_000_000  # the static bound; the model's context is checked by `context.check_context`
+# Below this a temperature means greedy decoding, as in vLLM (its _SAMPLING_EPS): logits divided by
+# 1e-38 overflow float32 and sampling fails. Below MIN_REPETITION_PENALTY a penalty overflows the same way.
+MIN_TEMPERATURE = 1e-5
+MIN_REPETITION_PENALTY = 0.01
 
 
 @dataclass
@@ -87,7 +92,7 @@ SPECS: dict[str, Spec] = {
     "max_new_tokens": Spec(int, 1, MAX_TOKENS, optional=True),
     "top_p": Spec(float, 0, 1, low_open=True),
     "top_k": Spec(int, 0, MAX_TOKENS),
-    "repetition_penalty": Spec(float, 0, 100, low_open=True),
+    "repetition_penalty": Spec(float, MIN_REPETITION_PENALTY, 100),
     "no_repeat_ngram_size": Spec(int, 0, 1000),
     "seed": Spec(int, 0, MAX_SEED, optional=True),
     "stop": Spec(list),
@@ -102,7 +107,13 @@ def _number_text(x: float) -> str:
 
 
 def _no_setting(name: str, names=None) -> InputError:
-    return InputError(f"no setting {name!r}; settings: {', '.join(names or SPECS)}")
+    return InputError(f"no setting {shown(name)}; settings: {', '.join(names or SPECS)}")
+
+
+def sequence_seed(base: int, index: int) -> int:
+    """The seed of sequence `index` of a request seeded `base`: `base + index`, wrapped into the
+    seeds one can type (0 .. MAX_SEED), so every sequence can be reproduced alone."""
+    return (base + index) % (MAX_SEED + 1)
 
 
 def check_value(name: str, value: Any) -> Any:
@@ -119,28 +130,32 @@ def check_value(name: str, value: Any) -> Any:
         return None
     if spec.kind is bool:
         if not isinstance(value, bool):
-            raise InputError(f"{name} must be on or off (true or false), not {value!r}")
+            raise InputError(f"{name} must be on or off (true or false), not {shown(value)}")
         return value
     if spec.kind is list:
         return _check_stops(value)
     if isinstance(value, bool) or not isinstance(value, (int, float) if spec.kind is float else int):
         what = "a whole number" if spec.kind is int else "a number"
         unset = " or none" if spec.optional else ""
-        raise InputError(f"{name} must be {what}{unset}, not {value!r}")
+        raise InputError(f"{name} must be {what}{unset}, not {shown(value)}")
     if spec.kind is float:
-        if not math.isfinite(value):
+        if not math.isfinite(value if isinstance(value, float) else 0):
             raise InputError(f"{name} must be a finite number, not {value}")
-        value = float(value)
+        value = float(value) if isinstance(value, float) or abs(value) <= 2**53 else value  # huge ints: refused below
     if value < spec.low or (spec.low_open and value == spec.low) or value > spec.high:
         low = ("more than " if spec.low_open else "at least ") + _number_text(spec.low)
-        raise InputError(f"{name} must be {low} and at most {_number_text(spec.high)}, not {value}")
+        raise InputError(f"{name} must be {low} and at most {_number_text(spec.high)}, not {shown(value)}")
+    if spec.kind is float:
+        value = float(value)
+    if name == "temperature" and value < MIN_TEMPERATURE:
+        return 0.0  # greedy, as vLLM does
     return value
 
 
 def _check_stops(value: Any) -> list[str]:
     stops = [value] if isinstance(value, str) else value
     if not isinstance(stops, (list, tuple)) or not all(isinstance(s, str) for s in stops):
-        raise InputError(f"stop must be a string or a list of strings, not {value!r}")
+        raise InputError(f"stop must be a string or a list of strings, not {shown(value)}")
     for stop in stops:
         text_lib.check(stop, "stop")
         if not stop:
@@ -166,9 +181,9 @@ def _read_number(name: str, text: str, kind: type) -> Any:
         value = kind(text)
     except ValueError:
         what = "a whole number" if kind is int else "a number"
-        raise InputError(f"{name} must be {what}, not {text!r}") from None
+        raise InputError(f"{name} must be {what}, not {shown(text)}") from None
     if kind is float and not math.isfinite(value):
-        raise InputError(f"{name} must be a finite number, not {text}")
+        raise InputError(f"{name} must be a finite number, not {shown(text, quote=False)}")
     return value
 
 
@@ -178,7 +193,7 @@ def parse_bool(text: str, name: str = "truncate") -> bool:
         return True
     if value in {"off", "false", "no", "0"}:
         return False
-    raise InputError(f"{name} must be on or off, not {text!r}")
+    raise InputError(f"{name} must be on or off, not {shown(text)}")
 
 
 def parse_stops(text: str) -> list[str]:
@@ -206,7 +221,7 @@ def decode_escapes(text: str) -> str:
             warnings.simplefilter("ignore", DeprecationWarning)
             decoded = text.encode("latin-1", "backslashreplace").decode("unicode_escape")
     except UnicodeDecodeError as exc:
-        raise InputError(f"bad escape in {text!r}: {exc.reason}") from None
+        raise InputError(f"bad escape in {shown(text)}: {exc.reason}") from None
     return decoded
 
 
@@ -228,7 +243,7 @@ def _text_parser(name: str) -> Callable[[str], Any]:
 PARSERS: dict[str, Callable[[str], Any]] = {name: _text_parser(name) for name in SPECS}
 
 HELP: dict[str, str] = {
-    "temperature": "sampling temperature; 0 = greedy decoding",
+    "temperature": "sampling temperature; 0 (or below 1e-5) = greedy decoding",
     "max_length": "total tokens, prompt included (the original's meaning)",
     "max_new_tokens": "tokens of completion; wins over max_length when set (none = unset)",
     "top_p": "nucleus sampling: keep the smallest set of tokens with this much probability (1 = off)",

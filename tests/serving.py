@@ -11,14 +11,24 @@ WAIT_SECONDS = 30
 
 
 @contextmanager
-def running(app):
-    """Serve `app` with uvicorn in a thread; yield its base URL; stop it afterwards."""
+def running(app, state=None, **limits):
+    """Serve `app` with kogpt's uvicorn setup in a thread; yield its base URL; stop it afterwards.
+
+    With `state` (the app's `ServerState`) the server is kogpt's own (`listener.make_server`:
+    timeouts, connection cap, and `state.shutdown()` on `server.handle_exit`); `running.server`
+    is the uvicorn server, for tests that stop it."""
     import uvicorn
+
+    from kogpt.server import listener
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_config=None, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    if state is not None:
+        server = listener.make_server(app, state, log_level="warning", **limits)
+    else:
+        server = uvicorn.Server(uvicorn.Config(app, log_config=None, log_level="warning"))
+    running.server = server
+    thread = threading.Thread(target=listener.run, args=(server, [sock]), daemon=True)
     thread.start()
     wait_for(lambda: server.started, "the server to start")
     try:
@@ -39,21 +49,37 @@ def wait_for(condition, what: str, seconds: float = WAIT_SECONDS) -> None:
 
 class GatedGPT:
     """A `KoGPT` whose streams stop after their first chunk until `gate` is set: a generation that is
-    certainly still running when the test acts (no timing involved)."""
+    certainly still running when the test acts (no timing involved). `engine.stream` (what the
+    server calls) and `stream` are both gated."""
 
     def __init__(self, gpt) -> None:
         self._gpt = gpt
         self.gate = threading.Event()
+        self.engine = _GatedEngine(gpt.engine, self.gate)
 
     def __getattr__(self, name):
         return getattr(self._gpt, name)
 
     def stream(self, prompt, settings=None, **overrides):
-        chunks = self._gpt.stream(prompt, settings, **overrides)
-        try:
-            for n, chunk in enumerate(chunks):
-                if n == 1:
-                    self.gate.wait(WAIT_SECONDS)
-                yield chunk
-        finally:
-            chunks.close()
+        return _gated(self._gpt.stream(prompt, settings, **overrides), self.gate)
+
+
+class _GatedEngine:
+    def __init__(self, engine, gate: threading.Event) -> None:
+        self._engine, self.gate = engine, gate
+
+    def __getattr__(self, name):
+        return getattr(self._engine, name)
+
+    def stream(self, *args, **kwargs):
+        return _gated(self._engine.stream(*args, **kwargs), self.gate)
+
+
+def _gated(chunks, gate: threading.Event):
+    try:
+        for n, chunk in enumerate(chunks):
+            if n == 1:
+                gate.wait(WAIT_SECONDS)
+            yield chunk
+    finally:
+        chunks.close()

@@ -40,6 +40,7 @@ def client(server):
 
 def post(server, body: bytes | dict, **headers) -> httpx.Response:
     content = json.dumps(body).encode() if isinstance(body, dict) else body
+    headers = {"Content-Type": "application/json", **headers}
     return httpx.post(server[0] + "/v1/completions", content=content, headers=headers, timeout=60)
 
 
@@ -170,7 +171,7 @@ def test_concurrent_clients_are_never_mixed(client):
         (b'{"prompt": "a", "stream_options": {"include_usage": true}}', "stream_options", "stream: true"),
         (b'{"prompt": "a", "seed": 1e400}', "seed", "whole number"),
         (b'{"prompt": "a", "temperature": 1e400}', "temperature", "finite"),
-        (b'{"prompt": "a", "max_tokens": 1' + b"0" * 5000 + b"}", None, "JSON"),
+        (b'{"prompt": "a", "max_tokens": 1' + b"0" * 5000 + b"}", None, "5001 digits"),
     ],
 )
 def test_bad_requests_get_one_line_400(server, body, param, words):
@@ -216,7 +217,8 @@ def test_oversized_chunked_body_is_refused(server):
         for _ in range(MAX_BODY // 1024 + 2):
             yield b"a" * 1024
 
-    response = httpx.post(server[0] + "/v1/completions", content=pieces(), timeout=60)
+    headers = {"Content-Type": "application/json"}
+    response = httpx.post(server[0] + "/v1/completions", content=pieces(), headers=headers, timeout=60)
     assert response.status_code == 413
 
 

@@ -119,7 +119,8 @@ def test_vllm_tokenizer_directory_names_the_special_tokens(tiny_dir, tmp_path):
 
 
 def test_sigterm_mid_stream_cancels_and_exits_cleanly(tiny_dir, gpt, monkeypatch):
-    """SIGTERM while a stream is in flight: the stream ends, its generation is cancelled, exit 0."""
+    """SIGTERM while a stream is in flight: the stream ends with OpenAI's error event
+    (`server_shutting_down`) and `[DONE]`, its generation is cancelled, exit 0."""
     from kogpt.cli import serve
     from kogpt.server.app import ServerState
 
@@ -153,7 +154,11 @@ def test_sigterm_mid_stream_cancels_and_exits_cleanly(tiny_dir, gpt, monkeypatch
     (runner,) = runners
     assert runner.stats.running == 0  # serve waited for it before returning
     assert runner.stats.cancelled == 1 and runner.stats.finished == 0
-    assert "data: [DONE]" not in seen and seen[-1] == "cut"
+    events = [line[len("data: "):] for line in seen if line.startswith("data: ")]
+    assert events[-1] == "[DONE]" and "cut" not in seen
+    error = json.loads(events[-2])["error"]
+    assert error["code"] == "server_shutting_down" and error["type"] == "server_error"
+    assert all(json.loads(e)["choices"][0]["finish_reason"] is None for e in events[:-2])  # no false "stop"
 
 
 def _status(url: str) -> int:

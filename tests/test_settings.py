@@ -44,7 +44,7 @@ def test_valid_values(name, text, value):
         ("temperature", "inf", "finite"), ("temperature", "-1", "at least 0"), ("temperature", "1e9", "at most 100"),
         ("max_length", "0", "at least 1"), ("max_length", "1.5", "whole number"), ("max_length", "1e9", "whole number"),
         ("max_new_tokens", "-1", "at least 1"), ("top_p", "0", "more than 0"), ("top_p", "1.5", "at most 1"),
-        ("top_k", "-1", "at least 0"), ("repetition_penalty", "0", "more than 0"),
+        ("top_k", "-1", "at least 0"), ("repetition_penalty", "0", "at least 0.01"),
         ("no_repeat_ngram_size", "x", "whole number"), ("seed", "-5", "at least 0"),
         ("num_return_sequences", "0", "at least 1"), ("num_return_sequences", "17", "at most 16"),
         ("truncate", "maybe", "on or off"), ("stop", '"unclosed', "stop:"), ("colour", "red", "no setting"),

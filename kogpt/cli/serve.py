@@ -1,8 +1,10 @@
 """`kogpt serve`: an OpenAI-compatible completion API on the loaded model, or through vLLM.
 
 The server listens at once and loads the model in a thread, so `/health` answers 503 while it loads.
-SIGTERM or Ctrl-C stop it cleanly: streams are cancelled at their next token, other requests get
-`--shutdown-timeout` seconds to finish, and the process exits 0.
+SIGTERM or Ctrl-C stop it cleanly: streams end with a `server_shutting_down` error event and
+`[DONE]` (their generations cancelled at the next token), waiting requests get a 503 at once,
+running plain requests get `--shutdown-timeout` seconds to finish (then a 503), and the process
+exits 0.
 """
 
 from __future__ import annotations
@@ -18,69 +20,10 @@ import threading
 from pathlib import Path
 
 from kogpt.cli import flags, terminal
-from kogpt.cli.parser import Parser, command_name
+from kogpt.cli.serveflags import DEFAULT_MAX_TOKENS, build_parser  # noqa: F401 - `serve.build_parser` for main
 from kogpt.errors import KoGPTError
 
 log = logging.getLogger("kogpt")
-
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 8000
-DEFAULT_MAX_TOKENS = 16  # OpenAI's and vLLM's default max_tokens
-SHUTDOWN_SECONDS = 30.0
-ENGINES = ("kogpt", "vllm")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(
-        prog=f"{command_name()} serve",
-        description="Serve the model over HTTP with OpenAI's completion API: POST /v1/completions, "
-        "GET /v1/models, GET /health.",
-    )
-    server = parser.add_argument_group("server")
-    server.add_argument(
-        "--host", default=DEFAULT_HOST, help=f"address to listen on (default:{DEFAULT_HOST}, this machine only)"
-    )
-    server.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"(default:{DEFAULT_PORT})")
-    server.add_argument(
-        "--api-key",
-        default=os.environ.get("KOGPT_API_KEY"),
-        metavar="KEY",
-        help="clients must send Authorization: Bearer KEY; required for a --host other than this machine "
-        "(default: $KOGPT_API_KEY)",
-    )
-    server.add_argument("--served-model-name", metavar="NAME", help="the model's name in the API (default: --model)")
-    server.add_argument(
-        "--transcript",
-        nargs="?",
-        const="",
-        metavar="FILE",
-        help="append every request and completion to FILE (JSON Lines; default FILE: in the user data "
-        "directory); off unless given: the prompts are other people's data",
-    )
-    server.add_argument(
-        "--shutdown-timeout", type=float, default=SHUTDOWN_SECONDS, metavar="S",
-        help=f"on SIGTERM, seconds requests get to finish before they are cancelled (default:{SHUTDOWN_SECONDS:g})",
-    )  # fmt: skip
-    engine = parser.add_argument_group("engine")
-    engine.add_argument(
-        "--engine",
-        choices=ENGINES,
-        default="kogpt",
-        help="kogpt (built in, CPU or GPU) or vllm (GPUs, batching, multi-node)",
-    )
-    engine.add_argument(
-        "--tensor-parallel-size",
-        type=int,
-        default=1,
-        metavar="N",
-        help="vllm: GPUs per model replica, 1, 2, 4, 8 or 16",
-    )
-    engine.add_argument(
-        "--pipeline-parallel-size", type=int, default=1, metavar="M", help="vllm: pipeline stages (nodes)"
-    )
-    flags.add_model_arguments(parser)
-    flags.add_sampling_arguments(parser.add_argument_group("sampling defaults (a request's own fields win)"))
-    return parser
 
 
 def run(args: argparse.Namespace, renderer) -> int:
@@ -89,6 +32,7 @@ def run(args: argparse.Namespace, renderer) -> int:
         from kogpt.cli.planview import show_plan
 
         return show_plan(flags.options_from_args(args), renderer.out)
+    args.api_key = api_key(args.api_key)
     check_host(args.host, args.api_key)
     defaults = flags.sampling_settings(args)
     if defaults.max_new_tokens is None and args.max_length is None:
@@ -104,18 +48,44 @@ def run(args: argparse.Namespace, renderer) -> int:
         from kogpt.server.app import ServerState, create_app
     except ImportError as exc:
         raise KoGPTError(f'kogpt serve needs its extra: pip install ".[serve]" in the kogpt checkout ({exc.name} is missing)') from None
+    from kogpt.loading.checkpoint import check_directory, looks_local
     from kogpt.placement.decide import check_early
+    from kogpt.server.guard import LOOPBACK_HOSTS, split_list
 
     check_early(flags.options_from_args(args))  # impossible flag combinations, before listening
-    state = ServerState(name, defaults, args.api_key, transcript(args))
+    if looks_local(args.model):  # a missing directory, before listening
+        check_directory(Path(args.model).expanduser())
+    extra_hosts = split_list(args.allowed_hosts)
+    hosts = [*LOOPBACK_HOSTS, *extra_hosts] if extra_hosts or (is_loopback(args.host) and not args.api_key) else None
+    state = ServerState(
+        name, defaults, args.api_key, transcript(args), allowed_hosts=hosts,
+        allowed_origins=split_list(args.allowed_origins), max_queue=args.max_queue,
+        shutdown_timeout=args.shutdown_timeout,
+    )  # fmt: skip
     return serve(args, state, create_app(state))
 
 
+def api_key(key: str | None) -> str | None:
+    """The key as clients can send it: HTTP drops spaces around a header's value, so they are dropped."""
+    if key is None:
+        return None
+    if not key.strip():
+        raise KoGPTError("--api-key is empty")
+    if key != key.strip():
+        log.info("--api-key: dropped the spaces around it (a client cannot send them)")
+    return key.strip()
+
+
 def check_host(host: str, api_key: str | None) -> None:
-    """Refuse to listen beyond this machine without an API key."""
+    """Refuse an address this machine cannot listen on, and to listen beyond it without an API key."""
     if api_key is not None and not api_key.strip():
         raise KoGPTError("--api-key is empty")
-    if api_key or is_loopback(host):
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)}
+    except (OSError, UnicodeError) as exc:
+        reason = getattr(exc, "strerror", None) or exc
+        raise KoGPTError(f"--host {host}: not an address or name of this machine ({reason})") from None
+    if api_key or is_loopback(host) or (addresses and all(is_loopback(a) for a in addresses)):
         return
     raise KoGPTError(
         f"--host {host} lets anyone who can reach this machine run the model and read its output: "
@@ -127,7 +97,7 @@ def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        return ipaddress.ip_address(host.partition("%")[0]).is_loopback
     except ValueError:
         return False
 
@@ -157,13 +127,12 @@ def bind(host: str, port: int) -> socket.socket:
 
 def serve(args: argparse.Namespace, state, app) -> int:
     """Listen, load the model in a thread, serve until SIGTERM or Ctrl-C; a failed load exits 1."""
-    import uvicorn
+    from kogpt.server import listener
 
     sock = bind(args.host, args.port)
     port = sock.getsockname()[1]
     logging.getLogger("uvicorn").setLevel(logging.DEBUG if args.debug else logging.INFO)
-    config = uvicorn.Config(app, log_config=None, timeout_graceful_shutdown=args.shutdown_timeout)
-    server = uvicorn.Server(config)
+    server = listener.make_server(app, state, args.header_timeout, args.body_timeout, args.max_connections)
     failure: list[BaseException] = []
 
     def load() -> None:
@@ -196,20 +165,17 @@ def serve(args: argparse.Namespace, state, app) -> int:
 
         previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, hang_up)
     try:
-        server.run(sockets=[sock])
+        listener.run(server, [sock])
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        from sse_starlette.sse import AppStatus
-
-        AppStatus.should_exit = False  # process-wide: it would end every stream of a later server here
     if failure:
         raise failure[0]
     # Threads still inside torch when the interpreter exits abort it ("terminate called without an
     # active exception"): let cancelled generations reach their next token, and leave a load unfinished
     # by ending the process at once.
     if state.runner is not None:
-        state.runner.closing.set()
+        state.runner.cancel_all()
         if not state.runner.wait_idle(args.shutdown_timeout):
             log.warning("a generation did not stop within --shutdown-timeout; exiting anyway")
             _exit_now(0)

@@ -49,12 +49,17 @@ class Failure:
 
 
 class Request:
-    """Generate up to `budget` tokens after `ids`, one row per seed; `events` carries the results."""
+    """Generate up to `budget` tokens after `ids`, one row per seed; `events` carries the results.
 
-    def __init__(self, ids: list[int], settings: SamplingSettings, seeds: list[int], budget: int) -> None:
+    Setting `cancel` (the caller's own event, if given) drops the request if it is still queued and
+    stops it at its next token or prompt chunk if it runs: a server sets it when its client leaves.
+    """
+
+    def __init__(self, ids: list[int], settings: SamplingSettings, seeds: list[int], budget: int,
+                 cancel: threading.Event | None = None) -> None:
         self.ids, self.settings, self.seeds, self.budget = ids, settings, seeds, budget
         self.events: queue.SimpleQueue = queue.SimpleQueue()
-        self.cancel = threading.Event()
+        self.cancel = cancel if cancel is not None else threading.Event()
         self.started = threading.Event()
         self.finished = threading.Event()
         self.submitted = time.perf_counter()
@@ -181,8 +186,9 @@ class Engine:
         """Where the time of the last finished request went."""
         return self._core.last_stats
 
-    def submit(self, ids: list[int], settings: SamplingSettings, seeds: list[int], budget: int) -> Request:
-        request = Request(ids, settings, seeds, budget)
+    def submit(self, ids: list[int], settings: SamplingSettings, seeds: list[int], budget: int,
+               cancel: threading.Event | None = None) -> Request:
+        request = Request(ids, settings, seeds, budget, cancel)
         self._core.start()
         self._core.requests.put(request)
         return request
@@ -218,13 +224,15 @@ class Engine:
                 if request.started.is_set():
                     _wait(request.finished, self._core)
 
-    def stream(self, ids: list[int], settings: SamplingSettings, seed: int) -> Iterator[Chunk]:
-        """One sequence after `ids`, as `Chunk`s of text (the last one has `finish_reason`)."""
+    def stream(self, ids: list[int], settings: SamplingSettings, seed: int,
+               cancel: threading.Event | None = None) -> Iterator[Chunk]:
+        """One sequence after `ids`, as `Chunk`s of text (the last one has `finish_reason`); setting
+        `cancel` from any thread ends it (see `Request`), even before its first chunk."""
         budget = settings.new_tokens(len(ids), self.context)
         if budget == 0:
             yield Chunk("", 0, 0.0, seed, finish_reason="length")
             return
-        request = self.submit(ids, settings, [seed], budget)
+        request = self.submit(ids, settings, [seed], budget, cancel)
         for piece in self.pieces(request):
             first = piece.first_at - request.submitted if piece.first_at is not None else None
             yield Chunk(piece.text, piece.tokens, piece.at - request.submitted, seed, first, piece.finish_reason)

@@ -2,36 +2,43 @@
 
 The app answers as soon as it starts; `ServerState.ready(gpt)` hands it the loaded model. Until then
 `/health` and the API answer 503, so a supervisor can start the server and wait for it.
+`ServerState.shutdown()` (called when SIGTERM arrives, see `listener`) ends what is in flight with
+OpenAI-style errors instead of cutting it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import time
 
+import anyio
 from sse_starlette import EventSourceResponse
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from kogpt.server.completions import Completion, plan
 from kogpt.server.errors import APIError
-from kogpt.server.request import MAX_BODY_BYTES, parse_completion, parse_json, read_body
-from kogpt.server.runner import Runner
+from kogpt.server.guard import Guard
+from kogpt.server.request import MAX_BODY_BYTES, check_content_type, parse_completion, parse_json, read_body
+from kogpt.server.runner import MAX_QUEUE, Runner
+from kogpt.messages import shown
 from kogpt.settings import SamplingSettings
 from kogpt.transcript import Transcript
 
 log = logging.getLogger(__name__)
 
 PING_SECONDS = 15  # an SSE comment line keeps proxies from closing a stream during a long prefill
+SHUTDOWN_SECONDS = 30.0
+STREAM_GRACE_SECONDS = 5.0  # sse-starlette waits this long for a stream's last events at shutdown
 
 
 class ServerState:
-    """What the app serves: the model (once loaded), its name, the defaults, the key and the limits."""
+    """What the app serves: the model (once loaded), its name, the defaults, who may call, the limits."""
 
     def __init__(
         self,
@@ -40,28 +47,41 @@ class ServerState:
         api_key: str | None = None,
         transcript: Transcript | None = None,
         max_body: int = MAX_BODY_BYTES,
+        allowed_hosts: list[str] | None = None,
+        allowed_origins: list[str] | None = None,
+        max_queue: int = MAX_QUEUE,
+        shutdown_timeout: float = SHUTDOWN_SECONDS,
     ) -> None:
         self.served_name = served_name
         self.defaults = defaults or SamplingSettings(max_new_tokens=16)
         self.api_key = api_key
         self.transcript = transcript
         self.max_body = max_body
+        self.allowed_hosts = allowed_hosts  # None: any Host
+        self.allowed_origins = allowed_origins or []
+        self.max_queue = max_queue
+        self.shutdown_timeout = shutdown_timeout
         self.runner: Runner | None = None
+        self.stopping = False
         self.created = int(time.time())
 
     def ready(self, gpt) -> Runner:
-        self.runner = Runner(gpt)
+        self.runner = Runner(gpt, self.max_queue)
         return self.runner
+
+    def shutdown(self) -> None:
+        """Stop taking requests and end those in flight (on the event loop's thread)."""
+        self.stopping = True
+        if self.runner is not None:
+            self.runner.shutdown(self.shutdown_timeout)
 
 
 def create_app(state: ServerState) -> Starlette:
     """The Starlette app serving `state`; errors of every kind are OpenAI error objects."""
 
-    def guarded(handler, authorise: bool = True):
+    def guarded(handler):
         async def endpoint(request: Request) -> Response:
             try:
-                if authorise:
-                    _authorise(state, request)
                 return await handler(request)
             except APIError as exc:
                 log.debug("%s %s -> %d %s", request.method, request.url.path, exc.status, exc.message)
@@ -69,65 +89,85 @@ def create_app(state: ServerState) -> Starlette:
 
         return endpoint
 
+    def runner() -> Runner:
+        if state.runner is None:
+            raise APIError(503, "the model is still loading; GET /health answers 200 when it is ready", code="loading")
+        return state.runner
+
     async def health(request: Request) -> Response:
         if state.runner is None:
             raise APIError(503, "the model is loading", code="loading")
         return JSONResponse({"status": "ok"})
 
     async def models(request: Request) -> Response:
+        context = runner().context_length
         model = {"id": state.served_name, "object": "model", "created": state.created, "owned_by": "kogpt"}
-        if state.runner is not None:
-            model["max_model_len"] = state.runner.context_length
-        return JSONResponse({"object": "list", "data": [model]})
+        return JSONResponse({"object": "list", "data": [{**model, "max_model_len": context}]})
 
     async def completions(request: Request) -> Response:
-        runner = state.runner
-        if runner is None:
-            raise APIError(503, "the model is still loading; GET /health answers 200 when it is ready", code="loading")
+        serving = runner()
+        check_content_type(request)
         body = await read_body(request, state.max_body)
         checked = parse_completion(parse_json(body), state.defaults)
         if checked.model is not None and checked.model != state.served_name:
             raise APIError(
                 404,
-                f"model {checked.model!r} is not served here; this server serves {state.served_name!r}",
+                f"model {shown(checked.model)} is not served here; this server serves {shown(state.served_name)}",
                 param="model",
                 code="model_not_found",
             )
-        completion = Completion(checked, plan(checked, runner), runner, state.served_name, state.transcript)
+        ticket = serving.admit()
+        try:
+            jobs = await plan(checked, serving)
+        except BaseException:
+            ticket.release()
+            raise
+        completion = Completion(checked, jobs, serving, state.served_name, state.transcript, ticket)
         if checked.stream:
-            return EventSourceResponse(completion.events(), sep="\n", ping=PING_SECONDS)
+            return EventSourceResponse(
+                completion.events(),
+                sep="\n",
+                ping=PING_SECONDS,
+                shutdown_event=anyio.Event(),  # our own shutdown ends the stream; this only delays sse-starlette's cut
+                shutdown_grace_period=STREAM_GRACE_SECONDS,
+            )
         result = await _unless_disconnected(request, completion.run())
         return JSONResponse(result) if result is not None else Response(status_code=499)
 
+    async def chat(request: Request) -> Response:
+        raise APIError(
+            404,
+            "KoGPT is a base model, not a chat model: it continues text. Use POST /v1/completions with a prompt",
+            code="model_not_supported",
+        )
+
     async def http_error(request: Request, exc: HTTPException) -> Response:
         message = {
-            404: f"no route {request.url.path}; the API is under /v1",
-            405: f"{request.method} is not allowed on {request.url.path}",
+            404: f"no route {shown(request.url.path)}; kogpt serves POST /v1/completions, GET /v1/models and "
+            "GET /health",
+            405: f"{shown(request.method, quote=False)} is not allowed on {shown(request.url.path)}",
         }
-        return APIError(exc.status_code, message.get(exc.status_code, str(exc.detail))).response()
+        error = APIError(exc.status_code, message.get(exc.status_code, str(exc.detail)), headers=exc.headers)
+        return error.response()
 
     async def server_error(request: Request, exc: Exception) -> Response:
         log.exception("unexpected error serving %s", request.url.path)
         return APIError(500, f"internal error: {type(exc).__name__}").response()
 
     routes = [
-        Route("/health", guarded(health, authorise=False)),
+        Route("/health", guarded(health)),
         Route("/v1/models", guarded(models)),
         Route("/v1/completions", guarded(completions), methods=["POST"]),
+        Route("/v1/chat/completions", guarded(chat), methods=["POST"]),
     ]
-    app = Starlette(routes=routes, exception_handlers={HTTPException: http_error, Exception: server_error})
+    guard = Middleware(
+        Guard, hosts=state.allowed_hosts, origins=state.allowed_origins, api_key=state.api_key
+    )
+    app = Starlette(
+        routes=routes, middleware=[guard], exception_handlers={HTTPException: http_error, Exception: server_error}
+    )
     app.state.kogpt = state
     return app
-
-
-def _authorise(state: ServerState, request: Request) -> None:
-    if state.api_key is None:
-        return
-    scheme, _, key = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(key.strip().encode(), state.api_key.encode()):
-        raise APIError(
-            401, "missing or wrong API key: send the header Authorization: Bearer KEY", code="invalid_api_key"
-        )
 
 
 async def _unless_disconnected(request: Request, work):

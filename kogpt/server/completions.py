@@ -1,7 +1,7 @@
 """`POST /v1/completions`: run a checked request's choices and shape OpenAI's replies.
 
-Choice `i` of prompt `p` has index `p * n + i` and seed `seed + i` (a random base seed when none is
-given), as `kogpt -p` numbers its sequences, so any choice can be reproduced alone.
+Choice `i` of prompt `p` has index `p * n + i` and seed `seed + i` modulo 2**32 (a random base seed
+when none is given), as `kogpt -p` numbers its sequences, so any choice can be reproduced alone.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import logging
 import random
 import time
 import uuid
+import weakref
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass
@@ -19,8 +20,8 @@ from dataclasses import dataclass
 from kogpt.errors import KoGPTError
 from kogpt.server.errors import APIError
 from kogpt.server.request import CompletionRequest
-from kogpt.server.runner import Runner
-from kogpt.settings import SamplingSettings
+from kogpt.server.runner import Runner, Ticket
+from kogpt.settings import SamplingSettings, sequence_seed
 from kogpt.transcript import Record, Transcript
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,7 @@ class Job:
 
     index: int
     prompt: str
-    prompt_tokens: int
+    ids: list[int]  # the prompt's tokens as they run (after truncation, if on)
     settings: SamplingSettings
 
 
@@ -48,82 +49,129 @@ class Usage:
         return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens, "total_tokens": total}
 
 
-def plan(request: CompletionRequest, runner: Runner) -> list[Job]:
-    """The request's choices, in index order; a prompt that does not fit the context is refused here,
-    before anything is generated or streamed."""
+async def plan(request: CompletionRequest, runner: Runner) -> list[Job]:
+    """The request's choices, in index order. Each prompt is tokenized once, off the event loop; one
+    that does not fit the context is refused here, before anything is generated or streamed."""
     base = request.settings.seed if request.settings.seed is not None else random.randrange(2**31)
     jobs = []
     for p, prompt in enumerate(request.prompts):
+        ids = await runner.tokenize(prompt)
         try:
-            tokens = runner.prompt_tokens(prompt, request.settings)
+            ids = runner.gpt.fit_context(ids, request.settings)
         except KoGPTError:
-            raise _too_long(prompt, request.settings, runner) from None
+            raise too_long(len(ids), request.settings, runner.context_length) from None
         for i in range(request.n):
-            settings = dataclasses.replace(request.settings, seed=base + i, num_return_sequences=1)
-            jobs.append(Job(p * request.n + i, prompt, tokens, settings))
+            settings = dataclasses.replace(request.settings, seed=sequence_seed(base, i), num_return_sequences=1)
+            jobs.append(Job(p * request.n + i, prompt, ids, settings))
     return jobs
 
 
-def _too_long(prompt: str, settings: SamplingSettings, runner: Runner) -> APIError:
-    n, context = runner.count_tokens(prompt), runner.context_length
-    if settings.max_new_tokens is not None and n < context:
-        why = f"with max_tokens {settings.max_new_tokens} that is more than the model's context of {context}"
-        fix = "shorten the prompt or lower max_tokens"
+def too_long(n: int, settings: SamplingSettings, context: int) -> APIError:
+    """Why a prompt of `n` tokens does not fit, in the API's terms (`max_tokens`; the server's
+    `--max-length` when the request gives no max_tokens)."""
+    room = settings.max_new_tokens
+    if n == 0:
+        return APIError(400, "the prompt has no tokens", param="prompt")
+    if room is not None and room >= context:
+        why = f"max_tokens is {room}: the model's context of {context} tokens holds the prompt too, so at most "
+        why += str(context - 1)
+        return APIError(400, why, param="max_tokens", code="context_length_exceeded")
+    if n >= context:
+        why = f"the prompt is {_tokens(n)}, more than the model's context of {context}: shorten it"
+    elif room is not None:
+        why = (
+            f"the prompt is {_tokens(n)} and max_tokens asks for {room} more, beyond the model's context of "
+            f"{context}: shorten the prompt or lower max_tokens"
+        )
     else:
-        why, fix = f"the model's context is {context}", "shorten it"
-    return APIError(400, f"the prompt is {n} tokens and {why}: {fix}", param="prompt", code="context_length_exceeded")
+        why = (
+            f"the prompt is {_tokens(n)} and the server's --max-length of {settings.max_length} counts them, "
+            "leaving nothing to generate: send max_tokens, or shorten the prompt"
+        )
+    return APIError(400, why, param="prompt", code="context_length_exceeded")
+
+
+def _tokens(n: int) -> str:
+    return "1 token" if n == 1 else f"{n} tokens"
 
 
 class Completion:
-    """The replies to one request, plain or streamed; `transcript` records each finished choice."""
+    """The replies to one request, plain or streamed; `transcript` records each finished choice.
+
+    It holds the request's place in the queue (`ticket`) until its reply ends, and waits for its
+    turn before its first choice."""
 
     def __init__(
-        self, request: CompletionRequest, jobs: list[Job], runner: Runner, model: str, transcript: Transcript | None
+        self,
+        request: CompletionRequest,
+        jobs: list[Job],
+        runner: Runner,
+        model: str,
+        transcript: Transcript | None,
+        ticket: Ticket,
     ):
         self.request, self.jobs, self.runner, self.model = request, jobs, runner, model
         self.transcript = transcript
+        self.ticket = ticket
+        weakref.finalize(self, ticket.release)  # a stream whose generator never started
         self.id = f"cmpl-{uuid.uuid4().hex}"
         self.created = int(time.time())
-        self.usage = Usage(prompt_tokens=sum(job.prompt_tokens for job in jobs if job.index % request.n == 0))
+        self.usage = Usage(prompt_tokens=sum(len(job.ids) for job in jobs if job.index % request.n == 0))
 
     async def run(self) -> dict:
         """Every choice, generated in order, as one `text_completion` object."""
-        choices = []
-        for job in self.jobs:
-            text, reason = "", None
-            async for piece, reason in self._pieces(job):
-                text += piece
-            choices.append({"index": job.index, "text": text, "logprobs": None, "finish_reason": reason})
+        try:
+            turn = await self.runner.turn()
+            try:
+                choices = []
+                for job in self.jobs:
+                    text, reason = "", None
+                    async for piece, reason in self._pieces(job, graceful=True):
+                        text += piece
+                    choices.append({"index": job.index, "text": text, "logprobs": None, "finish_reason": reason})
+            finally:
+                turn.done()
+        finally:
+            self.ticket.release()
         return self._object(choices, usage=self.usage.as_dict())
 
     async def events(self) -> AsyncIterator[dict]:
-        """Server-sent events: `data: {chunk}` per piece of text, then the usage if asked, then `[DONE]`."""
+        """Server-sent events: `data: {chunk}` per piece of text, then the usage if asked, then
+        `[DONE]`; a failure or a shutdown ends the stream with an error event, then `[DONE]`."""
         usage = {"usage": None} if self.request.include_usage else {}
         try:
-            for job in self.jobs:
-                async for piece, reason in self._pieces(job):
-                    choice = {"index": job.index, "text": piece, "logprobs": None, "finish_reason": reason}
-                    yield self._event(self._object([choice], **usage))
-        except APIError as exc:
-            yield self._event(exc.body())
-        else:
-            if self.request.include_usage:
-                yield self._event(self._object([], usage=self.usage.as_dict()))
-        yield {"data": "[DONE]"}
+            try:
+                turn = await self.runner.turn()
+                try:
+                    for job in self.jobs:
+                        async for piece, reason in self._pieces(job, graceful=False):
+                            choice = {"index": job.index, "text": piece, "logprobs": None, "finish_reason": reason}
+                            yield self._event(self._object([choice], **usage))
+                finally:
+                    turn.done()
+            except APIError as exc:
+                yield self._event(exc.body())
+            else:
+                if self.request.include_usage:
+                    yield self._event(self._object([], usage=self.usage.as_dict()))
+            yield {"data": "[DONE]"}
+        finally:
+            self.ticket.release()
 
-    async def _pieces(self, job: Job) -> AsyncIterator[tuple[str, str | None]]:
+    async def _pieces(self, job: Job, graceful: bool) -> AsyncIterator[tuple[str, str | None]]:
         """(text, finish_reason) of one choice; the reason is set on the last piece only."""
         record = Record(
             job.prompt,
             settings=job.settings.as_dict(),
             seed=job.settings.seed,
             index=job.index,
-            prompt_tokens=job.prompt_tokens,
+            prompt_tokens=len(job.ids),
         )
         if self.request.echo:
             yield job.prompt, None
         try:
-            async with aclosing(self.runner.stream(job.prompt, job.settings)) as chunks:
+            chunks = self.runner.stream(job.ids, job.settings, job.settings.seed, graceful)
+            async with aclosing(chunks):
                 async for chunk in chunks:
                     record.completion += chunk.text
                     record.completion_tokens, record.seconds = chunk.tokens, chunk.seconds

@@ -12,15 +12,16 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from kogpt import text as text_lib
 from kogpt.errors import InputError
+from kogpt.messages import shown
 from kogpt.server.errors import APIError, bad_request
-from kogpt.settings import SamplingSettings, check_value
+from kogpt.settings import MAX_SEQUENCES, SPECS, SamplingSettings, check_value
 
 MAX_BODY_BYTES = 1 << 20
-MAX_CHOICES = 64  # prompts x n in one request
+MAX_CHOICES = MAX_SEQUENCES  # completions in one request (prompts x n), as n alone: 16
 MAX_STOPS = 16
 
 SETTINGS = {  # API field -> kogpt setting
@@ -60,6 +61,21 @@ class CompletionRequest:
         return self.settings.num_return_sequences
 
 
+JSON_TYPES = ("application/json",)  # and application/*+json, as FastAPI (vLLM) accepts
+
+
+def check_content_type(request: Request) -> None:
+    """Only JSON bodies (415 otherwise): a web page can send text/plain, form or multipart bodies
+    to another origin without asking first (a CORS "simple request"), never application/json."""
+    given = request.headers.get("content-type")
+    media = (given or "").partition(";")[0].strip().lower()
+    if media in JSON_TYPES or (media.startswith("application/") and media.endswith("+json")):
+        return
+    what = f"Content-Type {shown(given, quote=False)}" if given else "no Content-Type"
+    raise APIError(415, f"the body must be JSON, sent as Content-Type: application/json, not {what}",
+                   code="unsupported_media_type")
+
+
 async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
     """The request's body; more than `limit` bytes is refused (413) before it is all read."""
     too_large = APIError(413, f"the body is larger than the server's limit of {limit} bytes", code="request_too_large")
@@ -67,10 +83,13 @@ async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise too_large
     body = bytearray()
-    async for piece in request.stream():
-        body += piece
-        if len(body) > limit:
-            raise too_large
+    try:
+        async for piece in request.stream():
+            body += piece
+            if len(body) > limit:
+                raise too_large
+    except ClientDisconnect:  # it left, or its body was too slow (see `listener`): nobody reads a reply
+        raise APIError(499, "the client left before sending its whole body") from None
     return bytes(body)
 
 
@@ -83,11 +102,11 @@ def parse_json(body: bytes) -> dict[str, Any]:
     if not text.strip():
         raise bad_request('the body is empty: send a JSON object, e.g. {"prompt": "...", "max_tokens": 32}')
     try:
-        data = json.loads(text)
+        data = json.loads(text, parse_int=_parse_int)
     except json.JSONDecodeError as exc:
         raise bad_request(f"the body is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})") from None
-    except (ValueError, RecursionError) as exc:  # an integer of thousands of digits; nesting thousands deep
-        raise bad_request(f"the body is not JSON kogpt can read: {str(exc)[:120] or type(exc).__name__}") from None
+    except RecursionError:
+        raise bad_request("the body is not JSON kogpt can read: it is nested too deeply") from None
     if not isinstance(data, dict):
         raise bad_request(f"the body must be a JSON object, not {_kind(data)}")
     return data
@@ -97,7 +116,7 @@ def parse_completion(data: dict[str, Any], defaults: SamplingSettings) -> Comple
     """Check every field of a completion request; `defaults` are the server's (its sampling flags)."""
     unknown = [name for name in data if name not in FIELDS]
     if unknown:
-        raise bad_request(f"unknown field {unknown[0]!r}; kogpt reads: {', '.join(FIELDS)}", param=unknown[0])
+        raise bad_request(f"unknown field {shown(unknown[0])}; kogpt reads: {', '.join(FIELDS)}", param=unknown[0])
     for name, neutral in NEUTRAL.items():
         if name in data and not any(_same(data[name], value) for value in neutral):
             hint = "; `kogpt serve --engine vllm` returns them" if name == "logprobs" else ""
@@ -107,9 +126,7 @@ def parse_completion(data: dict[str, Any], defaults: SamplingSettings) -> Comple
     }
     if data.get("stop") is not None:
         given["stop"] = _stops(data["stop"])
-    settings = dataclasses.replace(defaults, **given)
-    if "max_tokens" in given:
-        settings.max_length = defaults.max_length  # max_tokens counts the completion alone
+    settings = dataclasses.replace(defaults, **given)  # max_tokens, when given, wins over --max-length
     best_of = data.get("best_of")
     if best_of is not None and (not _is_int(best_of) or best_of != settings.num_return_sequences):
         raise bad_request("best_of is not supported by kogpt serve; leave it out (or equal to n)", param="best_of")
@@ -140,6 +157,8 @@ def parse_completion(data: dict[str, Any], defaults: SamplingSettings) -> Comple
 def _setting(name: str, setting: str, value: Any) -> Any:
     if name == "top_k" and value == -1 and not isinstance(value, bool):  # vLLM's and OpenAI-style servers' "off"
         value = 0
+    if SPECS[setting].kind is int and isinstance(value, float) and value.is_integer():
+        value = int(value)  # 1.0 for a whole number, as vLLM (pydantic) accepts
     return _checked(name, setting, value)
 
 
@@ -201,5 +220,10 @@ def _is_int(value: Any) -> bool:
 
 
 def _kind(value: Any) -> str:
-    text = json.dumps(value, ensure_ascii=False)
-    return text if len(text) <= 40 else text[:37] + "..."
+    return shown(value)
+
+
+def _parse_int(digits: str) -> int:
+    if len(digits) > 100:  # int() itself refuses beyond 4300 digits, with Python's advice
+        raise bad_request(f"the body holds a number of {len(digits)} digits; no field takes one that long")
+    return int(digits)

@@ -1,21 +1,29 @@
-"""Runs generations for the server: each in a thread, handed to the event loop chunk by chunk.
+"""Runs generations for the server: admitted in order, one at a time, handed to the event loop chunk by chunk.
 
-`KoGPT.stream()` is a blocking iterator. A thread per generation drives it and passes its `Chunk`s to
-the event loop; when the client leaves (or the server shuts down) the thread closes the iterator,
-which stops the generation at its next token. The engine queues the callers of one `KoGPT` in
-order, so a request waiting its turn can be cancelled there.
+A request is admitted (`admit`: a bounded number wait, the others get 429 with `Retry-After`), then
+waits its turn in an asyncio queue: a waiting request holds no thread, and one whose client leaves
+is dropped from the queue without running. In its turn, one thread drives the engine's blocking
+stream and passes its `Chunk`s to the loop; the engine request shares the runner's cancel event, so
+a client that leaves, or a shutdown, stops the generation at its next token or prompt chunk.
+
+Shutdown (`shutdown`): waiting requests and streams end at once with `errors.shutting_down()`;
+plain requests that already run get `grace` seconds to finish first.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import threading
 import time
+from collections import deque
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from kogpt.server.errors import APIError, shutting_down
 from kogpt.settings import SamplingSettings
 
 if TYPE_CHECKING:
@@ -23,12 +31,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+MAX_QUEUE = 64  # requests admitted beyond the one running
+TOKENIZER_THREADS = 2
 _END = object()
 
 
 @dataclass
 class Stats:
-    """Generations by outcome: what tests and `/health` read to see that a cancel really happened."""
+    """Generations by outcome: what tests read to see that a cancel really happened."""
 
     started: int = 0
     finished: int = 0
@@ -36,73 +46,154 @@ class Stats:
     failed: int = 0
     running: int = 0
     left: int = 0  # callers that stopped listening before their generation ended
+    dropped: int = 0  # requests whose client left (or the server stopped) while they waited their turn
+    refused: int = 0  # requests refused because the queue was full
+
+
+class Ticket:
+    """A place in the queue, from admission to the reply's end; `release` is idempotent."""
+
+    def __init__(self, runner: Runner) -> None:
+        self.runner, self.released = runner, False
+
+    def release(self) -> None:
+        if not self.released:
+            self.released = True
+            self.runner.admitted -= 1
+
+
+class _Generation:
+    def __init__(self, out: asyncio.Queue, loop: asyncio.AbstractEventLoop, graceful: bool) -> None:
+        self.out, self.loop, self.graceful = out, loop, graceful
+        self.cancel = threading.Event()
+
+    def stop(self, reason: object) -> None:
+        """Cancel the engine request and wake the reader with `reason` (loop thread only)."""
+        self.cancel.set()
+        self.out.put_nowait(reason)
 
 
 class Runner:
-    """Streams completions of one loaded `KoGPT` to asyncio callers."""
+    """Streams completions of one loaded `KoGPT` to asyncio callers, one generation at a time."""
 
-    def __init__(self, gpt) -> None:
+    def __init__(self, gpt, max_queue: int = MAX_QUEUE) -> None:
         self.gpt = gpt
-        self._stats_lock = threading.Lock()
+        self.max_queue = max_queue
         self.stats = Stats()
-        self.closing = threading.Event()  # shutdown: every generation stops at its next token
+        self.admitted = 0
+        self.stopping = False
+        self._deadline: float | None = None  # loop time when running plain requests get their 503
+        self._stats_lock = threading.Lock()
+        self._busy = False
+        self._waiters: deque[asyncio.Future] = deque()
+        self._running: set[_Generation] = set()
+        self._seconds: deque[float] = deque(maxlen=16)  # recent turns, for Retry-After
+        self._tokenizer = ThreadPoolExecutor(TOKENIZER_THREADS, thread_name_prefix="kogpt-tokenize")
 
     @property
     def context_length(self) -> int:
         return self.gpt.context_length
 
-    def prompt_tokens(self, prompt: str, settings: SamplingSettings) -> int:
-        """The prompt's length in tokens as it will run (after truncation, if on); `KoGPTError` when
-        it leaves no room in the context."""
-        return len(self.gpt.fit_context(self.gpt.encode(prompt), settings))
+    @property
+    def waiting(self) -> int:
+        """Requests waiting for their turn (admitted ones may still be tokenizing)."""
+        return len(self._waiters)
 
-    def count_tokens(self, text: str) -> int:
-        return len(self.gpt.encode(text))
+    def admit(self) -> Ticket:
+        """A place for one request; 503 when stopping, 429 with `Retry-After` when the queue is full."""
+        if self.stopping:
+            raise shutting_down()
+        if self.admitted > self.max_queue:  # the one running and `max_queue` waiting
+            self.stats.refused += 1
+            wait = sum(self._seconds) / len(self._seconds) * self.admitted if self._seconds else 1.0
+            retry = str(min(60, max(1, math.ceil(wait))))
+            raise APIError(
+                429,
+                f"the server is busy: {self.admitted} requests are queued (its limit, --max-queue); retry later",
+                code="rate_limit_exceeded",
+                headers={"Retry-After": retry},
+            )
+        self.admitted += 1
+        return Ticket(self)
 
-    async def stream(self, prompt: str, settings: SamplingSettings) -> AsyncIterator[Chunk]:
-        """Yield the chunks of one completion. Closing this generator (`aclosing`, a cancelled task)
-        cancels the generation; a failure in the thread is raised here."""
+    async def tokenize(self, prompt: str) -> list[int]:
+        """The prompt's token ids, computed in a small thread pool: the event loop keeps serving."""
+        return await asyncio.get_running_loop().run_in_executor(self._tokenizer, self.gpt.encode, prompt)
+
+    async def turn(self) -> _Turn:
+        """Wait for this request's turn (in order, without a thread); leave it with `done()`."""
+        if self.stopping:
+            raise shutting_down()
+        if self._busy or self._waiters:
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            except BaseException:
+                if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                    self._next()  # the turn was handed over just as the caller left: pass it on
+                else:
+                    self._waiters.remove(waiter) if waiter in self._waiters else None
+                    self.stats.dropped += 1
+                raise
+        self._busy = True
+        return _Turn(self)
+
+    def _next(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self._busy = False
+
+    async def stream(
+        self, ids: list[int], settings: SamplingSettings, seed: int, graceful: bool = False
+    ) -> AsyncIterator[Chunk]:
+        """The chunks of one completion of `ids` (call it in the caller's turn). Closing this
+        generator (`aclosing`, a cancelled task) cancels the generation; a failure in the thread is
+        raised here, and `shutting_down()` when the server stops (a `graceful` one: after the grace)."""
         loop = asyncio.get_running_loop()
-        out: asyncio.Queue = asyncio.Queue()
-        cancel = threading.Event()
+        generation = _Generation(asyncio.Queue(), loop, graceful)
+        if self.stopping:
+            if not graceful or self._deadline is None:
+                raise shutting_down()
+            loop.call_at(self._deadline, generation.stop, shutting_down())  # a later choice of a running request
 
         def put(item) -> None:
             try:
-                loop.call_soon_threadsafe(out.put_nowait, item)
+                loop.call_soon_threadsafe(generation.out.put_nowait, item)
             except RuntimeError:  # the loop is closed: the server is gone, nobody listens
-                cancel.set()
+                generation.cancel.set()
 
         def work() -> None:
-            outcome, tokens = "finished", 0
             self._count("started", +1)
+            outcome, tokens = "cancelled", 0
+            chunks = self.gpt.engine.stream(ids, settings, seed, generation.cancel)
             try:
-                if cancel.is_set():
-                    outcome = "cancelled"
-                    return
-                chunks = self.gpt.stream(prompt, settings)
-                try:
-                    for chunk in chunks:
-                        tokens = chunk.tokens
-                        put(chunk)
-                        if cancel.is_set() or self.closing.is_set():
-                            outcome = "cancelled"
-                            break
-                finally:
-                    chunks.close()  # stops the generation (in the engine's queue or at its next token)
+                for chunk in chunks:
+                    tokens = chunk.tokens
+                    put(chunk)
+                    if chunk.finish_reason:
+                        outcome = "finished"
+                    elif generation.cancel.is_set():  # the engine may have run ahead: nobody reads the rest
+                        break
             except BaseException as exc:  # handed to the caller
                 outcome = "failed"
                 put(exc)
             finally:
+                chunks.close()
                 self._count(outcome, -1)
                 if outcome == "cancelled":
-                    log.info("generation cancelled after %d tokens", tokens)
+                    log.info("generation cancelled after %d token%s", tokens, "" if tokens == 1 else "s")
                 put(_END)
 
+        self._running.add(generation)
         threading.Thread(target=work, name="kogpt-serve", daemon=True).start()
         ended = False
         try:
             while True:
-                item = await out.get()
+                item = await generation.out.get()
                 if item is _END:
                     ended = True
                     return
@@ -111,13 +202,37 @@ class Runner:
                     raise item
                 yield item
         finally:
+            self._running.discard(generation)
             if not ended:
-                cancel.set()
+                generation.cancel.set()
                 self._count("left", 0)
 
+    def shutdown(self, grace: float) -> None:
+        """Stop serving (loop thread): waiting requests and streams end now with 503 /
+        `server_shutting_down`; plain requests that run get `grace` seconds more."""
+        if self.stopping:
+            return
+        self.stopping = True
+        self._deadline = asyncio.get_running_loop().time() + grace
+        log.info("shutting down: %d waiting, %d running", len(self._waiters), len(self._running))
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_exception(shutting_down())
+        for generation in list(self._running):
+            if not generation.graceful:
+                generation.stop(shutting_down())
+            else:
+                generation.loop.call_at(self._deadline, generation.stop, shutting_down())
+
+    def cancel_all(self) -> None:
+        """Cancel every generation at its next token (any thread): the server has stopped."""
+        self.stopping = True
+        for generation in list(self._running):
+            generation.cancel.set()
+
     def wait_idle(self, seconds: float) -> bool:
-        """Wait until no generation runs (after `closing` was set, each stops at its next token);
-        False if one still runs after `seconds`."""
+        """Wait until no generation runs; False if one still runs after `seconds`."""
         deadline = time.monotonic() + seconds
         while self.stats.running and time.monotonic() < deadline:
             time.sleep(0.02)
@@ -127,3 +242,13 @@ class Runner:
         with self._stats_lock:
             setattr(self.stats, outcome, getattr(self.stats, outcome) + 1)
             self.stats.running += running
+
+
+class _Turn:
+    def __init__(self, runner: Runner) -> None:
+        self.runner, self.started = runner, time.monotonic()
+
+    def done(self) -> None:
+        runner = self.runner
+        runner._seconds.append(time.monotonic() - self.started)
+        runner._next()

@@ -1,0 +1,125 @@
+"""Who may talk to the server: the Host header, the Origin of browser pages, and the API key.
+
+A web page on any site can send requests to `127.0.0.1`; after DNS rebinding it can also read the
+replies, its requests then carrying the attacker's host name. So, as Ollama does: on a loopback bind
+without a key only loopback Host values are accepted (`--allowed-hosts` adds names, for a reverse
+proxy), a request from a page (one with an `Origin` header) is refused unless `--allowed-origins`
+lists its origin, and only then do preflights get CORS grants (Starlette's `CORSMiddleware`).
+Refusals are 403s with OpenAI's error object; with a key, every path under `/v1` needs it (401),
+as in vLLM, known route or not.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import logging
+import urllib.parse
+
+from starlette.datastructures import Headers
+from starlette.middleware.cors import CORSMiddleware
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from kogpt.server.errors import APIError
+from kogpt.messages import shown
+
+log = logging.getLogger(__name__)
+
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
+
+
+def split_list(text: str | None) -> list[str]:
+    """`a,b c` -> ["a", "b", "c"]: how --allowed-hosts, --allowed-origins and their variables are read."""
+    return [item for item in (text or "").replace(",", " ").split() if item]
+
+
+def host_of(header: str | None) -> str | None:
+    """The host name of a Host header (`name:port`, `[::1]:8000`), lowercased; None if malformed."""
+    if not header:
+        return None
+    try:
+        parts = urllib.parse.urlsplit("//" + header)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not one
+    except ValueError:
+        return None
+    if parts.username is not None or parts.path or parts.query or parts.fragment:
+        return None
+    return parts.hostname
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class Guard:
+    """ASGI middleware: checks Host and Origin, then the API key under `/v1`.
+
+    `hosts` None accepts any Host; otherwise loopback names and the listed names (`*.example.com`
+    matches subdomains, `*` anything). `origins` lists the page origins allowed (`*`: any).
+    """
+
+    def __init__(self, app: ASGIApp, hosts: list[str] | None, origins: list[str], api_key: str | None) -> None:
+        self.hosts = None if hosts is None or "*" in hosts else [h.lower().strip("[]") for h in hosts]
+        self.origins = [o.rstrip("/").lower() for o in origins]
+        self.api_key = api_key
+        if origins:
+            app = CORSMiddleware(
+                app,
+                allow_origins=["*"] if "*" in origins else [o.rstrip("/") for o in origins],
+                allow_methods=["GET", "POST"],
+                allow_headers=["Authorization", "Content-Type"],
+            )
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        try:
+            self.check(scope)
+        except APIError as exc:
+            log.info("%s %s refused: %s", scope["method"], scope["path"], exc.message)
+            await exc.response()(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+    def check(self, scope: Scope) -> None:
+        headers = Headers(scope=scope)
+        if self.hosts is not None:
+            host = host_of(headers.get("host"))
+            if host is None or not (is_loopback(host) or any(_matches(host, h) for h in self.hosts)):
+                raise APIError(
+                    403,
+                    f"Host {shown(headers.get('host', ''))} is not allowed: this server answers to "
+                    "localhost and 127.0.0.1; add names with --allowed-hosts (KOGPT_ALLOWED_HOSTS)",
+                    code="host_not_allowed",
+                )
+        origin = headers.get("origin")
+        if origin is not None and "*" not in self.origins and origin.rstrip("/").lower() not in self.origins:
+            raise APIError(
+                403,
+                f"requests from web pages of {shown(origin)} are not allowed; allow an origin with "
+                "--allowed-origins (KOGPT_ALLOWED_ORIGINS)",
+                code="origin_not_allowed",
+            )
+        path = scope["path"]
+        preflight = scope["method"] == "OPTIONS" and "access-control-request-method" in headers
+        if self.api_key is not None and (path == "/v1" or path.startswith("/v1/")) and not preflight:
+            scheme, _, key = headers.get("authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(key.strip().encode(), self.api_key.encode()):
+                raise APIError(
+                    401,
+                    "missing or wrong API key: send the header Authorization: Bearer KEY",
+                    code="invalid_api_key",
+                )
+
+
+def _matches(host: str, pattern: str) -> bool:
+    if pattern.startswith("*."):
+        return host.endswith(pattern[1:])
+    return host == pattern
