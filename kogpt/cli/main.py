@@ -69,9 +69,19 @@ class _CurrentStderr(logging.StreamHandler):
         pass
 
 
+class _Printable(logging.Formatter):
+    """Log lines with terminal control characters shown as symbols: a path or a value quoted in a
+    message never moves the cursor or retitles the window."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        from kogpt.cli.render import printable
+
+        return printable(super().format(record))
+
+
 def setup_logging(debug: bool) -> None:
     handler = _CurrentStderr()
-    handler.setFormatter(logging.Formatter(DEBUG_FORMAT if debug else "%(message)s"))
+    handler.setFormatter(_Printable(DEBUG_FORMAT if debug else "%(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import atexit
 import gc
 import logging
-import os
 import queue
 import threading
 import time
@@ -94,12 +93,6 @@ class _Core:
                 _threads.difference_update([t for t in _threads if not t.is_alive()])
                 _threads.add(thread)
             thread.start()
-
-    def forget_thread(self) -> None:
-        """In a forked child: the parent's worker thread does not exist here, so start over (new
-        queue and locks, which the parent's threads may have held at the fork)."""
-        self.requests, self.start_lock = queue.SimpleQueue(), threading.Lock()
-        self.current, self.serving = None, False
 
     def stop(self) -> None:
         """Cancel the running request; the thread ends after its current token or chunk."""
@@ -275,22 +268,6 @@ def _caller_error(exc: BaseException, tokens: int) -> BaseException:
         log.debug("the generation worker failed", exc_info=exc)
         return KoGPTError(f"generation failed: {type(exc).__name__}: {first_line(exc)}")
     return exc
-
-
-def _after_fork_in_child() -> None:
-    """`os.fork()` copies only the forking thread: every engine starts a worker of its own on its
-    next request, instead of queueing for a thread that is not there (a hang)."""
-    global _model_locks_guard, _threads_guard
-    _model_locks_guard, _threads_guard = threading.Lock(), threading.Lock()
-    _model_locks.clear()  # a lock the parent's worker held at the fork would never be released
-    _threads.clear()
-    for core in list(_cores):
-        core.forget_thread()
-    _cores.clear()
-
-
-if hasattr(os, "register_at_fork"):  # not on Windows
-    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 @atexit.register
