@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import sys
 import warnings
@@ -112,7 +113,9 @@ def main(argv: list[str] | None = None) -> int:
     renderer = Renderer()
     terminal.install_signal_handlers()
     try:
-        return runner(args, renderer)
+        code = runner(args, renderer)
+        sys.stdout.flush()  # a full disk under `> file` shows here, not as a traceback at exit
+        return code
     except KoGPTError as exc:
         if args.debug:
             log.exception("failed")
@@ -125,6 +128,19 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `kogpt -p ... | head -1`: the reader left; end quietly
         terminal.silence(sys.stdout)
         return 141
+    except OSError as exc:  # a full disk or a failing device under `> FILE`: one line, exit 1
+        if exc.errno not in WRITE_ERRORS:
+            raise
+        if args.debug:
+            log.exception("failed")
+        terminal.silence(sys.stdout)  # what is still buffered would fail again at exit
+        where = f"to {exc.filename}" if exc.filename else "the output"
+        renderer.error(f"error: cannot write {where}: {exc.strerror or exc}")
+        return 1
+
+
+# Errors of writing that the user must fix outside kogpt (a full disk or quota, a failing device).
+WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO}
 
 
 def run(args: argparse.Namespace, renderer) -> int:
