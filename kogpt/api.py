@@ -119,8 +119,11 @@ class KoGPT:
 
         `overrides` are `SamplingSettings` fields (temperature=0.5, max_length=64, ...). The prompt
         and every setting are checked here, before any model work (`InputError`, a `KoGPTError`).
+        One sequence, as `generate()`: `complete()` with `on_text` streams several.
         """
         settings = check_settings(settings, **overrides)
+        if settings.num_return_sequences != 1:
+            raise InputError("stream() yields one completion: use complete() with on_text for num_return_sequences above 1")
         return self._stream(self.fit_context(self.encode(prompt), settings), settings)
 
     def _stream(self, ids: list[int], settings: SamplingSettings) -> Iterator[Chunk]:

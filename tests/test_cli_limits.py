@@ -76,3 +76,11 @@ def test_the_cpu_dtype_decision_at_its_threshold():
     assert at.dtype == torch.float32 and below.dtype == torch.bfloat16
     short_of_headroom = memory.choose_dtype("auto", "cpu", torch.float32, n, need - memory.GiB // 2, kv)
     assert short_of_headroom.dtype == torch.bfloat16  # fits without the headroom, not with it
+
+
+def test_stream_and_generate_both_refuse_several_sequences(gpt):
+    for call in (lambda: list(gpt.stream("안녕", num_return_sequences=3, max_new_tokens=2)),
+                 lambda: gpt.generate("안녕", num_return_sequences=3, max_new_tokens=2)):
+        with pytest.raises(InputError, match="complete"):
+            call()
+    assert len(gpt.complete("안녕", SamplingSettings(num_return_sequences=3, max_new_tokens=2, seed=1))) == 3
