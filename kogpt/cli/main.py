@@ -186,7 +186,7 @@ def scripted_prompts(args: argparse.Namespace, settings):
 def check_prompts(args: argparse.Namespace, prompts, renderer) -> None:
     """What the tokenizer alone can tell (an empty prompt, one too long for the context, a limit
     above the context), for every prompt, before the minutes a model load takes."""
-    from kogpt.api import encode
+    from kogpt.encoding import encode_tail
     from kogpt.context import fit_prompt
     from kogpt.loading.checkpoint import load_config, load_tokenizer, resolve_checkpoint
     from kogpt.placement.decide import check_early
@@ -201,7 +201,8 @@ def check_prompts(args: argparse.Namespace, prompts, renderer) -> None:
     failures = []
     for label, prompt, settings in prompts:
         try:
-            fit_prompt(encode(tokenizer, prompt), settings, config.n_positions, announce=False)
+            ids, cut = encode_tail(tokenizer, prompt, config.n_positions + 1)  # remembered for the generation
+            fit_prompt(ids, settings, config.n_positions, announce=False, cut=cut)
         except InputError as exc:
             failures.append(f"{label}: {exc}" if label else str(exc))
     for line in failures[:-1]:
