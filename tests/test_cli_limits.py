@@ -84,3 +84,22 @@ def test_stream_and_generate_both_refuse_several_sequences(gpt):
         with pytest.raises(InputError, match="complete"):
             call()
     assert len(gpt.complete("안녕", SamplingSettings(num_return_sequences=3, max_new_tokens=2, seed=1))) == 3
+
+
+def test_the_context_messages_say_what_to_do(caplog):
+    with pytest.raises(InputError, match="^the prompt is empty$"):
+        fit_prompt([], SamplingSettings(), 128)
+    with pytest.raises(InputError) as too_long:
+        fit_prompt(list(range(128)), SamplingSettings(max_length=128), 128)
+    assert str(too_long.value) == (
+        "the prompt is 128 tokens, more than the model's context of 128: shorten it, "
+        "or set max_new_tokens with truncate on to keep its end"
+    )
+    with pytest.raises(InputError, match="^the prompt is at least 129 tokens, more than"):
+        fit_prompt(list(range(129)), SamplingSettings(max_length=128), 128, cut=True)
+    with caplog.at_level(logging.INFO, logger="kogpt"):
+        fit_prompt(list(range(129)), SamplingSettings(max_new_tokens=3, truncate=True), 128, cut=True)
+        fit_prompt(list(range(126)), SamplingSettings(max_new_tokens=3, truncate=True), 128, announce=False)
+    assert [r.getMessage() for r in caplog.records] == [
+        "the prompt is at least 129 tokens; keeping its last 125 for 3 new tokens"
+    ]

@@ -51,6 +51,8 @@ for group in ${@:-$ALL}; do
         for path in ${MUTATE[$group]}; do echo "    $path"; done
         echo "pytest_add_cli_args_test_selection ="
         for path in ${TESTS[$group]}; do echo "    $path"; done
+        # torch's thread pool is not fork-safe: each mutant forks from a server that never ran a test.
+        echo "process_isolation = forkserver"
         # Generous timeouts: on a shared machine a slow run is not a caught mutant.
         echo "timeout_multiplier = 30"
         echo "timeout_constant = 20"
@@ -74,10 +76,10 @@ for line in open(sys.argv[1]):
     name, _, status = line.strip().rpartition(": ")
     if name:
         counts[status] += 1
-        if status in ("survived", "no tests"):
+        if status in ("survived", "no tests", "timeout"):
             survivors.append(f"{name} ({status})")
 ran = counts["killed"] + counts["survived"] + counts["no tests"] + counts["timeout"]
-killed = counts["killed"] + counts["timeout"]  # a mutant that hangs the tests is caught, too
+killed = counts["killed"] + counts["timeout"]  # a mutant that hangs the tests is caught, too (listed below)
 score = 100 * killed / ran if ran else 0.0
 print(f"{sys.argv[2]}: {score:.1f}% killed ({killed} of {ran}); " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
 for name in survivors:
