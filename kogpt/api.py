@@ -5,13 +5,12 @@ from __future__ import annotations
 import logging
 import random
 import threading
-import unicodedata
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from kogpt import text as text_lib
 from kogpt.context import fit_prompt
 from kogpt.defaults import DEFAULT_MODEL, DEFAULT_REVISION
+from kogpt.encoding import encode, encode_tail
 from kogpt.engine import Chunk, Engine
 from kogpt.errors import Interrupted, Terminated
 from kogpt.loading.load import Loaded, load
@@ -119,14 +118,23 @@ class KoGPT:
 
         `overrides` are `SamplingSettings` fields (temperature=0.5, max_length=64, ...). The prompt
         and every setting are checked here, before any model work (`InputError`, a `KoGPTError`).
+        One sequence, as `generate()`: `complete()` with `on_text` streams several.
         """
         settings = check_settings(settings, **overrides)
-        return self._stream(self.fit_context(self.encode(prompt), settings), settings)
+        if settings.num_return_sequences != 1:
+            raise InputError("stream() yields one completion: use complete() with on_text for num_return_sequences above 1")
+        return self._stream(self.prompt_ids(prompt, settings), settings)
 
     def _stream(self, ids: list[int], settings: SamplingSettings) -> Iterator[Chunk]:
         log.debug("prompt: %d tokens; settings %s", len(ids), settings.as_dict())
         seed = settings.seed if settings.seed is not None else random.randrange(2**31)
         return self.engine.stream(ids, settings, seed)
+
+    def prompt_ids(self, prompt: str, settings: SamplingSettings) -> list[int]:
+        """The prompt's token ids as generation uses them: fitted to the context, a long prompt
+        tokenized from its end only as far as can be kept (`encoding.encode_tail`)."""
+        ids, cut = encode_tail(self.tokenizer, prompt, self.context_length + 1)
+        return fit_prompt(ids, settings, self.context_length, cut=cut)
 
     def fit_context(self, ids: list[int], settings: SamplingSettings, announce: bool = True) -> list[int]:
         """Check the prompt fits the context with room to generate; with `truncate`, keep its end
@@ -159,7 +167,7 @@ class KoGPT:
         unfinished ones marked 'interrupted'.
         """
         settings = check_settings(settings)
-        ids = self.fit_context(self.encode(prompt), settings)
+        ids = self.prompt_ids(prompt, settings)
         base = settings.seed if settings.seed is not None else random.randrange(2**31)
         count = settings.num_return_sequences
         records = [Record(prompt, settings=settings.as_dict(), seed=sequence_seed(base, i), index=i,
@@ -185,15 +193,6 @@ class KoGPT:
             exc.records = shown.interrupted()
             raise
         return records
-
-
-def encode(tokenizer, text: str) -> list[int]:
-    """KoGPT's token ids of `text`: checked to be encodable, NFC-normalised, special-token strings
-    kept as text. The one encoding for the REPL, scripting's early checks and the API."""
-    normal = unicodedata.normalize("NFC", text_lib.check(text, "the prompt"))
-    if normal != text:
-        log.debug("normalised the prompt to NFC (%d -> %d characters)", len(text), len(normal))
-    return tokenizer.encode(normal, add_special_tokens=False, split_special_tokens=True)
 
 
 class _InOrder:

@@ -42,14 +42,40 @@ class Record:
 
 
 def append_jsonl(path: Path, records: Iterable[Record]) -> None:
-    """Append records, each line in one `write` to a file opened for appending (atomic per line)."""
+    """Append records, each on a line of its own, to a file opened for appending.
+
+    A short write is continued until the whole line is written. A line that cannot be finished
+    (disk full) is cut off again where possible and raises `OSError`; and a file that does not end
+    in a newline (a record cut short by a crash) gets one first, so every record starts on a fresh
+    line and a reader never loses a good record to a bad neighbour.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
     try:
+        size = os.fstat(fd).st_size
+        fresh = size == 0 or os.pread(fd, 1, size - 1) == b"\n"
         for record in records:
-            os.write(fd, (record.to_json() + "\n").encode("utf-8"))
+            line = ("" if fresh else "\n") + record.to_json() + "\n"
+            _write_all(fd, line.encode("utf-8"))
+            fresh = True
     finally:
         os.close(fd)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """Write all of `data` at the end of `fd`, or cut the file back to where it was and raise."""
+    start = os.fstat(fd).st_size
+    done = 0
+    try:
+        while done < len(data):
+            written = os.write(fd, data[done:])
+            if written <= 0:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            done += written
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, start)
+        raise
 
 
 _KINDS = {stat.S_IFDIR: "a directory", stat.S_IFLNK: "a symbolic link", stat.S_IFCHR: "a character device",

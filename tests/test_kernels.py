@@ -99,7 +99,7 @@ def test_a_damaged_choices_file_is_measured_again():
     calls: list = []
     choice = choices.choice_for("int8", SHAPES, 2, timings({"w8": 1.0, "w8a8": 2.0}, calls), accuracy=errors({}))
     assert choice.kernel == "w8" and calls
-    assert choices.cached_choice("int8", 2).kernel == "w8"
+    assert choices.cached_choice("int8", 2, SHAPES).kernel == "w8"
 
 
 def test_an_unwritable_choices_file_only_costs_a_measurement_next_time(monkeypatch, tmp_path):

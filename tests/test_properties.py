@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -68,7 +69,33 @@ def test_stop_matcher_shows_exactly_the_text_before_the_first_stop(pieces, stops
     matcher = StopMatcher(stops)
     shown = "".join(matcher.feed(p) for p in pieces) + matcher.flush()
     full = "".join(pieces)
-    # The stop that completes first in the text wins; on a tie, the one that starts first.
-    hits = [(full.find(s) + len(s), full.find(s)) for s in stops if s in full]
-    assert shown == (full[: min(hits)[1]] if hits else full)
-    assert matcher.stopped == bool(hits)
+    expected, stopped = earliest_end(full, stops)
+    assert shown == expected
+    assert matcher.stopped == stopped
+
+
+def earliest_end(full: str, stops: list[str]) -> tuple[str, bool]:
+    """An oracle independent of `StopMatcher`'s rule: read the text one character at a time, as
+    generation does, and stop at the first moment some stop sequence has just ended; of those
+    ending there, the longest (the one that starts earliest) is cut off."""
+    for end in range(1, len(full) + 1):
+        ending = [s for s in stops if s and full[:end].endswith(s)]
+        if ending:
+            return full[: end - max(map(len, ending))], True
+    return full, False
+
+
+@pytest.mark.parametrize(
+    "stops, pieces, shown",
+    [
+        (["a#b", "#"], ["xa#b"], "xa"),  # the shorter completes first, inside the longer, in one piece
+        (["#", "a#b"], ["xa#b"], "xa"),  # whatever the order of the stops
+        (["a#b", "#"], ["xa", "#b"], "xa"),
+        (["b#", "#"], ["xb#"], "x"),  # both end at the same character: the longer starts earlier
+        (["ab", "bc"], ["xabc"], "x"),
+    ],
+)
+def test_stop_matcher_examples(stops, pieces, shown):
+    matcher = StopMatcher(stops)
+    assert "".join(matcher.feed(p) for p in pieces) + matcher.flush() == shown
+    assert matcher.stopped

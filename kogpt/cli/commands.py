@@ -94,6 +94,9 @@ def cmd_continue(repl: Session, args: str) -> Turn:
 def cmd_retry(repl: Session, args: str) -> Turn:
     last = repl.require_last()
     settings = SamplingSettings(**{**last.settings, "seed": None})
+    # Said, not silent: a seed given with --seed or /set is not reused, and a /set made since is not applied.
+    seed = f" (the last turn used seed {last.seed})" if last.seed is not None else ""
+    repl.renderer.notice(f"retrying with the last turn's settings and a new random seed{seed}")
     return Turn(last.prompt, settings)
 
 
@@ -190,7 +193,7 @@ COMMANDS: dict[str, tuple[Handler, str, str]] = {
     "show": (cmd_show, "", "every setting, its value and its default"),
     "reset": (cmd_reset, "", "settings back to their defaults"),
     "continue": (cmd_continue, "", "generate more from the end of the last completion"),
-    "retry": (cmd_retry, "", "the last prompt again, with a new sample"),
+    "retry": (cmd_retry, "", "the last prompt again with its own settings and a new random seed (a later /set is not applied)"),
     "edit": (cmd_edit, "", "write the prompt in $EDITOR (for long few-shot prompts)"),
     "save": (cmd_save, "FILE [--force]", "save this session's completions as JSON Lines (asks before replacing FILE)"),
     "help": (cmd_help, "", "this list; Meta+Enter (Esc, Enter) inserts a newline, //text sends /text"),

@@ -72,6 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="B",
         help=f"items per forward pass (default:{DEFAULT_BATCH_SIZE})",
     )
+    parser.add_argument(
+        "--normalize", choices=("none", "token", "char", "byte"), default="none",
+        help="divide each label's log-likelihood by its length before choosing: tokens, characters "
+        "(lm-eval's acc_norm) or UTF-8 bytes (acc_bytes); for labels of different lengths (default: none)",
+    )  # fmt: skip
     parser.add_argument("--template", type=Path, metavar="FILE", help="a JSON prompt template (see --show-prompt)")
     parser.add_argument("--json", action="store_true", help="print the results as one JSON object")
     parser.add_argument(
@@ -123,7 +128,7 @@ def run(args: argparse.Namespace, renderer: Renderer) -> int:
         return show_plan(flags.options_from_args(args), renderer.out, as_json=args.json)
 
     from kogpt.cli.flags import load_model
-    from kogpt.evaluate.runner import evaluate, requests
+    from kogpt.evaluate.runner import Stopped, evaluate, requests
 
     batch = []
 
@@ -140,8 +145,17 @@ def run(args: argparse.Namespace, renderer: Renderer) -> int:
         scorer = gpt.scorer
     else:
         gpt, scorer = load_model(args, renderer, before_loading=check_prompts), None
-    with render.progress(renderer.err, len(prompts), task.name) as advance:
-        outcome = evaluate(gpt, task, prompts, batch, args.batch_size, advance=advance, scorer=scorer)
+    texts = [template.choices[label] for label in task.labels]
+    try:
+        with render.progress(renderer.err, len(prompts), task.name) as advance:
+            outcome = evaluate(gpt, task, prompts, batch, args.batch_size, advance=advance, scorer=scorer,
+                               normalize=args.normalize, texts=texts)
+    except Stopped as stop:  # Ctrl-C: the metrics of the items done, marked interrupted, then exit 130
+        result = report(args, gpt, task, template, data, train, stop.outcome)
+        result["interrupted"] = True
+        renderer.error(f"interrupted: the results below are of the {len(stop.outcome.gold)} of {len(prompts)} items scored")
+        (render.print_json if args.json else render.print_table)(renderer.out, result)
+        raise KeyboardInterrupt from None
     result = report(args, gpt, task, template, data, train, outcome)
     (render.print_json if args.json else render.print_table)(renderer.out, result)
     return 0
@@ -199,6 +213,8 @@ def report(
         "seed": args.seed,
         "limit": args.limit,
         "batch_size": args.batch_size,
+        "normalize": getattr(args, "normalize", "none"),
+        "interrupted": False,
         "template": template.as_dict(),
         "template_file": str(args.template) if args.template is not None else None,
         "data": source(data),

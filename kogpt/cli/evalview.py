@@ -75,7 +75,8 @@ def print_table(console: Console, report: dict[str, Any]) -> None:
         summary.add_row(Text(METRIC_NAMES[name]), Text(f"{100 * value:.2f}"))
     counts = report["counts"]
     rows = {
-        "items": f"{counts['items']} ({counts['correct']} correct, {report['data']['skipped']} skipped)",
+        "items": f"{counts['items']} ({counts['correct']} correct, {report['data']['skipped']} skipped)"
+        + (" — interrupted: only the items scored" if report.get("interrupted") else ""),
         "model": f"{report['model']} ({report['dtype']} on {report['device']})",
         "shots / seed": f"{report['shots']} / {report['seed']}",
         "data": f"{report['data']['path']} (sha256 {report['data']['sha256'][:12]})",

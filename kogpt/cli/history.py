@@ -37,8 +37,32 @@ class SafeFileHistory(FileHistory):
         try:
             private_file(Path(self.filename))
             super().store_string(string)
+            cap(Path(self.filename))
         except OSError as exc:
             self._warn(exc)
+
+
+MAX_HISTORY_BYTES = 1 << 20  # the history keeps its newest entries within this size
+
+
+def cap(path: Path, limit: int = MAX_HISTORY_BYTES) -> None:
+    """Keep a history file over `limit` bytes to its newest entries, about half of `limit`,
+    replaced atomically (prompt_toolkit's entries start with a '# date' line)."""
+    if path.stat().st_size <= limit:
+        return
+    data = path.read_bytes()
+    start = data.find(b"\n# ", len(data) - limit // 2)
+    if start < 0:
+        return
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data[start:])
+        os.replace(temporary, path)
+    except OSError:
+        temporary.unlink(missing_ok=True)
+        raise
 
 
 def private_file(path: Path) -> None:

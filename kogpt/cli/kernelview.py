@@ -24,7 +24,7 @@ def cpu_figures(config, decision: Decision) -> dict:
     why = decision.kernel_reason or decision.choice.reason
     shapes = kernels.linear_shapes(config)
     per_token = sum(count * out * n_in for (out, n_in), count in shapes.items()) * kernels.KERNELS[kernel].bytes_per_weight
-    remembered = choices.cached_choice(fmt, decision.threads) if decision.kernel else None
+    remembered = choices.cached_choice(fmt, decision.threads, shapes) if decision.kernel else None
     if remembered is not None and remembered.bandwidth_gb_s:
         bandwidth = remembered.bandwidth_gb_s * 1e9
     else:

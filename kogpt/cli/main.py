@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import sys
 import warnings
@@ -78,9 +79,19 @@ class _CurrentStderr(logging.StreamHandler):
         pass
 
 
+class _Printable(logging.Formatter):
+    """Log lines with terminal control characters shown as symbols: a path or a value quoted in a
+    message never moves the cursor or retitles the window."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        from kogpt.cli.render import printable
+
+        return printable(super().format(record))
+
+
 def setup_logging(debug: bool) -> None:
     handler = _CurrentStderr()
-    handler.setFormatter(logging.Formatter(DEBUG_FORMAT if debug else "%(message)s"))
+    handler.setFormatter(_Printable(DEBUG_FORMAT if debug else "%(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING)
@@ -111,7 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     renderer = Renderer()
     terminal.install_signal_handlers()
     try:
-        return runner(args, renderer)
+        code = runner(args, renderer)
+        sys.stdout.flush()  # a full disk under `> file` shows here, not as a traceback at exit
+        return code
     except KoGPTError as exc:
         if args.debug:
             log.exception("failed")
@@ -124,6 +137,19 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `kogpt -p ... | head -1`: the reader left; end quietly
         terminal.silence(sys.stdout)
         return 141
+    except OSError as exc:  # a full disk or a failing device under `> FILE`: one line, exit 1
+        if exc.errno not in WRITE_ERRORS:
+            raise
+        if args.debug:
+            log.exception("failed")
+        terminal.silence(sys.stdout)  # what is still buffered would fail again at exit
+        where = f"to {exc.filename}" if exc.filename else "the output"
+        renderer.error(f"error: cannot write {where}: {exc.strerror or exc}")
+        return 1
+
+
+# Errors of writing that the user must fix outside kogpt (a full disk or quota, a failing device).
+WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO}
 
 
 def run(args: argparse.Namespace, renderer) -> int:
@@ -169,7 +195,7 @@ def scripted_prompts(args: argparse.Namespace, settings):
 def check_prompts(args: argparse.Namespace, prompts, renderer) -> None:
     """What the tokenizer alone can tell (an empty prompt, one too long for the context, a limit
     above the context), for every prompt, before the minutes a model load takes."""
-    from kogpt.api import encode
+    from kogpt.encoding import encode_tail
     from kogpt.context import fit_prompt
     from kogpt.loading.checkpoint import load_config, load_tokenizer, resolve_checkpoint
     from kogpt.placement.decide import check_early
@@ -184,7 +210,8 @@ def check_prompts(args: argparse.Namespace, prompts, renderer) -> None:
     failures = []
     for label, prompt, settings in prompts:
         try:
-            fit_prompt(encode(tokenizer, prompt), settings, config.n_positions, announce=False)
+            ids, cut = encode_tail(tokenizer, prompt, config.n_positions + 1)  # remembered for the generation
+            fit_prompt(ids, settings, config.n_positions, announce=False, cut=cut)
         except InputError as exc:
             failures.append(f"{label}: {exc}" if label else str(exc))
     for line in failures[:-1]:

@@ -86,7 +86,8 @@ def show_plan(options: Options, console: Console, hardware: Hardware | None = No
     decision = decide(config, options, hardware, planning=True, kernel_for=planned_kernel)
     title = Path(options.model).name or options.model
     if as_json:
-        console.out(json.dumps(decision_as_dict(decision, title), ensure_ascii=False), highlight=False)
+        # The model as asked for (a hub id or a path), not the table's short title ("kogpt").
+        console.out(json.dumps(decision_as_dict(decision, str(options.model)), ensure_ascii=False), highlight=False)
     else:
         print_plan(console, decision.plan, title=title)
         print_decision(console, decision)

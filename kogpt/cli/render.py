@@ -122,10 +122,11 @@ class Renderer:
         self.out.print()
 
     def error(self, message: str) -> None:
-        self.err.print(Text(message, style="error"), soft_wrap=True)  # one line, even when piped
+        # Control characters (a file name's escape codes) are shown, never sent to the terminal.
+        self.err.print(Text(printable(message), style="error"), soft_wrap=True)  # one line, even when piped
 
     def warning(self, message: str) -> None:
-        self.err.print(Text(message, style="warning"), soft_wrap=True)  # one line, as errors are
+        self.err.print(Text(printable(message), style="warning"), soft_wrap=True)  # one line, as errors are
 
     def notice(self, message: str) -> None:
         self.out.print(Text(message, style="notice"))

@@ -11,6 +11,9 @@ Accepted formats (UTF-8, a byte-order mark is allowed):
   line, as `datasets` exports it). Each object has a non-empty string `title` and a `label` that
   is one of the names `IT과학 경제 사회 생활문화 세계 스포츠 정치` or their index 0-6 in that order.
   Other keys (`guid`, `url`, `date`) are ignored.
+
+In every task a label written as text is read with its surrounding whitespace ignored (`" 1"`,
+`" 경제"`).
 - **KLUE STS** (`klue-sts-v1.1_dev.json`): a JSON array of objects, or JSON Lines. Each object has
   non-empty strings `sentence1` and `sentence2` and an object `labels` holding `binary-label`
   (0 or 1) or, failing that, `label` (a similarity 0-5; 3.0 or more counts as similar, as KLUE's
@@ -217,6 +220,8 @@ def _ynat(path: Path, line: int, obj: Any) -> Example:
     obj = _object(path, line, obj)
     title = _string(path, line, obj, "title")
     label = obj.get("label")
+    if isinstance(label, str):  # one rule in every task: a label's surrounding whitespace is ignored
+        label = label.strip()
     if isinstance(label, int) and not isinstance(label, bool) and 0 <= label < len(YNAT_LABELS):
         label = YNAT_LABELS[label]
     if label not in YNAT_LABELS:

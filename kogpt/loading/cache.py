@@ -20,32 +20,25 @@ import mmap
 import os
 import struct
 from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
+from kogpt.loading.cachedir import SUFFIX, clear, directory, entries, not_a_directory, remove, size_text  # noqa: F401
+
 log = logging.getLogger(__name__)
 
 VERSION = 1
-SUFFIX = ".safetensors"
 DTYPES = {
     "BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32, "F64": torch.float64,
     "I8": torch.int8, "U8": torch.uint8, "I16": torch.int16, "I32": torch.int32, "I64": torch.int64, "BOOL": torch.bool,
 }  # fmt: skip
+NAMES = {dtype: name for name, dtype in DTYPES.items()}
 
 
 class CacheError(Exception):
     """A cache file that cannot be used: truncated, corrupt, or made for other weights."""
-
-
-def directory() -> Path:
-    """Where converted weights go: `KOGPT_CACHE_DIR`, else `<user cache dir>/kogpt/weights`."""
-    override = os.environ.get("KOGPT_CACHE_DIR")
-    if override:
-        return Path(override).expanduser()
-    from platformdirs import user_cache_dir
-
-    return Path(user_cache_dir("kogpt")) / "weights"
 
 
 def source_identity(files: list[Path]) -> list[list]:
@@ -97,24 +90,70 @@ def read_header(path: Path) -> tuple[dict, int]:
     if not isinstance(header, dict):
         raise CacheError(f"{path.name} has a corrupt header")
     start = 8 + length
-    ends = [info["data_offsets"][1] for name, info in header.items() if name != "__metadata__"]
-    if start + max(ends, default=0) != size:
-        raise CacheError(f"{path.name} is {size} bytes, its header describes {start + max(ends, default=0)}")
+    end = check_ranges(header, path.name)
+    if start + end != size:
+        raise CacheError(f"{path.name} is {size} bytes, its header describes {start + end}")
     return header, start
 
 
-def open_entry(entry: Entry, mmap: bool = True) -> dict[str, torch.Tensor] | None:
-    """The entry's tensors, mapped from the file (no copy) or, with `mmap` False, read into
-    memory; None on a miss.
+def check_ranges(header: dict, name: str) -> int:
+    """Check that every tensor's dtype, shape and byte range agree and that the ranges tile the
+    data without gaps or overlaps; return the data's length."""
+    spans = []
+    for tensor, info in header.items():
+        if tensor == "__metadata__":
+            continue
+        try:
+            dtype, shape, (begin, end) = DTYPES[info["dtype"]], info["shape"], info["data_offsets"]
+            ok = all(type(n) is int and n >= 0 for n in (*shape, begin, end))
+        except (KeyError, TypeError, ValueError):
+            ok = False
+        if not ok or end - begin != dtype.itemsize * _count(shape):
+            raise CacheError(f"{name}: the header's entry for {tensor} is damaged (shape, type and bytes disagree)")
+        spans.append((begin, end))
+    at = 0
+    for begin, end in sorted(spans):
+        if begin != at:
+            raise CacheError(f"{name}: the header's byte ranges overlap or leave gaps")
+        at = end
+    return at
 
-    A file that is corrupt, truncated or made for other source files is deleted (and so rebuilt).
+
+def _count(shape: list[int]) -> int:
+    count = 1
+    for n in shape:
+        count *= n
+    return count
+
+
+def check_expected(header: dict, expected: dict[str, tuple[list[int], torch.dtype]], name: str) -> None:
+    """Check that the file holds exactly the tensors the model expects, each of its shape and type."""
+    held = {tensor for tensor in header if tensor != "__metadata__"}
+    if held != set(expected):
+        odd = sorted(held ^ set(expected))
+        raise CacheError(f"{name} holds other tensors than the model's ({', '.join(odd[:3])})")
+    for tensor, (shape, dtype) in expected.items():
+        info = header[tensor]
+        if list(info["shape"]) != list(shape) or DTYPES[info["dtype"]] != dtype:
+            raise CacheError(f"{name}: {tensor} is {info['dtype']} {info['shape']}, the model expects {NAMES[dtype]} {list(shape)}")
+
+
+def open_entry(entry: Entry, mmap: bool = True, expected: Callable[[], dict] | None = None) -> dict[str, torch.Tensor] | None:
+    """The entry's tensors, mapped from the file (no copy) or, with `mmap` False, read into
+    memory; None on a miss. `expected()` gives {name: (shape, dtype)} of the model's tensors.
+
+    A file that is corrupt, truncated, made for other source files, or whose tensors are not the
+    model's (a damaged header) is deleted, and so rebuilt. Nothing is mapped before it is checked.
     """
     if not entry.path.is_file():
         return None
     try:
         header, start = read_header(entry.path)
-        if header.get("__metadata__", {}).get("kogpt") != entry.key:
+        metadata = header.get("__metadata__")
+        if not isinstance(metadata, dict) or metadata.get("kogpt") != entry.key:
             raise CacheError(f"{entry.name} was made for other weights")
+        if expected is not None:
+            check_expected(header, expected(), entry.name)
         return map_tensors(entry.path, header, start, map_file if mmap else read_file)
     except (CacheError, KeyError, TypeError, ValueError, OSError) as exc:
         log.warning("ignoring the converted-weights cache entry %s: %s; rebuilding it", entry.path, exc)
@@ -126,7 +165,6 @@ def open_entry(entry: Entry, mmap: bool = True) -> dict[str, torch.Tensor] | Non
 # that starts off a 64-byte boundary crashed `_weight_int8pack_mm` (a segmentation fault in CI).
 # `write_file` lays tensors out on such boundaries; `map_tensors` copies any that is not.
 ALIGNMENT = 64
-NAMES = {dtype: name for name, dtype in DTYPES.items()}
 
 
 def map_file(path: Path) -> mmap.mmap:
@@ -222,6 +260,9 @@ def store(entry: Entry, state: dict[str, torch.Tensor]) -> bool:
     """Write `state` as the entry's file, atomically; False (and one log line) when it cannot be written."""
     temporary = entry.path.with_name(f".{entry.name}.{os.getpid()}.partial")
     try:
+        blocked = not_a_directory(entry.path.parent)
+        if blocked is not None:  # KOGPT_CACHE_DIR names a file: say so (mkdir would say "File exists")
+            raise blocked
         entry.path.parent.mkdir(parents=True, exist_ok=True)
         write_file(state, str(temporary), metadata={"kogpt": entry.key})
         os.replace(temporary, entry.path)
@@ -235,34 +276,3 @@ def store(entry: Entry, state: dict[str, torch.Tensor]) -> bool:
         raise
     log.info("cached the converted weights in %s (%s)", entry.path, size_text(entry.path.stat().st_size))
     return True
-
-
-def size_text(n: int) -> str:
-    """Bytes for people: GiB with two decimals, MiB below a tenth of a GiB."""
-    return f"{n / 2**30:.2f} GiB" if n >= 2**30 / 10 else f"{n / 2**20:.1f} MiB"
-
-
-def remove(path: Path) -> None:
-    try:
-        path.unlink()
-    except OSError:
-        pass
-
-
-def entries(root: Path | None = None) -> list[tuple[Path, int]]:
-    """(file, bytes) of every cache file, leftovers of interrupted writes included."""
-    root = root or directory()
-    if not root.is_dir():
-        return []
-    found = [p for p in root.iterdir() if p.is_file() and (p.suffix == SUFFIX or p.name.endswith(".partial"))]
-    return [(p, p.stat().st_size) for p in sorted(found)]
-
-
-def clear(root: Path | None = None) -> tuple[int, int]:
-    """Delete every cache file; return (files, bytes) freed."""
-    files = total = 0
-    for path, size in entries(root):
-        remove(path)
-        files += 1
-        total += size
-    return files, total

@@ -1,5 +1,10 @@
-"""The kernel choice per machine, remembered: measured once per CPU model, core count, thread count
-and torch version, and kept in the user cache directory (`kernels.json`)."""
+"""The kernel choice per machine, remembered: measured once per CPU model, core count, thread count,
+torch version and the model's matrix shapes, and kept in the user cache directory (`kernels.json`).
+
+A remembered choice is checked again on every use: it must name a kernel of the format asked for
+that fits every matrix of the model. Anything else (a choice made for other shapes, a hand-edited
+or damaged file) is measured again, never used.
+"""
 
 from __future__ import annotations
 
@@ -29,7 +34,7 @@ from kogpt.loading.kernels import (
 
 log = logging.getLogger(__name__)
 
-CHOICE_VERSION = 2  # 2: the standard kernel wins ties
+CHOICE_VERSION = 3  # 2: the standard kernel wins ties; 3: keyed by the matrix shapes too
 
 
 def machine_key(threads: int) -> str:
@@ -54,20 +59,55 @@ def choices_file() -> Path:
     return Path(user_cache_dir("kogpt")) / "kernels.json"
 
 
-def cached_choice(fmt: str, threads: int) -> Choice | None:
-    """The choice measured earlier on this machine for `fmt`, or None."""
+def shapes_key(fmt: str, shapes: dict[tuple[int, int], int]) -> str:
+    """The format and the matrix shapes a choice was timed on: `int8 4096x4096*112 ...`."""
+    return " ".join([fmt, *(f"{out}x{n_in}*{count}" for (out, n_in), count in sorted(shapes.items()))])
+
+
+def usable(kernel: str, fmt: str, shapes: dict[tuple[int, int], int]) -> bool:
+    """Whether `kernel` computes `fmt` weights and fits every matrix in `shapes`."""
+    found = KERNELS.get(kernel) if isinstance(kernel, str) else None
+    return found is not None and found.format == fmt and all(found.fits(n_in) for _, n_in in shapes)
+
+
+def read_choices() -> dict:
+    """The choices file as an object: {} when missing, unreadable, or not a JSON object."""
     try:
-        stored = json.loads(choices_file().read_text())[machine_key(threads)][fmt]
-        return Choice(**stored) if stored["kernel"] in KERNELS else None
-    except (OSError, ValueError, KeyError, TypeError):
+        stored = json.loads(choices_file().read_text())
+    except (OSError, ValueError):
+        return {}
+    return stored if isinstance(stored, dict) else {}
+
+
+def cached_choice(fmt: str, threads: int, shapes: dict[tuple[int, int], int]) -> Choice | None:
+    """The choice measured earlier on this machine for `fmt` on these `shapes`, if it still fits them."""
+    try:
+        stored = read_choices()[machine_key(threads)][shapes_key(fmt, shapes)]
+        choice = Choice(**stored)
+    except (KeyError, TypeError, ValueError):
         return None
+    if choice.format != fmt or not usable(choice.kernel, fmt, shapes) or not isinstance(choice.why, str):
+        log.debug("ignoring the remembered %s kernel %r: it does not fit this model", fmt, choice.kernel)
+        return None
+    return choice
+
+
+def forget() -> list[str]:
+    """Remove the choices file; why it stayed, if it could not be removed."""
+    path = choices_file()
+    try:
+        if path.is_file():
+            path.unlink()
+    except OSError as exc:
+        return [f"{path.name}: {exc.strerror or exc}"]
+    return []
 
 
 def choice_for(
     fmt: str, shapes: dict[tuple[int, int], int], threads: int, measure: Measure | None = None, **inject
 ) -> Choice:
     """The kernel for `fmt` on this machine: remembered, or measured now (seconds) and remembered."""
-    found = cached_choice(fmt, threads)
+    found = cached_choice(fmt, threads, shapes)
     if found is not None:
         log.debug("%s kernel %s (measured earlier on this machine: %s)", fmt, found.kernel, found.why)
         return found
@@ -76,18 +116,17 @@ def choice_for(
     bandwidth = read_bandwidth(min(2 * last_level_cache_bytes(), 2**30, 2 * weights)) if measure is None else 0.0
     choice = choose(fmt, shapes, measure, bandwidth, **inject)
     log.debug("%s kernel %s, measured in %.1f s: %s", fmt, choice.kernel, time.perf_counter() - started, choice.why)
-    remember(choice, threads)
+    remember(choice, threads, shapes)
     return choice
 
 
-def remember(choice: Choice, threads: int) -> None:
+def remember(choice: Choice, threads: int, shapes: dict[tuple[int, int], int]) -> None:
     """Store `choice` in the choices file (atomically); a cache that cannot be written is skipped."""
     path = choices_file()
-    try:
-        stored = json.loads(path.read_text()) if path.is_file() else {}
-    except (OSError, ValueError):
-        stored = {}
-    stored.setdefault(machine_key(threads), {})[choice.format] = asdict(choice)
+    stored = read_choices()
+    mine = stored.get(machine_key(threads))
+    stored[machine_key(threads)] = mine = mine if isinstance(mine, dict) else {}
+    mine[shapes_key(choice.format, shapes)] = asdict(choice)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         temporary = path.with_suffix(f".{os.getpid()}.tmp")
@@ -103,18 +142,18 @@ def kernel_for(config, fmt: str, requested: str | None, threads: int, measure: b
     `measure`; else the portable default, for `--plan`)."""
     shapes = linear_shapes(config)
     widths = {n_in for _, n_in in shapes}
-    usable = [k.name for k in candidates(fmt) if all(k.fits(width) for width in widths)]
+    fitting = [k.name for k in candidates(fmt) if all(k.fits(width) for width in widths)]
     if requested is not None:
-        if requested not in usable:
-            raise KoGPTError(f"kernel {requested!r} does not compute {fmt} weights of this model; choose one of {', '.join(usable)}")
+        if requested not in fitting:
+            raise KoGPTError(f"kernel {requested!r} does not compute {fmt} weights of this model; choose one of {', '.join(fitting)}")
         return requested, "asked for", KERNELS[requested].dtype
     if measure:
         choice = choice_for(fmt, shapes, threads)
         why = choice.why
     else:
-        choice = cached_choice(fmt, threads)
+        choice = cached_choice(fmt, threads, shapes)
         why = f"measured on this CPU: {choice.why}" if choice else "not measured on this CPU yet: the first load measures the candidates (seconds)"
-    kernel = choice.kernel if choice else (DEFAULTS[fmt] if DEFAULTS[fmt] in usable else usable[-1])
+    kernel = choice.kernel if choice else (DEFAULTS[fmt] if DEFAULTS[fmt] in fitting else fitting[-1])
     return kernel, why, KERNELS[kernel].dtype
 
 

@@ -148,13 +148,18 @@ def load_cpu(
     The cache file is mapped, or with `mmap` False read into memory.
     """
     check_method(method, "cpu")
-    kernel = kernel or (default_kernel(method, widths(config)) if method != "none" else str(dtype).removeprefix("torch."))
-    swap = prepare(kernel) if method != "none" else None
-    fmt = "16bit" if method == "none" else method
-    layout = kernels.KERNELS[kernel].layout if kernel in kernels.KERNELS else kernel  # w8a8 keeps w8's tensors
+    if method == "none":  # the weights are `dtype` whichever kernel runs them: one entry per dtype
+        kernel, swap, fmt, layout = None, None, "16bit", LAYOUTS.get(dtype, str(dtype).removeprefix("torch."))
+    else:
+        kernel = kernel or default_kernel(method, widths(config))
+        swap, fmt, layout = prepare(kernel), method, kernels.KERNELS[kernel].layout  # w8a8 keeps w8's tensors
     files = weights.weight_files(path)
     entry = cache.entry_for(path, files, fmt, layout) if use_cache else None
-    mapped = cache.open_entry(entry, mmap) if entry is not None else None
+
+    def expected() -> dict:
+        return expected_tensors(config, dtype, swap, **model_kwargs)
+
+    mapped = cache.open_entry(entry, mmap, expected) if entry is not None else None
     if mapped is not None:
         log.info("weights %s the converted-weights cache %s", "mapped from" if mmap else "read into memory from", entry.path)
         return weights.load_streaming(path, config, dtype, swap, tensors=mapped.items(), **model_kwargs)
@@ -162,3 +167,24 @@ def load_cpu(
     if entry is not None and cache.store(entry, model.state_dict()):
         weights.drop_from_page_cache(files)  # read again only to convert to another format
     return model
+
+
+# The packed layout of 16-bit weights is their dtype alone (bf16 and bf16mv share it).
+LAYOUTS = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
+
+
+def expected_tensors(config, dtype: torch.dtype, swap=None, **model_kwargs) -> dict[str, tuple[list[int], torch.dtype]]:
+    """{name: (shape, dtype)} of the model's state as converted for `swap`'s kernel, computed on
+    the meta device (no memory, no arithmetic): what a converted-weights cache entry must hold."""
+    from accelerate import init_empty_weights
+    from transformers import AutoModelForCausalLM
+
+    with init_empty_weights():
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype, **model_kwargs)
+    if swap is not None:
+        swap(model)
+        with torch.device("meta"):
+            for module in model.modules():
+                if isinstance(module, PackedLinear):
+                    module.set_weight(torch.empty(module.out_features, module.in_features))
+    return {name: (list(t.shape), t.dtype) for name, t in model.state_dict().items()}

@@ -77,6 +77,7 @@ class Hardware:
     disk: int = 0
 
 
+MAX_THREADS = 1024  # torch takes a C int; far more threads than any CPU has is a typo
 DTYPE_ALIASES = {"fp16": "float16", "half": "float16", "bf16": "bfloat16", "fp32": "float32", "float": "float32"}
 
 
@@ -94,6 +95,10 @@ def check_arguments(options: Options) -> Options:
     threads = options.threads
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise KoGPTError(f"threads must be a whole number of 1 or more, not {shown(threads)}")
+    if threads is not None and threads > MAX_THREADS:
+        raise KoGPTError(f"threads must be at most {MAX_THREADS} (this machine has {os.cpu_count()} CPUs), not {threads}")
+    if threads is not None and threads > (os.cpu_count() or 1):
+        log.warning("%d threads on %d CPUs: threads beyond the CPUs compete for them and run slower", threads, os.cpu_count())
     if options.kernel is not None and not isinstance(options.kernel, str):
         raise KoGPTError(f"kernel must be a kernel's name like 'w8' or 'w4g128', not {shown(options.kernel)}")
     device, dtype = check_target(options.device, options.dtype)
