@@ -1,6 +1,7 @@
 """Decode speed of the real front ends with and without kogpt's OpenMP policy (issue 20).
 
     python benchmarks/omp_policy.py --checkpoint DIR --compare-to 9811388 [--busy] [--rounds 3]
+    python benchmarks/omp_policy.py --preset tiny --rounds 1     # a quick check
 
 For each source tree (this checkout, which sets `OMP_WAIT_POLICY=PASSIVE` itself, and the commit
 given by `--compare-to`, before it did) and nothing set by hand: the CLI (`python -m kogpt -p ...
@@ -110,13 +111,25 @@ def export(commit: str, into: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", required=True)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="a checkpoint directory (benchmarks/checkpoint.py builds presets)")
+    source.add_argument("--preset", choices=["tiny"], help="tiny: the tests' checkpoint, built in a temp dir")
     parser.add_argument("--compare-to", default="", help="a commit without the policy (default: this checkout alone)")
     parser.add_argument("--busy", action="store_true", help="keep one core busy with another process meanwhile")
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--front-ends", default="cli,serve")
     args = parser.parse_args(argv)
+    if args.preset:
+        from tests.tiny import build_checkpoint
+
+        with tempfile.TemporaryDirectory() as tmp:
+            args.checkpoint = str(build_checkpoint(Path(tmp)))
+            return measure(args)
+    return measure(args)
+
+
+def measure(args) -> dict:
     busy = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if args.busy else None
     results: dict = {"machine": cpu(), "busy": args.busy, "new_tokens": args.new_tokens, "runs": []}
     try:

@@ -16,6 +16,7 @@ import logging
 import os
 import subprocess
 import sys
+from importlib.metadata import version
 
 from kogpt.cli.parser import Parser, command_name
 from kogpt.defaults import DEFAULT_MODEL, DEFAULT_REVISION, DTYPE_CHOICES, QUANTIZE_CHOICES, REVISIONS, VERSION
@@ -147,7 +148,7 @@ def run(args: argparse.Namespace, renderer) -> int:
         raise KoGPTError("every test is skipped (-p 0 -n 0): nothing to measure")
     report = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="minutes"),
-        "kogpt": VERSION, "machine": machine(), "model": args.model, "context": context,
+        "kogpt": VERSION, "torch": version("torch"), "machine": machine(), "model": args.model, "context": context,
         "sizes": {**sizes, "rows": args.rows}, "tests": list(names.values()), "repetitions": args.repetitions,
         "omp": {name: value for name, (value, _who) in threads.APPLIED.items()}, "results": [],
     }  # fmt: skip
@@ -155,14 +156,13 @@ def run(args: argparse.Namespace, renderer) -> int:
     for fmt in args.quantize:
         spec = {"model": str(path), "quantize": fmt, "dtype": args.dtype, "threads": args.threads, "mmap": not args.no_mmap,
                 "repetitions": args.repetitions, "rows": args.rows, "debug": args.debug, **sizes}  # fmt: skip
-        with benchview.progress(renderer.err, f"{fmt}: loading, then {args.repetitions} runs of {', '.join(names.values())}"):
+        with benchview.progress(renderer.err, f"{fmt}: loading, then {args.repetitions} run{'s' if args.repetitions > 1 else ''} of {', '.join(names.values())}"):
             result = measure_format(spec, args.debug)
         result = {"quantize": fmt, **result}
         if "error" in result:
             failed.append(f"{fmt}: {result['error']}")
         else:
             result["tests"] = {names[key]: value for key, value in result["tests"].items() if key in names}
-            report.setdefault("torch", result.pop("torch", ""))
             report.setdefault("torch_cpu_capability", result.pop("torch_cpu_capability", ""))
         report["results"].append(result)
     benchview.show(report, renderer.out, as_json=args.json, as_markdown=args.markdown)

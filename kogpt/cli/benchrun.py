@@ -98,7 +98,6 @@ def run(spec: dict) -> dict:
         "kernel": gpt.loaded.kernel,
         "kernel_reason": decision.kernel_reason,
         "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
         "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "prefill_chunk": gpt.engine.prefill_chunk,
         "import_s": imported - started,
