@@ -97,7 +97,7 @@ def serve_rates(source: Path, checkpoint: str, new_tokens: int, rounds: int) -> 
 
 def cpu() -> dict:
     info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    line = lambda key: next((l.split(":", 1)[1].strip() for l in info.splitlines() if l.startswith(key)), "")  # noqa: E731,E741
+    line = lambda key: next((l.split(":", 1)[1].strip() for l in info.splitlines() if l.startswith(key)), "")
     wanted = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
     return {"cpu": line("model name"), "cpus": os.cpu_count(), "flags": [f for f in wanted if f in line("flags").split()]}
 

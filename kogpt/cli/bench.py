@@ -17,9 +17,17 @@ import os
 import subprocess
 import sys
 from importlib.metadata import version
+from pathlib import Path
 
 from kogpt.cli.parser import Parser, command_name
-from kogpt.defaults import DEFAULT_MODEL, DEFAULT_REVISION, DTYPE_CHOICES, QUANTIZE_CHOICES, REVISIONS, VERSION
+from kogpt.defaults import (
+    DEFAULT_MODEL,
+    DEFAULT_REVISION,
+    DTYPE_CHOICES,
+    QUANTIZE_CHOICES,
+    REVISIONS,
+    VERSION,
+)
 from kogpt.errors import KoGPTError
 
 log = logging.getLogger("kogpt")
@@ -83,7 +91,7 @@ def positive(text: str) -> int:
 def sizes_for(context: int, prompt: int | None, gen: int | None, depth: int | None) -> dict[str, int]:
     """The test sizes: those given, the rest the defaults scaled to `context`; checked against it."""
     scale = min(1.0, context / FULL_CONTEXT)
-    pick = lambda given, default: given if given is not None else max(1, int(default * scale))  # noqa: E731
+    pick = lambda given, default: given if given is not None else max(1, int(default * scale))
     sizes = {"prompt": pick(prompt, PROMPT), "gen": pick(gen, GEN), "depth": pick(depth, DEPTH)}
     if sizes["prompt"] + 1 > context:
         raise KoGPTError(f"-p {sizes['prompt']} does not fit this model's context of {context} tokens")
@@ -108,10 +116,10 @@ def machine() -> dict:
     import psutil
 
     try:
-        info = open("/proc/cpuinfo", encoding="utf-8").read()
+        info = Path("/proc/cpuinfo").read_text(encoding="utf-8")
     except OSError:
         info = ""
-    line = lambda key: next((l.split(":", 1)[1].strip() for l in info.splitlines() if l.startswith(key)), "")  # noqa: E731,E741
+    line = lambda key: next((l.split(":", 1)[1].strip() for l in info.splitlines() if l.startswith(key)), "")
     wanted = ("avx2", "fma", "f16c", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_int8")
     return {"cpu": line("model name") or platform.processor() or platform.machine(),
             "flags": [flag for flag in wanted if flag in line("flags").split()],

@@ -84,8 +84,9 @@ def measure(gpt, spec: dict) -> dict:
 
 def run(spec: dict) -> dict:
     started = time.perf_counter()
-    from kogpt import KoGPT
     import torch
+
+    from kogpt import KoGPT
 
     imported = time.perf_counter()
     gpt = KoGPT.load(spec["model"], device="cpu", dtype=spec["dtype"], quantize=spec["quantize"],
