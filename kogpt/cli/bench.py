@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--quantize", type=formats, default=["none"], metavar="LIST",
                        help="the formats to measure, each in its own process: none, int8, int4, comma-separated (default:none)")
     model.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES, help="compute dtype of the none format (default:auto)")
-    model.add_argument("--threads", type=positive, metavar="N", help="CPU threads that compute (default: the physical cores)")
+    model.add_argument("--threads", type=positive, metavar="N", help="CPU threads that compute (default: $OMP_NUM_THREADS, else the physical cores)")
     model.add_argument("--no-mmap", action="store_true", help="read the converted weights into memory instead of mapping them")
     sizes = parser.add_argument_group("tests (tokens; 0 skips a test; by default sized to the model's context)")
     sizes.add_argument("-p", "--n-prompt", type=count, metavar="N", help=f"prompt processing: a prompt of N tokens (default:{PROMPT})")
