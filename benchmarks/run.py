@@ -108,31 +108,33 @@ def bytes_per_weight(name: str, r: dict) -> float:
 
 
 def table(results: dict, config) -> str:
+    """One row per path; "prompt tok/s" is the prompt's tokens over the time to the first new token."""
     bandwidth = results["bandwidth"]["read_gb_s"] * 1e9
     roof16 = bandwidth / weight_bytes_per_token(config, 2)
     roof8 = bandwidth / weight_bytes_per_token(config, 1)
     seed = results.get("seed", {}).get("decode_tok_s")
     ct2 = results.get("ct2", {}).get("decode_tok_s")
     int8 = results.get("int8", {}).get("decode_tok_s")
-    rows = ["| path | kernel | load s | first token s | decode tok/s | x seed | x CT2 | x our int8 | % roofline | peak RSS GiB | decode tok/s, CPU clock |",
-            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    rows = ["| path | kernel | load s | first token s | prompt tok/s | decode tok/s | x seed | x CT2 | x our int8 | % roofline | peak RSS GiB | decode tok/s, CPU clock |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     ratio = lambda a, b: f"{a / b:.2f}" if a and b else "-"
     for name in ROWS:
         r, label = results.get(name), LABELS[name]
         if r is None:
             continue
         if "error" in r:
-            rows.append(f"| {label} | | failed: {r['error'][:80]} | | | | | | | | |")
+            rows.append(f"| {label} | | failed: {r['error'][:80]} | | | | | | | | | |")
             continue
         rate = r["decode_tok_s"]
         roof = bandwidth / weight_bytes_per_token(config, bytes_per_weight(name, r))
         r["roofline_pct"] = 100 * rate / roof
         rows.append(
-            f"| {label} | {r.get('kernel') or r.get('dtype', '')} | {r['load_s']:.1f} | {r['first_token_s']:.2f} | {rate:.3f} | "
+            f"| {label} | {r.get('kernel') or r.get('dtype', '')} | {r['load_s']:.1f} | {r['first_token_s']:.2f} | "
+            f"{results['prompt_tokens'] / r['first_token_s']:.1f} | {rate:.3f} | "
             f"{ratio(rate, seed)} | {ratio(rate, ct2)} | {ratio(rate, int8)} | {r['roofline_pct']:.0f}% | {r['peak_rss_gib']:.1f} | "
             f"{r.get('decode_cpu_tok_s', float('nan')):.3f} |"
         )
-    rows.append(f"| (5) roofline at {bandwidth / 1e9:.1f} GB/s | | | | {roof16:.2f} (16-bit) / {roof8:.2f} (int8) | | | | 100% | | |")
+    rows.append(f"| (5) roofline at {bandwidth / 1e9:.1f} GB/s | | | | | {roof16:.2f} (16-bit) / {roof8:.2f} (int8) | | | | 100% | | |")
     return "\n".join(rows)
 
 

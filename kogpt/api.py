@@ -75,7 +75,7 @@ class KoGPT:
         ("0=10GiB,cpu=30GiB" or a dict), putting what is left in `offload_dir`. `static_cache`
         (default: on one plain CUDA GPU only) decodes with a preallocated KV cache, over which the
         engine compiles its one-token step with `torch.compile` (CUDA graphs) unless `compile=False`.
-        On the CPU, `threads` (default: the physical cores) compute, `kernel` overrides the kernel
+        On the CPU, `threads` (default: $OMP_NUM_THREADS, else the physical cores) compute, `kernel` overrides the kernel
         measured fastest on this CPU (`kogpt.loading.kernels.KERNELS`), `cache=False` skips the
         converted-weights cache, and `mmap=False` reads the cache file into memory instead of mapping it.
         """

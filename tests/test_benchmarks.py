@@ -21,6 +21,7 @@ SMALLEST = {
     "prefill.py": ["--layers", "1", "--tokens", "4", "20"],
     "checkpoint.py": ["{out}/ckpt", "tiny"],
     "engine.py": ["--preset", "tiny", "--formats", "default", "--rounds", "1", "--out", "{out}"],
+    "omp_policy.py": ["--preset", "tiny", "--rounds", "1", "--new-tokens", "4"],
 }
 IMPORTED = {
     "common.py": "run.py",
@@ -78,6 +79,10 @@ def test_benchmark_runs_on_its_smallest_preset(script, tmp_path):
             assert "error" not in results[path], results[path]
         assert results["default"]["tokens"] == 16 and results["default"]["decode_tok_s"] > 0
         assert "| (2) kogpt default" in done.stdout
+    if script == "omp_policy.py":
+        runs = json.loads(done.stdout.strip().splitlines()[-1])["runs"]
+        assert [(r["front_end"], len(r["tok_s"])) for r in runs] == [("cli", 1), ("serve", 1)]
+        assert all(r["median"] > 0 for r in runs)
     if script == "engine.py":
         (fmt,) = json.loads((tmp_path / "engine-results.json").read_text())["formats"]
         assert fmt["retry"]["reused"] == fmt["retry"]["prompt_tokens"]  # the retry fed nothing again

@@ -231,11 +231,11 @@ def test_relative_links_point_at_files_that_exist():
 
 
 def parsers() -> dict[str, object]:
-    from kogpt.cli import cache, evaluate, serve
+    from kogpt.cli import bench, cache, evaluate, serve
     from kogpt.cli.main import build_parser
 
-    return {"kogpt": build_parser(), "eval": evaluate.build_parser(),
-            "serve": serve.build_parser(), "cache": cache.build_parser()}  # fmt: skip
+    return {"kogpt": build_parser(), "eval": evaluate.build_parser(), "serve": serve.build_parser(),
+            "bench": bench.build_parser(), "cache": cache.build_parser()}  # fmt: skip
 
 
 def flags_of(parser) -> set[str]:
@@ -244,12 +244,14 @@ def flags_of(parser) -> set[str]:
 
 # Where each command's flags are explained: its own page; flags it shares with `kogpt` may be
 # explained once, on the pages of `kogpt`.
-REFERENCE = {"kogpt": ("repl", "hardware"), "eval": ("eval",), "serve": ("serve",), "cache": ("files",)}
+REFERENCE = {"kogpt": ("repl", "hardware"), "eval": ("eval",), "serve": ("serve",), "bench": ("performance",),
+             "cache": ("files",)}
 
 # Flags of other programs that the docs show: pip, hf (huggingface_hub), vllm, ray, /save in the
-# REPL, benchmarks/run.py; and the docs' example of a flag that does not exist.
+# REPL, benchmarks/run.py and omp_policy.py; and the docs' example of a flag that does not exist.
 OTHER_PROGRAMS = {"--index-url", "--local-dir", "--max-model-len", "--override-generation-config",
                   "--distributed-executor-backend", "--head", "--address", "--force", "--preset", "--out",
+                  "--checkpoint", "--compare-to", "--rounds", "--busy",
                   "--frobnicate"}  # fmt: skip
 
 

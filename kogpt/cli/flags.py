@@ -54,7 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--threads",
         type=positive_int,
         metavar="N",
-        help="CPU threads that compute (default: the physical cores)",
+        help="CPU threads that compute (default: $OMP_NUM_THREADS, else the physical cores)",
     )
     group.add_argument(
         "--no-cache",

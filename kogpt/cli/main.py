@@ -9,6 +9,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from kogpt import threads
 from kogpt.cli import flags, terminal
 from kogpt.cli.flags import escaped, sampling_settings, setting_type  # noqa: F401 (also reached as cli.main.*)
 from kogpt.cli.parser import Parser, command_name
@@ -34,6 +35,7 @@ IGNORED_BY_PLAN = (
 USAGE = """%(prog)s [FLAGS]                                  the REPL, or -p/--prompts-file for scripts
        %(prog)s eval {nsmc,ynat,klue-sts} --data FILE [FLAGS]
        %(prog)s serve [FLAGS]
+       %(prog)s bench [--quantize none,int8,int4] [FLAGS]
        %(prog)s cache {list,clear}"""
 
 
@@ -46,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
         top_level=True,
         epilog="few-shot evaluation: kogpt eval {nsmc,ynat,klue-sts} --data FILE (see kogpt eval --help); "
         "an OpenAI-compatible API: kogpt serve (see kogpt serve --help); "
+        "speed on this machine: kogpt bench (see kogpt bench --help); "
         "the converted-weights cache: kogpt cache {list,clear}",
     )
     flags.add_model_arguments(parser)
@@ -111,12 +114,19 @@ def main(argv: list[str] | None = None) -> int:
         from kogpt.cli import serve
 
         parser, runner, argv = serve.build_parser(), serve.run, argv[1:]
+    elif argv[:1] == ["bench"]:
+        from kogpt.cli import bench
+
+        parser, runner, argv = bench.build_parser(), bench.run, argv[1:]
     elif argv[:1] == ["cache"]:
         from kogpt.cli import cache
 
         parser, runner, argv = cache.build_parser(), cache.run, argv[1:]
     args = parser.parse_args(argv)
+    # Before anything imports torch (parsing does not): OpenMP reads these once, when torch loads it.
+    threads.apply(getattr(args, "threads", None), count=getattr(args, "engine", "kogpt") != "vllm")
     setup_logging(args.debug)
+    log.debug(threads.describe())
     from kogpt.cli.render import Renderer
 
     renderer = Renderer()

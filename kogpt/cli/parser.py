@@ -1,6 +1,6 @@
 """argparse with its errors in one line: the bad flag named, exit code 2, never the usage block.
 
-Every kogpt command (`kogpt`, `kogpt eval`, `kogpt serve`, `kogpt cache`) builds its parser from
+Every kogpt command (`kogpt`, `kogpt eval`, `kogpt serve`, `kogpt bench`, `kogpt cache`) builds its parser from
 `Parser`. A subcommand comes first (`kogpt eval nsmc --model X`); a subcommand written after a flag
 gets a line that shows the order the parser wants.
 """
@@ -13,7 +13,7 @@ import shlex
 import sys
 from pathlib import Path
 
-SUBCOMMANDS = ("eval", "serve", "cache")
+SUBCOMMANDS = ("eval", "serve", "bench", "cache")
 
 # argparse reads "-1" and "-.5" as values, not flags (no kogpt flag looks like a number).
 _NUMBER = re.compile(r"-\d+(\.\d*)?|-\.\d+")

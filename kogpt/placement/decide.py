@@ -75,11 +75,10 @@ KernelFor = Callable[[object, str, "str | None", int], tuple[str, str, torch.dty
 
 
 def physical_cores() -> int:
-    import os
+    """The default thread count: the user's OMP_NUM_THREADS, else the physical cores (`kogpt.threads`)."""
+    from kogpt.threads import default_count
 
-    import psutil
-
-    return psutil.cpu_count(logical=False) or os.cpu_count() or 1
+    return default_count()
 
 
 def decide(
