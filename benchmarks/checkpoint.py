@@ -7,11 +7,17 @@ bytes are generated and written into its hole one at a time.
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+# Run as a script, this folder comes first on sys.path, where its modules would shadow installed
+# packages (kernels.py once shadowed Hugging Face's `kernels`): the repository takes its place.
+if Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().parent:
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
 import json
 import os
-import sys
 import time
-from pathlib import Path
 from typing import BinaryIO
 
 import torch
@@ -111,5 +117,15 @@ def build(path: Path, preset: str, seed: int = 0) -> Path:
     return path
 
 
+def main() -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Write a random KoGPT-shaped GPT-J checkpoint to a folder.")
+    parser.add_argument("folder", type=Path)
+    parser.add_argument("preset", nargs="?", default="125m", choices=PRESETS)
+    args = parser.parse_args()
+    build(args.folder, args.preset)
+
+
 if __name__ == "__main__":
-    build(Path(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else "125m")
+    main()

@@ -16,20 +16,24 @@ The table goes to stdout and OUT/engine-results.md; the figures to OUT/engine-re
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+# Run as a script, this folder comes first on sys.path, where its modules would shadow installed
+# packages (kernels.py once shadowed Hugging Face's `kernels`): the repository takes its place.
+if Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().parent:
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
 import argparse
 import json
 import os
 import random
 import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(REPO))
 
 SIZES = {  # preset: (long prompt, histories for /continue, new tokens, batch, prefill chunk or None)
     "tiny": (96, (16, 40, 80), 8, 4, 16),  # the tiny context (128) is one default chunk: use smaller ones
@@ -289,7 +293,7 @@ def build(preset: str, out: Path) -> Path:
         return build_checkpoint(out / "tiny")
     if preset == "6b" and Path("/work/ckpt/kogpt-6b/pytorch_model.bin").exists():
         return Path("/work/ckpt/kogpt-6b")
-    from checkpoint import build as build_preset
+    from benchmarks.checkpoint import build as build_preset
 
     return build_preset(out / preset, preset)
 

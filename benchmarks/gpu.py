@@ -16,23 +16,27 @@ Needs transformers >= 5.24 (GPT-J SDPA and the `cache=` argument), like the pack
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+# Run as a script, this folder comes first on sys.path, where its modules would shadow installed
+# packages (kernels.py once shadowed Hugging Face's `kernels`): the repository takes its place.
+if Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().parent:
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
 import argparse
 import json
 import random
-import sys
 import tempfile
 import time
-from pathlib import Path
 from types import SimpleNamespace
 
 import torch
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent))
 
-from checkpoint import PRESETS, config_for, save_tokenizer  # noqa: E402
-from run import weight_bytes_per_token  # noqa: E402
+from benchmarks.checkpoint import PRESETS, config_for, save_tokenizer  # noqa: E402
+from benchmarks.run import weight_bytes_per_token  # noqa: E402
 
 
 def sync(device: torch.device) -> None:

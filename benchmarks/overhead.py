@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import REPO
+from benchmarks.common import REPO
 
 ROUNDS = 2
 
@@ -41,9 +41,9 @@ def bare_loop(model, ids: list[int], n_new: int) -> float:
 
 def measure_overhead(checkpoint: str, n_prompt: int, n_new: int) -> dict:
     import torch
-    from common import prompt_ids
     from rich.console import Console
 
+    from benchmarks.common import prompt_ids
     from kogpt import KoGPT, SamplingSettings
     from kogpt.cli.render import Renderer
     from kogpt.cli.repl import PlainInput, Repl

@@ -7,13 +7,20 @@ decode_tok_s (new tokens after the first, per second), tokens, peak_rss_gib.
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+# Run as a script, this folder comes first on sys.path, where its modules would shadow installed
+# packages (kernels.py once shadowed Hugging Face's `kernels`): the repository takes its place.
+if Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().parent:
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
 import argparse
 import json
 import time
-from pathlib import Path
 
-import overhead
-from common import peak_rss_gib, prompt_ids, rates
+from benchmarks import overhead
+from benchmarks.common import peak_rss_gib, prompt_ids, rates
 
 
 def cpu_rate(cpu: list[float], tokens: int) -> dict:

@@ -8,6 +8,14 @@ Uses a random GPT-J of KoGPT's width (4096, 16 heads) with fewer layers; time sc
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+# Run as a script, this folder comes first on sys.path, where its modules would shadow installed
+# packages (kernels.py once shadowed Hugging Face's `kernels`): the repository takes its place.
+if Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().parent:
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
 import argparse
 import time
 

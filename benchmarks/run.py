@@ -10,6 +10,14 @@ same run. The figures and the machine go to OUT/PRESET/results.json and results.
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+# Run as a script, this folder comes first on sys.path, where its modules would shadow installed
+# packages (kernels.py once shadowed Hugging Face's `kernels`): the repository takes its place.
+if Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().parent:
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
 import argparse
 import datetime
 import json
@@ -17,13 +25,10 @@ import os
 import platform
 import shutil
 import subprocess
-import sys
-from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
 
-from checkpoint import PRESETS, build, config_for
+from benchmarks.checkpoint import PRESETS, build, config_for
 
 LABELS = {
     "seed": "(1) seed snippet: fp16, HF generate",

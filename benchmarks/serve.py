@@ -17,17 +17,22 @@ per-token within 5%, first byte within 50 ms of first token.
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+# Run as a script, this folder comes first on sys.path, where its modules would shadow installed
+# packages (kernels.py once shadowed Hugging Face's `kernels`): the repository takes its place.
+if Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().parent:
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 import threading
 import time
-from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 PROMPT = "인간처럼 생각하고, 행동하는 '지능'을 통해 인류가 이제까지 풀지 못했던 문제의 해답을 찾을 수 있을 것이다."
 
 

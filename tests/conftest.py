@@ -5,6 +5,8 @@ loaded through the package's real loader. Nothing here touches the network, the 
 from __future__ import annotations
 
 import os
+import re
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -12,8 +14,20 @@ from hypothesis import settings
 
 from tests.tiny import build_checkpoint
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The user's environment never reaches a test: every variable kogpt or the libraries under it read
+# for files, the hub or threads (KOGPT_CACHE_DIR, HF_HOME, OMP_NUM_THREADS, XDG_*, ...) is dropped,
+# and HOME and the XDG folders point into one folder for this run, so that nothing a session-scoped
+# fixture loads (before any per-test fixture runs) lands in the user's real caches.
+ISOLATED = re.compile(r"^(KOGPT_|HF_|HUGGINGFACE_|TRANSFORMERS_|TORCHINDUCTOR_|OMP_|MKL_|KMP_|XDG_)")
+KEPT = {"KOGPT_TRACE_SIGINT"}  # the test harness's own switch (below)
+for name in [name for name in os.environ if ISOLATED.match(name) and name not in KEPT]:
+    del os.environ[name]
+SANDBOX = Path(tempfile.mkdtemp(prefix="kogpt-tests-"))
+for name, folder in {"HOME": "home", "XDG_CACHE_HOME": "cache", "XDG_STATE_HOME": "state", "XDG_DATA_HOME": "data",
+                     "XDG_CONFIG_HOME": "config"}.items():  # fmt: skip
+    os.environ[name] = str(SANDBOX / folder)
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TOKENIZERS_PARALLELISM"] = "false"
 
 # CI replays the same examples every run (a found failure is fixed in a commit of its own);
 # local runs keep exploring new ones.
@@ -68,3 +82,9 @@ def _sigint_raises_keyboard_interrupt(request):
     if os.environ.get("KOGPT_TRACE_SIGINT") and (handler is not signal.default_int_handler or blocked):
         with open(os.environ["KOGPT_TRACE_SIGINT"], "a") as trace:
             trace.write(f"{request.node.nodeid}: handler {handler!r}, blocked {blocked}\n")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    import shutil
+
+    shutil.rmtree(SANDBOX, ignore_errors=True)

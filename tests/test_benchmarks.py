@@ -17,7 +17,7 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 SMALLEST = {
     # Every path but CTranslate2's (the optional `bench` extra; run.py skips it when missing).
     "run.py": ["--preset", "tiny", "--out", "{out}", "--paths", "bandwidth,seed,default,int8,int8-nommap,int4,overhead,first-prompt"],
-    "kernels.py": ["--preset", "smoke", "--rounds", "1", "--kernels", "bf16,w8,w8a8,w4g32", "--out", "{out}/kernels.json"],
+    "kernel_timings.py": ["--preset", "smoke", "--rounds", "1", "--kernels", "bf16,w8,w8a8,w4g32", "--out", "{out}/kernels.json"],
     "prefill.py": ["--layers", "1", "--tokens", "4", "20"],
     "checkpoint.py": ["{out}/ckpt", "tiny"],
     "engine.py": ["--preset", "tiny", "--formats", "default", "--rounds", "1", "--out", "{out}"],
@@ -35,8 +35,31 @@ NEEDS_GPU = {
 
 
 def test_every_benchmark_script_is_exercised():
-    scripts = {path.name for path in BENCHMARKS.glob("*.py")}
+    scripts = {path.name for path in BENCHMARKS.glob("*.py")} - {"__init__.py"}
     assert scripts == set(SMALLEST) | set(IMPORTED) | set(NEEDS_GPU)
+
+
+def test_no_benchmark_module_is_named_like_an_installed_or_standard_module():
+    """`benchmarks/kernels.py` shadowed Hugging Face's `kernels` once transformers imported it."""
+    import importlib.metadata
+
+    taken = set(sys.stdlib_module_names) | set(importlib.metadata.packages_distributions())
+    assert not {path.stem for path in BENCHMARKS.glob("*.py")} & taken
+
+
+@pytest.mark.parametrize("script", sorted(set(SMALLEST) | set(NEEDS_GPU)))
+def test_a_benchmark_script_does_not_import_its_neighbours_as_packages(script, tmp_path):
+    """Run as a script, a benchmark's folder leaves sys.path, so a module there named like a package
+    that transformers (or anything) imports cannot shadow it: here a planted `argparse.py`."""
+    import shutil
+
+    copy = tmp_path / "benchmarks"
+    shutil.copytree(BENCHMARKS, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    (copy / "argparse.py").write_text("raise SystemExit('benchmarks/argparse.py shadowed the real argparse')\n")
+    done = subprocess.run([sys.executable, str(copy / script), "--help"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(BENCHMARKS.parent)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "usage:" in done.stdout
 
 
 @pytest.mark.timeout(900)  # a minute on a quiet machine; much more when the CPUs are shared

@@ -17,8 +17,8 @@ def test_help_keeps_the_original_interface(capsys):
         build_parser().parse_args(["--help"])
     assert exit_.value.code == 0
     text = capsys.readouterr().out
-    assert text.startswith("usage: KoGPT inference")
-    assert "KakaoBrain Korean(hangul) Generative Pre-Training Model" in text
+    assert text.startswith("usage: kogpt [FLAGS]")
+    assert "KoGPT inference" in text and "KakaoBrain Korean(hangul) Generative Pre-Training Model" in text
     for flag in ["--model", "--revision", "--device {cpu,cuda}", "--dtype", "-d, --debug"]:
         assert flag in text
 

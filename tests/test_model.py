@@ -115,3 +115,17 @@ def test_not_enough_memory_stops_before_loading(tiny_dir, monkeypatch):
     monkeypatch.setattr(memory, "free_memory", lambda device: 1000)
     with pytest.raises(KoGPTError, match="not enough memory on cpu"):
         KoGPT.load(str(tiny_dir), device="cpu", dtype="float32")
+
+
+def test_from_pretrained_loads_no_hub_kernels(tiny_dir, monkeypatch):
+    """transformers >= 5.25 kernelizes by default, fetching Hub code on CUDA (offline: a failed load)."""
+    from transformers import PreTrainedModel
+
+    from kogpt.loading.load import load_weights
+
+    asked = []
+    original = PreTrainedModel.set_use_kernels
+    monkeypatch.setattr(PreTrainedModel, "set_use_kernels",
+                        lambda self, use, *a, **k: (asked.append(use), original(self, use, *a, **k))[1])
+    model = load_weights(tiny_dir, torch.float32, torch.device("cpu"), pad_token_id=1, trust_remote_code=False)
+    assert asked and not any(asked) and not model.use_kernels

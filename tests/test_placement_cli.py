@@ -75,7 +75,7 @@ def test_gpu_quantization_without_bitsandbytes_names_the_extra(tiny_dir, monkeyp
     fake_gpus(monkeypatch, 16 * GiB)
     monkeypatch.setattr(placement, "has_bitsandbytes", lambda: False)
     line = refused(capsys, ["--model", str(tiny_dir), "--device", "cuda", "--quantize", "int8"])
-    assert line == "error: --quantize int8 on a GPU needs bitsandbytes>=0.46.1: pip install kogpt[quant]"
+    assert line == 'error: --quantize int8 on a GPU needs bitsandbytes>=0.46.1: pip install ".[quant]" in the kogpt checkout'
 
 
 def test_max_memory_for_a_missing_gpu_is_refused(tiny_dir, monkeypatch, capsys, no_loading):

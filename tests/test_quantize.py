@@ -200,7 +200,7 @@ def greedy_sequences(gpt):
     return sequences
 
 
-# Greedy agreement and logit error against the float32 model, on the tiny checkpoint (README's table).
+# Greedy agreement and logit error against the float32 model, on the tiny checkpoint (the table in docs/hardware.md).
 QUALITY = {"w8": (0.95, 0.03), "w8a8": (0.95, 0.04), "w4g32": (0.65, 0.2), "w4g64": (0.65, 0.2)}
 
 

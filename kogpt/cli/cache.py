@@ -14,8 +14,10 @@ from kogpt.errors import KoGPTError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="kogpt cache",
+    from kogpt.cli.parser import Parser, command_name
+
+    parser = Parser(
+        prog=f"{command_name()} cache",
         description="The converted-weights cache: CPU weights already cast or quantized, mapped at the next start. "
         "Only files kogpt wrote there are listed or removed.",
     )

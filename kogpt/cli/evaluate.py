@@ -38,10 +38,11 @@ def count(minimum: int):
 
 def build_parser() -> argparse.ArgumentParser:
     """The parser of `kogpt eval`; the model flags are the REPL's own (`kogpt.cli.add_model_arguments`)."""
-    from kogpt.cli.flags import Parser, add_model_arguments
+    from kogpt.cli.flags import add_model_arguments
+    from kogpt.cli.parser import Parser, command_name
 
     parser = Parser(
-        prog="kogpt eval",
+        prog=f"{command_name()} eval",
         description="Few-shot evaluation: each label is scored by the model's log-likelihood of its "
         "continuation after the prompt (no sampling); the most likely label is the answer.",
     )

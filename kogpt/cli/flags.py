@@ -25,13 +25,6 @@ if TYPE_CHECKING:
     from kogpt.placement.options import Options
 
 
-class Parser(argparse.ArgumentParser):
-    """argparse, with its errors in one line (exit code 2) instead of the whole usage block."""
-
-    def error(self, message: str):
-        self.exit(2, f"error: {message} (--help lists the flags)\n")
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the placement and quantization flags to `parser`."""
     group = parser.add_argument_group("smaller hardware")

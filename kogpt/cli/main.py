@@ -11,6 +11,7 @@ from pathlib import Path
 
 from kogpt.cli import flags, terminal
 from kogpt.cli.flags import escaped, sampling_settings, setting_type  # noqa: F401 (also reached as cli.main.*)
+from kogpt.cli.parser import Parser, command_name
 from kogpt.defaults import VERSION
 from kogpt.errors import KoGPTError, Terminated
 
@@ -30,11 +31,19 @@ IGNORED_BY_PLAN = (
     "no_transcript",
 )
 
+USAGE = """%(prog)s [FLAGS]                                  the REPL, or -p/--prompts-file for scripts
+       %(prog)s eval {nsmc,ynat,klue-sts} --data FILE [FLAGS]
+       %(prog)s serve [FLAGS]
+       %(prog)s cache {list,clear}"""
+
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = flags.Parser(
-        prog="KoGPT inference",
-        description="KakaoBrain Korean(hangul) Generative Pre-Training Model",
+    name = command_name()
+    parser = Parser(
+        prog=name,
+        usage=USAGE.replace("%(prog)s", name),
+        description="KoGPT inference: KakaoBrain Korean(hangul) Generative Pre-Training Model",
+        top_level=True,
         epilog="few-shot evaluation: kogpt eval {nsmc,ynat,klue-sts} --data FILE (see kogpt eval --help); "
         "an OpenAI-compatible API: kogpt serve (see kogpt serve --help); "
         "the converted-weights cache: kogpt cache {list,clear}",

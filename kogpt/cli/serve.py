@@ -18,6 +18,7 @@ import threading
 from pathlib import Path
 
 from kogpt.cli import flags, terminal
+from kogpt.cli.parser import Parser, command_name
 from kogpt.errors import KoGPTError
 
 log = logging.getLogger("kogpt")
@@ -30,8 +31,8 @@ ENGINES = ("kogpt", "vllm")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="kogpt serve",
+    parser = Parser(
+        prog=f"{command_name()} serve",
         description="Serve the model over HTTP with OpenAI's completion API: POST /v1/completions, "
         "GET /v1/models, GET /health.",
     )
@@ -102,7 +103,7 @@ def run(args: argparse.Namespace, renderer) -> int:
     try:
         from kogpt.server.app import ServerState, create_app
     except ImportError as exc:
-        raise KoGPTError(f"kogpt serve needs its extra: pip install 'kogpt[serve]' ({exc.name} is missing)") from None
+        raise KoGPTError(f'kogpt serve needs its extra: pip install ".[serve]" in the kogpt checkout ({exc.name} is missing)') from None
     from kogpt.placement.decide import check_early
 
     check_early(flags.options_from_args(args))  # impossible flag combinations, before listening

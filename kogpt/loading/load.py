@@ -129,6 +129,10 @@ def load_weights(
             dtype=dtype,
             attn_implementation="sdpa",
             pad_token_id=pad_token_id,
+            # transformers >= 5.25 swaps layers for Hub kernels on CUDA by default: code downloaded at
+            # load time, which fails offline ("could not verify publisher trust status", seen on an
+            # H200) and is not what kogpt's compiled step was measured with.
+            use_kernels=False,
             **placed,
         )
     except (MemoryError, torch.OutOfMemoryError) as exc:

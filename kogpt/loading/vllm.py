@@ -17,7 +17,7 @@ def check_available() -> None:
     """Raise a one-line `KoGPTError` unless vLLM is installed and a CUDA GPU is visible."""
     if importlib.util.find_spec("vllm") is None:
         raise KoGPTError(
-            "--engine vllm needs vLLM, which is not installed: pip install 'kogpt[vllm]' (Linux, NVIDIA GPU)"
+            '--engine vllm needs vLLM, which is not installed: pip install ".[vllm]" in the kogpt checkout (Linux, NVIDIA GPU)'
         )
     import torch
 

@@ -197,7 +197,7 @@ def check_options(options: Options, device: str, gpu_count: int, planning: bool 
     if options.offload_dir:
         check_offload_dir(options.offload_dir)
     if not planning and quantize != "none" and device == "cuda" and not has_bitsandbytes():
-        raise KoGPTError(f"--quantize {quantize} on a GPU needs bitsandbytes>=0.46.1: pip install kogpt[quant]")
+        raise KoGPTError(f"--quantize {quantize} on a GPU needs bitsandbytes>=0.46.1: pip install \".[quant]\" in the kogpt checkout")
 
 
 def check_offload_dir(offload_dir: str | os.PathLike) -> None:

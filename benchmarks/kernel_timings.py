@@ -1,6 +1,6 @@
 """Kernel micro-benchmark: every CPU Linear kernel on KoGPT's own matrix shapes, against the memory.
 
-    flock /tmp/kogpt-6b.lock python benchmarks/kernels.py --threads 2 --out /tmp/kogpt-kernels.json
+    flock /tmp/kogpt-6b.lock python benchmarks/kernel_timings.py --threads 2 --out /tmp/kogpt-kernels.json
 
 For each shape (4096x4096, 16384x4096, 4096x16384, lm_head 64512x4096) and each candidate kernel,
 one (1, in) x (in, out) product is timed over copies of the packed weight that together exceed
@@ -13,16 +13,21 @@ bandwidth measured for that shape. torchao's CPU configs are added when torchao 
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+# Run as a script, this folder comes first on sys.path, where its modules would shadow installed
+# packages (kernels.py once shadowed Hugging Face's `kernels`): the repository takes its place.
+if Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().parent:
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
 import argparse
 import copy
 import json
 import os
-import sys
 import time
-from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 import torch
 
@@ -149,7 +154,7 @@ def main() -> None:
     wanted = set(filter(None, args.kernels.split(",")))
     ours = [k for k in kernels.KERNELS.values() if not wanted or k.name in wanted]
     theirs = {n: v for n, v in torchao_candidates().items() if not wanted or n in wanted} if args.preset == "6b" or wanted else {}
-    from run import machine
+    from benchmarks.run import machine
 
     print(f"threads {args.threads}, rotating over {rotate / 2**20:.0f} MiB per kernel (last-level cache {llc / 2**20:.0f} MiB)", file=sys.stderr)
     rows = []
