@@ -134,4 +134,5 @@ def test_a_remembered_choice_whose_phases_mix_layouts_is_measured_again():
 def test_a_kernel_asked_for_runs_its_phases_and_its_layouts_own_kernel_the_rest():
     assert chooser.forced_phases("bf16mv") == {"step": "bf16mv", "batch": "bf16", "prefill": "bf16"}
     assert chooser.forced_phases("fp16f32") == {"step": "fp16", "batch": "fp16f32", "prefill": "fp16f32"}
+    assert chooser.forced_phases("fp16bf16") == {"step": "fp16", "batch": "fp16bf16", "prefill": "fp16bf16"}
     assert chooser.forced_phases("w8a8") == {"step": "w8a8", "batch": "w8a8", "prefill": "w8a8"}

@@ -4,7 +4,8 @@
 - a decode step's one row may go through `torch.mv` (kernel `bf16mv`; 1.15-1.2x on a 2-vCPU Xeon,
   rotating over more weight than its cache holds);
 - many rows may be computed in float32, widening the weight a block at a time (`bf16f32`,
-  `fp16f32`): on CPUs without bfloat16 matrix instructions (no AVX512-BF16, no AMX), torch's
+  `fp16f32`), or float16 weights in bfloat16 (`fp16bf16`, for CPUs with bfloat16 matrix
+  instructions, where float16's own products are slow): on CPUs without bfloat16 matrix instructions (no AVX512-BF16, no AMX), torch's
   bfloat16 matrix multiply costs about as much per row as a matrix-vector product (measured, a
   4096x16384 layer: 1.38 s for 200 rows against 0.31 s in float32 blocks of 1024 rows), and
   float16's does on most CPUs.
@@ -45,16 +46,21 @@ class CpuLinear(nn.Linear):
 
 def blocked_float32_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """`F.linear(x, weight, bias)` computed in float32, widening `weight` (out, in) block by block."""
-    flat = x.reshape(-1, x.shape[-1]).float()  # (rows, in)
-    out = torch.empty(flat.shape[0], weight.shape[0], dtype=torch.float32)  # (rows, out)
-    block = torch.empty(min(BLOCK_ROWS, weight.shape[0]), weight.shape[1], dtype=torch.float32)
+    return blocked_linear(x, weight, bias, torch.float32)
+
+
+def blocked_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, compute: torch.dtype) -> torch.Tensor:
+    """`F.linear(x, weight, bias)` computed in `compute`, converting `weight` (out, in) block by block."""
+    flat = x.reshape(-1, x.shape[-1]).to(compute)  # (rows, in)
+    out = torch.empty(flat.shape[0], weight.shape[0], dtype=compute)  # (rows, out)
+    block = torch.empty(min(BLOCK_ROWS, weight.shape[0]), weight.shape[1], dtype=compute)
     for start in range(0, weight.shape[0], BLOCK_ROWS):
         rows = weight[start : start + BLOCK_ROWS]
-        widened = block[: rows.shape[0]]
-        widened.copy_(rows)
-        torch.mm(flat, widened.t(), out=out[:, start : start + rows.shape[0]])
+        converted = block[: rows.shape[0]]
+        converted.copy_(rows)
+        torch.mm(flat, converted.t(), out=out[:, start : start + rows.shape[0]])
     if bias is not None:
-        out += bias.float()
+        out += bias.to(compute)
     return out.to(x.dtype).reshape(*x.shape[:-1], weight.shape[0])
 
 

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from kogpt.loading import int4
-from kogpt.loading.bf16 import blocked_float32_linear
+from kogpt.loading.bf16 import blocked_linear
 from kogpt.loading.phases import MANY_ROWS, PHASES
 
 log = logging.getLogger(__name__)
@@ -89,8 +89,8 @@ def _float(dtype: torch.dtype) -> tuple[Callable, Callable]:
     return (lambda w: {"weight": w.to(dtype, copy=True)}), (lambda x, t: F.linear(x.to(dtype), t["weight"]))
 
 
-def _blocked(dtype: torch.dtype) -> Callable:
-    return lambda x, t: blocked_float32_linear(x.to(dtype), t["weight"], None)
+def _blocked(dtype: torch.dtype, compute: torch.dtype = torch.float32) -> Callable:
+    return lambda x, t: blocked_linear(x.to(dtype), t["weight"], None, compute)
 
 
 def _run_bf16mv(x: torch.Tensor, t: Tensors) -> torch.Tensor:
@@ -117,6 +117,7 @@ KERNELS: dict[str, Kernel] = {
         Kernel("bf16f32", "16bit", 2, _float(torch.bfloat16)[0], _blocked(torch.bfloat16), "bfloat16 weights widened to float32 a block at a time (many rows)", stored_as="bf16", phases=("batch", "prefill")),
         Kernel("fp16", "16bit", 2, *_float(torch.float16), "float16 weights and activations (F.linear)", dtype=torch.float16),
         Kernel("fp16f32", "16bit", 2, _float(torch.float16)[0], _blocked(torch.float16), "float16 weights widened to float32 a block at a time (many rows)", dtype=torch.float16, stored_as="fp16", phases=("batch", "prefill")),
+        Kernel("fp16bf16", "16bit", 2, _float(torch.float16)[0], _blocked(torch.float16, torch.bfloat16), "float16 weights converted to bfloat16 a block at a time (many rows)", dtype=torch.float16, stored_as="fp16", phases=("batch", "prefill")),
         Kernel("fp32", "32bit", 4, *_float(torch.float32), "float32 (F.linear); the accuracy reference", dtype=torch.float32),
         Kernel("w8", "int8", 1, _pack_w8, _run_w8, "int8 weights, bfloat16 activations (_weight_int8pack_mm)", ("weight", "scales")),
         Kernel("w8a8", "int8", 1, _pack_w8, _run_w8a8, "int8 weights x int8 activations quantized per token (torch._int_mm)", ("weight", "scales"), stored_as="w8"),
