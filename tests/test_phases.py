@@ -136,3 +136,25 @@ def test_a_kernel_asked_for_runs_its_phases_and_its_layouts_own_kernel_the_rest(
     assert chooser.forced_phases("fp16f32") == {"step": "fp16", "batch": "fp16f32", "prefill": "fp16f32"}
     assert chooser.forced_phases("fp16bf16") == {"step": "fp16", "batch": "fp16bf16", "prefill": "fp16bf16"}
     assert chooser.forced_phases("w8a8") == {"step": "w8a8", "batch": "w8a8", "prefill": "w8a8"}
+
+
+def test_plan_shows_the_remembered_kernel_of_each_phase_and_why(tiny_dir, capsys):
+    """`--plan` after a (here injected) measurement: the phases in JSON and in the CPU line."""
+    import json
+
+    from kogpt.cli.main import main
+    from kogpt.loading.checkpoint import read_config
+    from kogpt.loading.kernels import linear_shapes
+
+    config = read_config(str(tiny_dir), None)
+    table = {"w8": {1: 1.0, 4: 1.1, 128: 40.0}, "w8a8": {1: 1.2, 4: 2.5, 128: 10.0}}
+    shapes = linear_shapes(config)
+    choices.choice_for("int8", shapes, 1, by_rows(table), accuracy=accurate, prompt_shapes=linear_shapes(config, lm_head=False))
+    argv = ["--model", str(tiny_dir), "--device", "cpu", "--quantize", "int8", "--threads", "1", "--plan"]
+    assert main([*argv, "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["kernel"] == "w8" and plan["kernel_phases"] == {"step": "w8", "batch": "w8", "prefill": "w8a8"}
+    assert "prompt chunks of 128 w8a8" in plan["kernel_reason"]
+    assert main(argv) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "kernel w8 (1 row w8, 4 rows w8, prompt chunks of 128 w8a8): measured on this CPU" in out
