@@ -28,14 +28,14 @@ class CpuLinear(nn.Linear):
     """An `nn.Linear` whose inputs go to the run function of their phase (`phases.phase_of` their
     rows); a phase without one, a model cast to another dtype since, and training use `F.linear`."""
 
-    runs: dict[str, Run] = {}
+    runs: dict[str, Run] | None = None  # set per layer by `apply`
     runs_dtype: torch.dtype | None = None  # the weight's dtype the runs were given for
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // x.shape[-1]
         training = torch.is_grad_enabled() and (self.weight.requires_grad or x.requires_grad)
         cast = x.dtype != self.weight.dtype or self.weight.dtype != self.runs_dtype
-        run = None if cast or training else self.runs.get(phase_of(rows))
+        run = None if cast or training or not self.runs else self.runs.get(phase_of(rows))
         if run is None:
             return super().forward(x)
         out = run(x.reshape(rows, self.in_features), {"weight": self.weight})  # (rows, out)

@@ -26,7 +26,14 @@ from kogpt.loading.kernels import (
     default_measure,
     last_level_cache_bytes,
 )
-from kogpt.loading.phases import NEW_TOKENS, PHASES, PROMPT_TOKENS, ROWS, describe, request_seconds
+from kogpt.loading.phases import (
+    NEW_TOKENS,
+    PHASES,
+    PROMPT_TOKENS,
+    ROWS,
+    describe,
+    request_seconds,
+)
 
 log = logging.getLogger(__name__)
 
