@@ -3,7 +3,7 @@
     flock /tmp/kogpt-6b.lock python benchmarks/kernel_timings.py --threads 2 --out /tmp/kogpt-kernels.json
 
 For each shape (4096x4096, 16384x4096, 4096x16384, lm_head 64512x4096) and each candidate kernel,
-one (1, in) x (in, out) product is timed over copies of the packed weight that together exceed
+one (rows, in) x (in, out) product (`--rows`, default 1: a decode step; 128: a prompt chunk) is timed over copies of the packed weight that together exceed
 `--rotate-mib` (default: 1.25x the last-level cache), so the weight streams from memory as in a
 decode step. Each round times every kernel once, after a read-bandwidth measurement (the faster of
 `sum()` and a matrix-vector product over a buffer of that size), so that a shared machine's changing
@@ -63,11 +63,11 @@ def torchao_layer(factory, weight: torch.Tensor):
     return layer
 
 
-def contestants(shape, ours, theirs, rotate: int) -> dict:
+def contestants(shape, ours, theirs, rotate: int, rows: int = 1) -> dict:
     """{name: (run(x) over one copy, copies, bytes per product, relative error)} for one shape."""
     out_features, in_features = shape
     weight = torch.randn(out_features, in_features) * 0.02
-    x = torch.randn(1, in_features)
+    x = torch.randn(rows, in_features)
     exact = x @ weight.t()
     found = {}
     for kernel in ours:
@@ -100,16 +100,16 @@ def theirs_bytes(name: str) -> float:
     return {"ao-w8": 1, "ao-w8a8": 1, "ao-w4g128": 0.5 + 4 / 128, "ao-a8w4g32": 0.5 + 2 / 32}[name]
 
 
-def measure_shape(shape, ours, theirs, rotate: int, rounds: int) -> list[dict]:
+def measure_shape(shape, ours, theirs, rotate: int, rounds: int, rows: int = 1) -> list[dict]:
     """Every contestant once per round, interleaved with a bandwidth measurement, so that a shared
     machine's changing load falls on all of them alike; the best round of each is kept."""
-    found = contestants(shape, ours, theirs, rotate)
+    found = contestants(shape, ours, theirs, rotate, rows)
     best = {name: float("inf") for name, value in found.items() if isinstance(value, tuple)}
     cpu = dict(best)
     bandwidth = cpu_bandwidth = 0.0
     threads = torch.get_num_threads()
     matrix, vector = torch.ones(max(1, rotate // 4096), 1024), torch.ones(1024)
-    x = torch.randn(1, shape[1])
+    x = torch.randn(rows, shape[1])
     with torch.no_grad():
         for name in best:
             run, copies, _, _ = found[name]
@@ -128,10 +128,10 @@ def measure_shape(shape, ours, theirs, rotate: int, rounds: int) -> list[dict]:
     rows = []
     for name, value in found.items():
         if not isinstance(value, tuple):
-            rows.append({"kernel": name, "shape": shape, "error": value})
+            rows.append({"kernel": name, "shape": shape, "rows": x.shape[0], "error": value})
             continue
         _, copies, size, error = value
-        rows.append({"kernel": name, "shape": shape, "ms": 1000 * best[name], "rel_error": error, "read_gb_s": bandwidth / 1e9,
+        rows.append({"kernel": name, "shape": shape, "rows": x.shape[0], "ms": 1000 * best[name], "rel_error": error, "read_gb_s": bandwidth / 1e9,
                      "bandwidth_pct": 100 * size / best[name] / bandwidth, "copies": len(copies),
                      "cpu_ms": 1000 * cpu[name], "cpu_read_gb_s": cpu_bandwidth / 1e9,
                      "cpu_bandwidth_pct": 100 * size / cpu[name] / cpu_bandwidth})  # fmt: skip
@@ -146,6 +146,7 @@ def main() -> None:
     parser.add_argument("--rotate-mib", type=int, default=0, help="weight bytes to rotate over per kernel (default: 1.25x the last-level cache)")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--kernels", default="", help="comma-separated subset (default: all, torchao's included)")
+    parser.add_argument("--rows", type=int, default=1, help="input rows per product: 1 (a decode step), 4 (a batch), 128 (a prompt chunk)")
     parser.add_argument("--out", help="write the figures as JSON here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -159,9 +160,9 @@ def main() -> None:
     print(f"threads {args.threads}, rotating over {rotate / 2**20:.0f} MiB per kernel (last-level cache {llc / 2**20:.0f} MiB)", file=sys.stderr)
     rows = []
     for shape in SHAPES[args.preset]:
-        rows += measure_shape(shape, ours, theirs, rotate, args.rounds)
+        rows += measure_shape(shape, ours, theirs, rotate, args.rounds, args.rows)
     bandwidths = [r["read_gb_s"] for r in rows if "read_gb_s" in r]
-    result = {"machine": machine(), "threads": args.threads, "rotate_mib": rotate / 2**20, "llc_mib": llc / 2**20,
+    result = {"machine": machine(), "threads": args.threads, "input_rows": args.rows, "rotate_mib": rotate / 2**20, "llc_mib": llc / 2**20,
               "read_gb_s": max(bandwidths, default=0.0), "loadavg": os.getloadavg(), "rows": rows}  # fmt: skip
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=1))
@@ -181,7 +182,7 @@ def clock_table(result: dict, clock: str) -> str:
     key = "cpu_read_gb_s" if clock == "cpu" else "read_gb_s"
     bws = [r[key] for r in result["rows"] if key in r] or [result["read_gb_s"]]
     lines = [
-        f"{clock} clock: threads {result['threads']}; each cell: the best of rounds that interleave every kernel with a read-bandwidth "
+        f"{clock} clock: threads {result['threads']}, {result.get('input_rows', 1)} input rows; each cell: the best of rounds that interleave every kernel with a read-bandwidth "
         f"measurement, % of the best bandwidth of that shape's rounds ({min(bws):.1f}-{max(bws):.1f} GB/s); rotating over "
         f"{result['rotate_mib']:.0f} MiB of weights per kernel (last-level cache {result['llc_mib']:.0f} MiB); "
         f"load average {result.get('loadavg', ['?'])[0]}",

@@ -23,6 +23,7 @@ import torch
 from transformers import GPTJConfig, GPTJForCausalLM
 
 from kogpt.loading import bf16 as prefill
+from kogpt.loading.kernels import KERNELS
 
 
 def timed(model, ids) -> float:
@@ -51,7 +52,7 @@ def main() -> None:
             if type(module) is prefill.CpuLinear:
                 module.__class__ = torch.nn.Linear
         base = timed(plain, ids)
-        prefill.apply(plain, upcast=True)
+        prefill.apply(plain, {"prefill": KERNELS["bf16f32"].run})
         fast = timed(plain, ids)
         print(f"| {tokens} | {base:.2f} | {fast:.2f} | {base / fast:.2f}x |")
 

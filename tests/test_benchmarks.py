@@ -22,6 +22,8 @@ SMALLEST = {
     "checkpoint.py": ["{out}/ckpt", "tiny"],
     "engine.py": ["--preset", "tiny", "--formats", "default", "--rounds", "1", "--out", "{out}"],
     "omp_policy.py": ["--preset", "tiny", "--rounds", "1", "--new-tokens", "4"],
+    "request.py": ["{tiny}", "--kernels", "int8,w8a8,fp16f32", "--rounds", "1", "--prompt-tokens", "40", "--new-tokens", "4",
+                   "--out", "{out}/request.json"],  # fmt: skip
 }
 IMPORTED = {
     "common.py": "run.py",
@@ -65,8 +67,8 @@ def test_a_benchmark_script_does_not_import_its_neighbours_as_packages(script, t
 
 @pytest.mark.timeout(900)  # a minute on a quiet machine; much more when the CPUs are shared
 @pytest.mark.parametrize("script", sorted(SMALLEST))
-def test_benchmark_runs_on_its_smallest_preset(script, tmp_path):
-    argv = [arg.format(out=tmp_path) for arg in SMALLEST[script]]
+def test_benchmark_runs_on_its_smallest_preset(script, tmp_path, tiny_dir):
+    argv = [arg.format(out=tmp_path, tiny=tiny_dir) for arg in SMALLEST[script]]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(BENCHMARKS.parent)}
     done = subprocess.run(
         [sys.executable, str(BENCHMARKS / script), *argv], cwd=BENCHMARKS, env=env, capture_output=True, text=True,
@@ -83,6 +85,11 @@ def test_benchmark_runs_on_its_smallest_preset(script, tmp_path):
         runs = json.loads(done.stdout.strip().splitlines()[-1])["runs"]
         assert [(r["front_end"], len(r["tok_s"])) for r in runs] == [("cli", 1), ("serve", 1)]
         assert all(r["median"] > 0 for r in runs)
+    if script == "request.py":
+        results = json.loads((tmp_path / "request.json").read_text())["results"]
+        assert [r.get("error") for r in results] == [None] * 3, results
+        assert results[1]["phases"] == {"step": "w8a8", "batch": "w8a8", "prefill": "w8a8"}
+        assert results[2]["phases"]["prefill"] == "fp16f32" and "| `fp16f32` |" in done.stdout
     if script == "engine.py":
         (fmt,) = json.loads((tmp_path / "engine-results.json").read_text())["formats"]
         assert fmt["retry"]["reused"] == fmt["retry"]["prompt_tokens"]  # the retry fed nothing again

@@ -1,5 +1,6 @@
-"""bfloat16 Linears on the CPU: a decode step by torch.mv (kernel bf16mv), and many-row inputs in
-float32 on CPUs without fast bfloat16 matrix instructions."""
+"""16-bit Linears on the CPU: each phase by its own kernel (a decode step by torch.mv, kernel
+bf16mv; many-row inputs in float32 blocks, bf16f32 and fp16f32), and float32 prompts on CPUs
+without fast bfloat16 matrix instructions."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from torch import nn
 from kogpt import KoGPT
 from kogpt.errors import KoGPTError
 from kogpt.loading import bf16 as prefill
+from kogpt.loading.kernels import KERNELS
+from kogpt.loading.phases import MANY_ROWS
 
 
 def test_blocked_float32_linear_equals_a_float32_linear(monkeypatch):
@@ -26,18 +29,30 @@ def test_blocked_float32_linear_equals_a_float32_linear(monkeypatch):
     assert torch.equal(got, expected)
 
 
-def test_only_many_row_inputs_take_the_float32_path(monkeypatch):
+def test_a_layer_dispatches_by_rows_to_its_phase_kernel():
     calls = []
-    real = prefill.blocked_float32_linear
-    monkeypatch.setattr(prefill, "blocked_float32_linear", lambda *a: (calls.append(a[0].shape), real(*a))[1])
+
+    def recording(phase):
+        return lambda x, t: (calls.append((phase, x.shape[0])), KERNELS["bf16f32"].run(x, t))[1]
+
     layer = nn.Linear(8, 4).to(torch.bfloat16).requires_grad_(False)
-    assert prefill.apply(nn.Sequential(layer), upcast=True) == 1 and isinstance(layer, prefill.CpuLinear)
-    layer(torch.randn(1, 1, 8, dtype=torch.bfloat16))
-    layer(torch.randn(1, prefill.MIN_ROWS, 8, dtype=torch.bfloat16))
-    assert calls == [(1, prefill.MIN_ROWS, 8)]
+    runs = {phase: recording(phase) for phase in ("step", "batch", "prefill")}
+    assert prefill.apply(nn.Sequential(layer), runs) == 1 and isinstance(layer, prefill.CpuLinear)
+    for rows in (1, 4, MANY_ROWS - 1, MANY_ROWS, 128):
+        out = layer(torch.randn(1, rows, 8, dtype=torch.bfloat16))
+        assert out.shape == (1, rows, 4)
+    assert calls == [("step", 1), ("batch", 4), ("batch", MANY_ROWS - 1), ("prefill", MANY_ROWS), ("prefill", 128)]
     layer.requires_grad_(True)  # training: autograd needs the ordinary kernel
-    layer(torch.randn(1, prefill.MIN_ROWS, 8, dtype=torch.bfloat16))
-    assert len(calls) == 1
+    layer(torch.randn(1, MANY_ROWS, 8, dtype=torch.bfloat16))
+    assert len(calls) == 5
+
+
+def test_fp16f32_computes_float16_weights_in_float32_and_matches_float32():
+    torch.manual_seed(0)
+    weight, x = torch.randn(64, 32).half(), torch.randn(20, 32).half()
+    got = KERNELS["fp16f32"].run(x, {"weight": weight})
+    assert got.dtype == torch.float16
+    assert torch.equal(got, (x.float() @ weight.float().t()).half())
 
 
 def test_a_bfloat16_cpu_load_uses_it_and_generates_the_same(tiny_dir, monkeypatch):
@@ -48,7 +63,7 @@ def test_a_bfloat16_cpu_load_uses_it_and_generates_the_same(tiny_dir, monkeypatc
     assert any(isinstance(m, prefill.CpuLinear) for m in fast.model.modules())
     assert not any(isinstance(m, prefill.CpuLinear) for m in plain.model.modules())
     ids = torch.tensor([fast.encode("한국어 언어 모델은 문장을 이어서 쓰는 일을 잘한다.")])
-    assert ids.shape[1] >= prefill.MIN_ROWS
+    assert ids.shape[1] >= MANY_ROWS
     with torch.inference_mode():
         reference = fast.model.float()(ids).logits
         fast.model.to(torch.bfloat16)
@@ -66,7 +81,7 @@ def test_one_row_goes_through_torch_mv_when_gemv_is_on(monkeypatch):
     torch.manual_seed(0)
     layer = nn.Linear(16, 8).to(torch.bfloat16).requires_grad_(False)
     expected = [layer(torch.ones(1, 1, 16, dtype=torch.bfloat16)), layer(torch.ones(16, dtype=torch.bfloat16))]
-    prefill.apply(nn.Sequential(layer), upcast=False, gemv=True)
+    prefill.apply(nn.Sequential(layer), {"step": KERNELS["bf16mv"].run})
     got = [layer(torch.ones(1, 1, 16, dtype=torch.bfloat16)), layer(torch.ones(16, dtype=torch.bfloat16))]
     assert calls == [(16,), (16,)]
     for g, e in zip(got, expected, strict=True):
@@ -81,7 +96,7 @@ def test_the_bf16mv_kernel_shares_the_cache_with_bf16_and_decodes_the_same(tiny_
         gemv = KoGPT.load(str(tiny_bin_dir), device="cpu", dtype="bfloat16", kernel="bf16mv")
     assert "mapped from the converted-weights cache" in caplog.text  # the same bfloat16 tensors
     layers = [m for m in gemv.model.modules() if isinstance(m, nn.Linear)]
-    assert layers and all(isinstance(m, prefill.CpuLinear) and m.gemv for m in layers)
+    assert layers and all(isinstance(m, prefill.CpuLinear) and m.runs["step"] is KERNELS["bf16mv"].run for m in layers)
     assert not any(isinstance(m, prefill.CpuLinear) for m in plain.model.modules())
     with pytest.raises(KoGPTError, match="computes in float16, not in the bfloat16"):
         KoGPT.load(str(tiny_bin_dir), device="cpu", dtype="bfloat16", kernel="fp16")

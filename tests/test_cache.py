@@ -137,8 +137,9 @@ def loads(caplog, path, **kwargs):
 def test_the_second_load_maps_the_cache_and_generates_the_same(tiny_bin_dir, caplog, quantize):
     first, log_first = loads(caplog, tiny_bin_dir, quantize=quantize)
     assert "cached the converted weights" in log_first
-    second, log_second = loads(caplog, tiny_bin_dir, quantize=quantize, kernel=first.loaded.kernel)
+    second, log_second = loads(caplog, tiny_bin_dir, quantize=quantize)  # the remembered kernels, per phase
     assert "mapped from the converted-weights cache" in log_second
+    assert second.loaded.decision.phases == first.loaded.decision.phases
     for name, tensor in first.model.state_dict().items():
         assert torch.equal(second.model.state_dict()[name], tensor), name
     prompt = "인간처럼 생각하고,"
@@ -182,7 +183,7 @@ def test_mapped_tensors_start_on_64_byte_boundaries(tiny_bin_dir, caplog, quanti
     """safetensors packs tensors back to back; the CPU kernels may load them with aligned vector
     instructions, so every tensor the cache hands out starts on a 64-byte boundary."""
     first, _ = loads(caplog, tiny_bin_dir, quantize=quantize)
-    second, text = loads(caplog, tiny_bin_dir, quantize=quantize, kernel=first.loaded.kernel)
+    second, text = loads(caplog, tiny_bin_dir, quantize=quantize)
     assert "mapped from the converted-weights cache" in text
     unaligned = [name for name, t in second.model.state_dict().items() if t.numel() and t.data_ptr() % 64]
     assert unaligned == []
@@ -233,7 +234,7 @@ def test_no_mmap_reads_the_cache_into_memory_and_generates_the_same(tiny_bin_dir
     out, instead of a mapping of the cache file."""
     first, _ = loads(caplog, tiny_bin_dir, quantize=quantize)
     entry = cache.entries()[0][0]
-    mapped, text = loads(caplog, tiny_bin_dir, quantize=quantize, kernel=first.loaded.kernel)
+    mapped, text = loads(caplog, tiny_bin_dir, quantize=quantize)
     assert "mapped from the converted-weights cache" in text
     if mapped_files():
         assert str(entry) in mapped_files()
@@ -241,7 +242,7 @@ def test_no_mmap_reads_the_cache_into_memory_and_generates_the_same(tiny_bin_dir
     import gc
 
     gc.collect()
-    read, text = loads(caplog, tiny_bin_dir, quantize=quantize, kernel=first.loaded.kernel, mmap=False)
+    read, text = loads(caplog, tiny_bin_dir, quantize=quantize, mmap=False)
     assert "read into memory from the converted-weights cache" in text
     if mapped_files():
         assert str(entry) not in mapped_files()

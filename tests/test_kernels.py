@@ -9,13 +9,13 @@ import pytest
 import torch
 
 from kogpt import KoGPT
-from kogpt.loading import choices, kernels
+from kogpt.loading import choices, chooser, kernels
 
 SHAPES = {(64, 64): 8, (256, 64): 2, (64, 256): 2}
 
 
 def timings(seconds: dict[str, float], calls: list | None = None):
-    def measure(kernel, shape):
+    def measure(kernel, shape, rows=1):
         if calls is not None:
             calls.append((kernel.name, shape))
         return seconds[kernel.name]
@@ -28,14 +28,14 @@ def errors(values: dict[str, float]):
 
 
 def test_the_fastest_kernel_that_passes_the_accuracy_check_wins():
-    choice = kernels.choose("int8", SHAPES, timings({"w8": 3.0, "w8a8": 2.0}), accuracy=errors({}))
+    choice = chooser.choose("int8", SHAPES, timings({"w8": 3.0, "w8a8": 2.0}), accuracy=errors({}))
     assert choice.kernel == "w8a8"
     assert choice.seconds == {"w8": 3.0 * 12, "w8a8": 2.0 * 12}  # one pass: count x time per shape
     assert "fastest of 2" in choice.why
 
 
 def test_an_inaccurate_kernel_is_rejected_however_fast():
-    choice = kernels.choose("int8", SHAPES, timings({"w8": 3.0, "w8a8": 1.0}), accuracy=errors({"w8a8": 0.5}))
+    choice = chooser.choose("int8", SHAPES, timings({"w8": 3.0, "w8a8": 1.0}), accuracy=errors({"w8a8": 0.5}))
     assert choice.kernel == "w8"
     assert "rejected as inaccurate: w8a8" in choice.why
 
@@ -43,7 +43,7 @@ def test_an_inaccurate_kernel_is_rejected_however_fast():
 def test_within_five_percent_the_more_accurate_kernel_wins():
     seconds = {"w4g32": 1.04, "w4g64": 1.0, "w4g128": 1.3, "w4g256": 1.5}
     accuracy = errors({"w4g32": 0.07, "w4g64": 0.09, "w4g128": 0.1, "w4g256": 0.11})
-    choice = kernels.choose("int4", {(64, 256): 1}, timings(seconds), accuracy=accuracy)
+    choice = chooser.choose("int4", {(64, 256): 1}, timings(seconds), accuracy=accuracy)
     assert choice.kernel == "w4g32" and "the most accurate" in choice.why
 
 
@@ -51,10 +51,10 @@ def test_within_five_percent_the_standard_kernel_wins():
     """Group 128 (0.53 bytes a weight) over a more accurate group 32 (0.63) that is barely faster."""
     seconds = {"w4g32": 1.0, "w4g64": 1.02, "w4g128": 1.04, "w4g256": 1.5}
     accuracy = errors({"w4g32": 0.07, "w4g64": 0.09, "w4g128": 0.1, "w4g256": 0.11})
-    choice = kernels.choose("int4", {(64, 256): 1}, timings(seconds), accuracy=accuracy)
+    choice = chooser.choose("int4", {(64, 256): 1}, timings(seconds), accuracy=accuracy)
     assert choice.kernel == kernels.DEFAULTS["int4"] == "w4g128" and "the standard kernel" in choice.why
     seconds["w4g128"] = 1.06  # just outside the tie: the fastest group wins again
-    assert kernels.choose("int4", {(64, 256): 1}, timings(seconds), accuracy=accuracy).kernel == "w4g32"
+    assert chooser.choose("int4", {(64, 256): 1}, timings(seconds), accuracy=accuracy).kernel == "w4g32"
 
 
 def test_a_kernel_that_does_not_run_here_is_skipped():
@@ -63,20 +63,20 @@ def test_a_kernel_that_does_not_run_here_is_skipped():
             raise RuntimeError("not implemented for this CPU")
         return 0.001
 
-    assert kernels.choose("int8", SHAPES, timings({"w8": 3.0, "w8a8": 1.0}), accuracy=accuracy).kernel == "w8"
+    assert chooser.choose("int8", SHAPES, timings({"w8": 3.0, "w8a8": 1.0}), accuracy=accuracy).kernel == "w8"
 
 
 def test_no_passing_kernel_is_an_error_that_names_the_rejected():
     with pytest.raises(RuntimeError, match="no int8 kernel runs correctly.*w8"):
-        kernels.choose("int8", SHAPES, timings({"w8": 1.0, "w8a8": 1.0}), accuracy=errors({"w8": 1.0, "w8a8": 1.0}))
+        chooser.choose("int8", SHAPES, timings({"w8": 1.0, "w8a8": 1.0}), accuracy=errors({"w8": 1.0, "w8a8": 1.0}))
     with pytest.raises(ValueError, match="unknown weight format"):
-        kernels.choose("int3", SHAPES, timings({}))
+        chooser.choose("int3", SHAPES, timings({}))
 
 
 def test_int4_groups_that_do_not_divide_the_inputs_are_not_candidates():
     calls: list = []
     seconds = {"w4g32": 2.0, "w4g64": 1.0, "w4g128": 0.1, "w4g256": 0.1}
-    choice = kernels.choose("int4", {(64, 64): 1}, timings(seconds, calls), accuracy=errors({}))
+    choice = chooser.choose("int4", {(64, 64): 1}, timings(seconds, calls), accuracy=errors({}))
     assert choice.kernel == "w4g64" and {name for name, _ in calls} == {"w4g32", "w4g64"}
 
 
@@ -133,7 +133,7 @@ def test_threads_default_to_the_physical_cores_and_are_applied():
 def test_every_kernel_runs_on_this_cpu_and_the_measurement_runs():
     for kernel in kernels.KERNELS.values():
         assert kernel.buffers == tuple(kernel.pack(torch.randn(32, 256)).keys())
-        assert kernels.relative_error(kernel) < kernels.TOLERANCE[kernel.format]
+        assert chooser.relative_error(kernel) < kernels.TOLERANCE[kernel.format]
     assert kernels.time_kernel(kernels.KERNELS["w8"], (32, 64), rotate_bytes=1 << 14, rounds=1) > 0
 
 

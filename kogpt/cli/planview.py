@@ -144,4 +144,5 @@ def decision_as_dict(decision: Decision, title: str = "KoGPT") -> dict:
         "threads": decision.threads,
         "kernel": decision.kernel,
         "kernel_reason": decision.kernel_reason,
+        "kernel_phases": dict(decision.phases),
     }

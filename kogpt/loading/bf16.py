@@ -1,57 +1,66 @@
-"""bfloat16 Linear layers on the CPU: a decode step by `torch.mv`, and prompts in float32 where needed.
+"""16-bit Linear layers on the CPU that run each phase of a request with its own kernel, and
+`blocked_float32_linear`, the float32 way of computing many rows on 16-bit weights.
 
-- `gemv`: one input row (a decode step) is computed by `torch.mv`, where the kernel chooser measured
-  that faster than `F.linear` (kernel `bf16mv`; 1.15-1.2x on a 2-vCPU Xeon, rotating over more weight
-  than its cache holds).
-- `upcast`: on CPUs without bfloat16 matrix instructions (no AVX512-BF16, no AMX), torch's bfloat16
-  matrix multiply costs about as much per input row as a matrix-vector product: measured, a
-  4096x16384 layer takes 1.38 s for 200 rows (a 200-token prompt) against 0.31 s when the weight is
-  widened to float32 in 1024-row blocks and the float32 GEMM does the work.
+- a decode step's one row may go through `torch.mv` (kernel `bf16mv`; 1.15-1.2x on a 2-vCPU Xeon,
+  rotating over more weight than its cache holds);
+- many rows may be computed in float32, widening the weight a block at a time (`bf16f32`,
+  `fp16f32`), or float16 weights in bfloat16 (`fp16bf16`, for CPUs with bfloat16 matrix
+  instructions, where float16's own products are slow): on CPUs without bfloat16 matrix instructions (no AVX512-BF16, no AMX), torch's
+  bfloat16 matrix multiply costs about as much per row as a matrix-vector product (measured, a
+  4096x16384 layer: 1.38 s for 200 rows against 0.31 s in float32 blocks of 1024 rows), and
+  float16's does on most CPUs.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
-MIN_ROWS = 16  # below this the bfloat16 kernel is as fast (20 rows: 141 ms vs 132 ms)
+from kogpt.loading.phases import phase_of
+
 BLOCK_ROWS = 1024  # weight rows widened at a time: 16 MiB of float32 for KoGPT's 4096 columns
+Run = Callable[[torch.Tensor, dict[str, torch.Tensor]], torch.Tensor]  # x (rows, in), {"weight": w} -> (rows, out)
 
 
 class CpuLinear(nn.Linear):
-    """An `nn.Linear` whose one-row inputs may go through `torch.mv` (`gemv`) and whose many-row
-    inputs may be computed in float32, a block of the weight at a time (`upcast`)."""
+    """An `nn.Linear` whose inputs go to the run function of their phase (`phases.phase_of` their
+    rows); a phase without one, a model cast to another dtype since, and training use `F.linear`."""
 
-    gemv = False
-    upcast = False
+    runs: dict[str, Run] | None = None  # set per layer by `apply`
+    runs_dtype: torch.dtype | None = None  # the weight's dtype the runs were given for
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // x.shape[-1]
         training = torch.is_grad_enabled() and (self.weight.requires_grad or x.requires_grad)
-        if self.weight.dtype != torch.bfloat16 or x.dtype != torch.bfloat16 or training:
+        cast = x.dtype != self.weight.dtype or self.weight.dtype != self.runs_dtype
+        run = None if cast or training or not self.runs else self.runs.get(phase_of(rows))
+        if run is None:
             return super().forward(x)
-        if rows == 1 and self.gemv:
-            out = torch.mv(self.weight, x.reshape(-1))
-            if self.bias is not None:
-                out += self.bias
-            return out.reshape(*x.shape[:-1], self.out_features)
-        if rows >= MIN_ROWS and self.upcast:
-            return blocked_float32_linear(x, self.weight, self.bias)
-        return super().forward(x)
+        out = run(x.reshape(rows, self.in_features), {"weight": self.weight})  # (rows, out)
+        if self.bias is not None:
+            out += self.bias
+        return out.reshape(*x.shape[:-1], self.out_features)
 
 
 def blocked_float32_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """`F.linear(x, weight, bias)` computed in float32, widening `weight` (out, in) block by block."""
-    flat = x.reshape(-1, x.shape[-1]).float()  # (rows, in)
-    out = torch.empty(flat.shape[0], weight.shape[0], dtype=torch.float32)  # (rows, out)
-    block = torch.empty(min(BLOCK_ROWS, weight.shape[0]), weight.shape[1], dtype=torch.float32)
+    return blocked_linear(x, weight, bias, torch.float32)
+
+
+def blocked_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, compute: torch.dtype) -> torch.Tensor:
+    """`F.linear(x, weight, bias)` computed in `compute`, converting `weight` (out, in) block by block."""
+    flat = x.reshape(-1, x.shape[-1]).to(compute)  # (rows, in)
+    out = torch.empty(flat.shape[0], weight.shape[0], dtype=compute)  # (rows, out)
+    block = torch.empty(min(BLOCK_ROWS, weight.shape[0]), weight.shape[1], dtype=compute)
     for start in range(0, weight.shape[0], BLOCK_ROWS):
         rows = weight[start : start + BLOCK_ROWS]
-        widened = block[: rows.shape[0]]
-        widened.copy_(rows)
-        torch.mm(flat, widened.t(), out=out[:, start : start + rows.shape[0]])
+        converted = block[: rows.shape[0]]
+        converted.copy_(rows)
+        torch.mm(flat, converted.t(), out=out[:, start : start + rows.shape[0]])
     if bias is not None:
-        out += bias.float()
+        out += bias.to(compute)
     return out.to(x.dtype).reshape(*x.shape[:-1], weight.shape[0])
 
 
@@ -62,12 +71,12 @@ def needs_upcast() -> bool:
     return not fast
 
 
-def apply(model: nn.Module, *, upcast: bool, gemv: bool = False) -> int:
-    """Make every plain `nn.Linear` of `model` a `CpuLinear` doing `upcast` and `gemv`; return how many."""
+def apply(model: nn.Module, runs: dict[str, Run]) -> int:
+    """Make every plain `nn.Linear` of `model` a `CpuLinear` with `runs` ({phase: run}); return how many."""
     count = 0
     for module in model.modules():
         if type(module) is nn.Linear:
             module.__class__ = CpuLinear
-            module.upcast, module.gemv = upcast, gemv
+            module.runs, module.runs_dtype = dict(runs), module.weight.dtype
             count += 1
     return count

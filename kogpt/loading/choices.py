@@ -20,21 +20,21 @@ from pathlib import Path
 import torch
 
 from kogpt.errors import KoGPTError
+from kogpt.loading.chooser import Choice, choose, forced_phases
 from kogpt.loading.kernels import (
     DEFAULTS,
     KERNELS,
-    Choice,
     Measure,
     candidates,
-    choose,
     last_level_cache_bytes,
     linear_shapes,
     read_bandwidth,
 )
+from kogpt.loading.phases import PHASES
 
 log = logging.getLogger(__name__)
 
-CHOICE_VERSION = 3  # 2: the standard kernel wins ties; 3: keyed by the matrix shapes too
+CHOICE_VERSION = 4  # 2: the standard kernel wins ties; 3: keyed by the matrix shapes too; 4: a kernel per phase
 
 
 def machine_key(threads: int) -> str:
@@ -86,7 +86,10 @@ def cached_choice(fmt: str, threads: int, shapes: dict[tuple[int, int], int]) ->
         choice = Choice(**stored)
     except (KeyError, TypeError, ValueError):
         return None
-    if choice.format != fmt or not usable(choice.kernel, fmt, shapes) or not isinstance(choice.why, str):
+    phases = choice.phases if isinstance(choice.phases, dict) else {}
+    kernels_ok = all(usable(phases.get(phase), fmt, shapes) for phase in PHASES) and usable(choice.kernel, fmt, shapes)
+    one_layout = kernels_ok and len({KERNELS[name].layout for name in [choice.kernel, *phases.values()]}) == 1
+    if choice.format != fmt or not one_layout or not isinstance(choice.why, str):
         log.debug("ignoring the remembered %s kernel %r: it does not fit this model", fmt, choice.kernel)
         return None
     return choice
@@ -106,7 +109,8 @@ def forget() -> list[str]:
 def choice_for(
     fmt: str, shapes: dict[tuple[int, int], int], threads: int, measure: Measure | None = None, **inject
 ) -> Choice:
-    """The kernel for `fmt` on this machine: remembered, or measured now (seconds) and remembered."""
+    """The kernels for `fmt` on this machine: remembered, or measured now (seconds) and remembered.
+    `inject` goes to `chooser.choose` (`accuracy`, `prompt_shapes`)."""
     found = cached_choice(fmt, threads, shapes)
     if found is not None:
         log.debug("%s kernel %s (measured earlier on this machine: %s)", fmt, found.kernel, found.why)
@@ -136,27 +140,30 @@ def remember(choice: Choice, threads: int, shapes: dict[tuple[int, int], int]) -
         log.info("could not remember the kernel choice in %s: %s", path, exc)
 
 
-def kernel_for(config, fmt: str, requested: str | None, threads: int, measure: bool = True) -> tuple[str, str, torch.dtype]:
-    """(kernel, why, compute dtype) for `fmt` weights of a GPT-J `config`: `requested` when it can
-    compute them, else the fastest measured on this machine (remembered, or measured now when
-    `measure`; else the portable default, for `--plan`)."""
+def kernel_for(
+    config, fmt: str, requested: str | None, threads: int, measure: bool = True
+) -> tuple[str, str, torch.dtype, dict[str, str]]:
+    """(kernel, why, compute dtype, {phase: kernel}) for `fmt` weights of a GPT-J `config`:
+    `requested` when it can compute them (in its phases; its layout's own kernel in the others),
+    else the kernels measured fastest on this machine for the whole request (remembered, or
+    measured now when `measure`; else the portable default, for `--plan`)."""
     shapes = linear_shapes(config)
     widths = {n_in for _, n_in in shapes}
     fitting = [k.name for k in candidates(fmt) if all(k.fits(width) for width in widths)]
     if requested is not None:
         if requested not in fitting:
             raise KoGPTError(f"kernel {requested!r} does not compute {fmt} weights of this model; choose one of {', '.join(fitting)}")
-        return requested, "asked for", KERNELS[requested].dtype
+        return requested, "asked for", KERNELS[requested].dtype, forced_phases(requested)
     if measure:
-        choice = choice_for(fmt, shapes, threads)
+        choice = choice_for(fmt, shapes, threads, prompt_shapes=linear_shapes(config, lm_head=False))
         why = choice.why
     else:
         choice = cached_choice(fmt, threads, shapes)
         why = f"measured on this CPU: {choice.why}" if choice else "not measured on this CPU yet: the first load measures the candidates (seconds)"
     kernel = choice.kernel if choice else (DEFAULTS[fmt] if DEFAULTS[fmt] in fitting else fitting[-1])
-    return kernel, why, KERNELS[kernel].dtype
+    return kernel, why, KERNELS[kernel].dtype, choice.phases if choice else forced_phases(kernel)
 
 
-def planned_kernel(config, fmt: str, requested: str | None, threads: int) -> tuple[str, str, torch.dtype]:
+def planned_kernel(config, fmt: str, requested: str | None, threads: int) -> tuple[str, str, torch.dtype, dict[str, str]]:
     """`kernel_for` without measuring: what `--plan` shows."""
     return kernel_for(config, fmt, requested, threads, measure=False)

@@ -1,10 +1,10 @@
-"""The CPU matrix kernels for each weight format, and the choice of the fastest on this machine.
+"""The CPU matrix kernels for each weight format, and how to time them on this machine.
 
 For each format (16-bit, int8, int4) several kernels torch ships can do a Linear layer's work; which
-is fastest depends on the CPU (AVX2, AVX-512, VNNI, AMX) and the torch version. `choose()` times the
-candidates once on the model's own matrix shapes, rotating over more weight than the last-level
-cache holds, keeps the fastest that passes an accuracy check against float32, and remembers the
-choice per CPU model, core count, thread count and torch version in the user cache directory.
+is fastest depends on the CPU (AVX2, AVX-512, VNNI, AMX), the torch version and the number of input
+rows (a decode step's one row, a prompt chunk's 128). `time_kernel` times one on the model's own
+matrix shapes, rotating over more weight than the last-level cache holds; `kogpt.loading.chooser`
+picks per phase, and `kogpt.loading.choices` remembers the choice per machine.
 """
 
 from __future__ import annotations
@@ -13,19 +13,20 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from kogpt.loading import int4
+from kogpt.loading.bf16 import blocked_linear
+from kogpt.loading.phases import MANY_ROWS, PHASES
 
 log = logging.getLogger(__name__)
 
 FORMATS = ("16bit", "int8", "int4")
 TOLERANCE = {"16bit": 0.01, "int8": 0.03, "int4": 0.2, "32bit": 1e-5}  # relative error vs float32
-TIE = 0.05  # candidates within 5% of the fastest count as tied: the standard kernel, else the most accurate, wins
 Tensors = dict[str, torch.Tensor]
 
 
@@ -43,6 +44,7 @@ class Kernel:
     fits: Callable[[int], bool] = lambda in_features: True
     dtype: torch.dtype = torch.bfloat16  # the model's compute dtype with this kernel
     stored_as: str = ""  # another kernel whose packed tensors this one uses as they are
+    phases: tuple[str, ...] = PHASES  # the phases it is a candidate for (its layout's own kernel: all)
 
     @property
     def layout(self) -> str:
@@ -87,6 +89,10 @@ def _float(dtype: torch.dtype) -> tuple[Callable, Callable]:
     return (lambda w: {"weight": w.to(dtype, copy=True)}), (lambda x, t: F.linear(x.to(dtype), t["weight"]))
 
 
+def _blocked(dtype: torch.dtype, compute: torch.dtype = torch.float32) -> Callable:
+    return lambda x, t: blocked_linear(x.to(dtype), t["weight"], None, compute)
+
+
 def _run_bf16mv(x: torch.Tensor, t: Tensors) -> torch.Tensor:
     """One row (a decode step) by `torch.mv`, more by `F.linear`; `kogpt.loading.bf16` does the same in the model."""
     if x.shape[0] == 1:
@@ -107,8 +113,11 @@ KERNELS: dict[str, Kernel] = {
     k.name: k
     for k in [
         Kernel("bf16", "16bit", 2, *_float(torch.bfloat16), "bfloat16 weights and activations (F.linear)"),
-        Kernel("bf16mv", "16bit", 2, _float(torch.bfloat16)[0], _run_bf16mv, "bfloat16, a decode step by torch.mv", stored_as="bf16"),
+        Kernel("bf16mv", "16bit", 2, _float(torch.bfloat16)[0], _run_bf16mv, "bfloat16, a decode step by torch.mv", stored_as="bf16", phases=("step",)),
+        Kernel("bf16f32", "16bit", 2, _float(torch.bfloat16)[0], _blocked(torch.bfloat16), "bfloat16 weights widened to float32 a block at a time (many rows)", stored_as="bf16", phases=("batch", "prefill")),
         Kernel("fp16", "16bit", 2, *_float(torch.float16), "float16 weights and activations (F.linear)", dtype=torch.float16),
+        Kernel("fp16f32", "16bit", 2, _float(torch.float16)[0], _blocked(torch.float16), "float16 weights widened to float32 a block at a time (many rows)", dtype=torch.float16, stored_as="fp16", phases=("batch", "prefill")),
+        Kernel("fp16bf16", "16bit", 2, _float(torch.float16)[0], _blocked(torch.float16, torch.bfloat16), "float16 weights converted to bfloat16 a block at a time (many rows)", dtype=torch.float16, stored_as="fp16", phases=("batch", "prefill")),
         Kernel("fp32", "32bit", 4, *_float(torch.float32), "float32 (F.linear); the accuracy reference", dtype=torch.float32),
         Kernel("w8", "int8", 1, _pack_w8, _run_w8, "int8 weights, bfloat16 activations (_weight_int8pack_mm)", ("weight", "scales")),
         Kernel("w8a8", "int8", 1, _pack_w8, _run_w8a8, "int8 weights x int8 activations quantized per token (torch._int_mm)", ("weight", "scales"), stored_as="w8"),
@@ -125,28 +134,6 @@ DEFAULTS = {"16bit": "bf16", "int8": "w8", "int4": "w4g128"}
 
 def candidates(fmt: str, in_features: int = 4096) -> list[Kernel]:
     return [k for k in KERNELS.values() if k.format == fmt and k.fits(in_features)]
-
-
-@dataclass
-class Choice:
-    """The kernel chosen for one format on this machine, and why."""
-
-    format: str
-    kernel: str
-    why: str
-    seconds: dict[str, float] = field(default_factory=dict)  # per candidate: time of one pass over the shapes
-    errors: dict[str, float] = field(default_factory=dict)  # per candidate: relative error vs float32
-    bandwidth_gb_s: float = 0.0
-
-
-def relative_error(kernel: Kernel, in_features: int = 512, out_features: int = 256, rows: int = 4) -> float:
-    """‖kernel(x, W) − x Wᵀ‖ / ‖x Wᵀ‖ in float32 on a random weight shaped like a model's (N(0, 0.02))."""
-    generator = torch.Generator().manual_seed(0)
-    weight = torch.randn(out_features, in_features, generator=generator) * 0.02
-    x = torch.randn(rows, in_features, generator=generator)
-    exact = x @ weight.t()
-    got = kernel.run(x, kernel.pack(weight)).float()
-    return float((got - exact).norm() / exact.norm())
 
 
 def last_level_cache_bytes() -> int:
@@ -180,8 +167,8 @@ def read_bandwidth(nbytes: int, repeats: int = 3) -> float:
     return matrix.nbytes / min(read_seconds(matrix, vector) for _ in range(repeats))
 
 
-def time_kernel(kernel: Kernel, shape: tuple[int, int], rotate_bytes: int, rounds: int = 3) -> float:
-    """Seconds for one (1, in) x (in, out) product, timed over copies of the packed weight that
+def time_kernel(kernel: Kernel, shape: tuple[int, int], rotate_bytes: int, rounds: int = 3, rows: int = 1) -> float:
+    """Seconds for one (rows, in) x (in, out) product, timed over copies of the packed weight that
     together exceed `rotate_bytes`, so that the weight comes from memory and not from the cache."""
     out_features, in_features = shape
     weight = torch.randn(out_features, in_features) * 0.02
@@ -189,7 +176,7 @@ def time_kernel(kernel: Kernel, shape: tuple[int, int], rotate_bytes: int, round
     del weight
     size = sum(t.nbytes for t in packed.values())
     copies = [packed] + [{k: t.clone() for k, t in packed.items()} for _ in range(max(1, -(-rotate_bytes // size)) - 1)]
-    x = torch.randn(1, in_features)
+    x = torch.randn(rows, in_features)
     kernel.run(x, copies[0])  # warm-up: one-time setup inside the kernel
     per_round = []
     for _ in range(rounds):
@@ -200,7 +187,7 @@ def time_kernel(kernel: Kernel, shape: tuple[int, int], rotate_bytes: int, round
     return min(per_round)  # the least disturbed round: other processes only ever slow a round down
 
 
-Measure = Callable[[Kernel, tuple[int, int]], float]
+Measure = Callable[[Kernel, tuple[int, int], int], float]  # (kernel, (out, in), rows) -> seconds
 MEASURED_WEIGHTS = 1 << 26  # larger matrices (lm_head) are timed on a slice of this many weights and scaled
 
 
@@ -224,68 +211,25 @@ def set_threads(threads: int | None) -> int:
 
 
 def default_measure(rotate_bytes: int, rounds: int = 5) -> Measure:
-    """Time each shape as it is, but a matrix over 64M weights (an lm_head) on a slice, scaled."""
+    """Time each shape as it is, but a matrix over 64M weights (an lm_head) on a slice, scaled.
+    Many rows make a product compute-bound: those are timed on one copy, in 2 rounds."""
 
-    def measure(kernel: Kernel, shape: tuple[int, int]) -> float:
+    def measure(kernel: Kernel, shape: tuple[int, int], rows: int = 1) -> float:
+        rotate, repeat = (rotate_bytes, rounds) if rows < MANY_ROWS else (0, 2)
         out_features, in_features = shape
         if out_features * in_features <= MEASURED_WEIGHTS:
-            return time_kernel(kernel, shape, rotate_bytes, rounds)
-        rows = MEASURED_WEIGHTS // in_features
-        return time_kernel(kernel, (rows, in_features), rotate_bytes, rounds) * out_features / rows
+            return time_kernel(kernel, shape, rotate, repeat, rows)
+        part = MEASURED_WEIGHTS // in_features
+        return time_kernel(kernel, (part, in_features), rotate, repeat, rows) * out_features / part
 
     return measure
 
 
-def choose(
-    fmt: str,
-    shapes: dict[tuple[int, int], int],
-    measure: Measure | None = None,
-    bandwidth: float = 0.0,
-    accuracy: Callable[[Kernel], float] = relative_error,
-) -> Choice:
-    """The fastest kernel of `fmt` over the model's `shapes` ({(out, in): count}) that passes the
-    accuracy check. Among those within 5% of the fastest (as good as equal, given the noise of a
-    shared machine), the format's standard kernel (`DEFAULTS`) wins, else the most accurate.
-
-    `measure(kernel, shape)` returns seconds per product and `accuracy(kernel)` the relative error
-    against float32; tests inject them, by default they are measured.
-    """
-    if fmt not in FORMATS:
-        raise ValueError(f"unknown weight format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    if measure is None:  # rotate over more than the cache holds, or over the whole model when it is smaller
-        weights = sum(count * out_features * in_features for (out_features, in_features), count in shapes.items())
-        measure = default_measure(min(2 * last_level_cache_bytes(), 3 * 2**30 // 2, weights))
-    widths = {n_in for _, n_in in shapes}
-    seconds, errors, rejected = {}, {}, []
-    for kernel in candidates(fmt):
-        if not all(kernel.fits(n_in) for n_in in widths):
-            continue
-        try:
-            errors[kernel.name] = accuracy(kernel)
-        except (RuntimeError, NotImplementedError) as exc:  # not built into this torch, or not for this CPU
-            log.debug("kernel %s does not run here: %s", kernel.name, exc)
-            continue
-        if not errors[kernel.name] <= TOLERANCE[fmt]:
-            rejected.append(f"{kernel.name} (error {errors[kernel.name]:.3g})")
-            continue
-        seconds[kernel.name] = sum(count * measure(kernel, shape) for shape, count in shapes.items())
-    if not seconds:
-        raise RuntimeError(f"no {fmt} kernel runs correctly on this CPU (rejected: {', '.join(rejected) or 'none'})")
-    fastest = min(seconds.values())
-    tied = [name for name, s in seconds.items() if s <= fastest * (1 + TIE)]
-    best = min(tied, key=lambda name: (name != DEFAULTS[fmt], errors[name], seconds[name]))
-    timings = ", ".join(f"{name} {1000 * s:.1f} ms" for name, s in sorted(seconds.items(), key=lambda kv: kv[1]))
-    why = f"fastest of {len(seconds)} passing the accuracy check ({timings} per token)"
-    if len(tied) > 1:
-        why += f"; within {TIE:.0%} of the fastest, " + ("the standard kernel" if best == DEFAULTS[fmt] else "the most accurate")
-    if rejected:
-        why += f"; rejected as inaccurate: {', '.join(rejected)}"
-    return Choice(fmt, best, why, seconds, errors, bandwidth / 1e9)
-
-
-def linear_shapes(config) -> dict[tuple[int, int], int]:
-    """{(out, in): count} of a GPT-J model's Linear layers, lm_head included."""
+def linear_shapes(config, lm_head: bool = True) -> dict[tuple[int, int], int]:
+    """{(out, in): count} of a GPT-J model's Linear layers, lm_head included unless `lm_head` is
+    False (a prompt chunk computes the logits of its last row only: one row of lm_head)."""
     d, inner = config.n_embd, getattr(config, "n_inner", None) or 4 * config.n_embd
     shapes = {(d, d): 4 * config.n_layer, (inner, d): config.n_layer, (d, inner): config.n_layer}
-    shapes[(config.vocab_size, d)] = shapes.get((config.vocab_size, d), 0) + 1
+    if lm_head:
+        shapes[(config.vocab_size, d)] = shapes.get((config.vocab_size, d), 0) + 1
     return shapes

@@ -13,6 +13,8 @@ from kogpt.errors import KoGPTError, first_line
 from kogpt.loading import bf16, choices, kernels
 from kogpt.loading import quantize as quantize_lib
 from kogpt.loading.checkpoint import load_config, load_tokenizer, resolve_checkpoint
+from kogpt.loading.kernels import KERNELS
+from kogpt.loading.phases import describe
 from kogpt.placement.decide import Decision, decide
 from kogpt.placement.devicemap import quiet_accelerate
 from kogpt.placement.options import (
@@ -84,15 +86,15 @@ def load(options: Options, path: Path | None = None) -> Loaded:
         kernels.set_threads(decision.threads)
     if decision.kernel:
         fmt = quantize if quantize != "none" else "16bit"
-        log.debug("%s kernel %s with %d threads: %s", fmt, decision.kernel, decision.threads, decision.kernel_reason)
+        log.debug("%s kernel %s with %d threads (%s): %s", fmt, decision.kernel, decision.threads, describe(decision.phases), decision.kernel_reason)
     if decision.streamed:  # tensor by tensor: peak memory is the model plus one tensor
+        phases = cpu_phases(decision)
         weights = load_streamed_weights(
-            path, config, dtype, quantize, tokenizer.eos_token_id, decision.kernel, options.cache, options.mmap
+            path, config, dtype, quantize, tokenizer.eos_token_id, decision.kernel, options.cache, options.mmap, phases
         )
-        upcast, gemv = bf16.needs_upcast(), decision.kernel == "bf16mv"
-        if dtype == torch.bfloat16 and quantize == "none" and (upcast or gemv):
-            count = bf16.apply(weights, upcast=upcast, gemv=gemv)
-            log.debug("%d bfloat16 layers: decode steps by torch.mv %s, prompts in float32 %s", count, gemv, upcast)
+        if quantize == "none" and any(KERNELS[name].layout != name for name in phases.values()):
+            count = bf16.apply(weights, {phase: KERNELS[name].run for phase, name in phases.items()})
+            log.debug("%d 16-bit layers: %s", count, describe(phases))
     else:
         with removing_partial_offload(options.offload_dir):
             placed = load_kwargs(decision.plan.device_map, decision.device, options, dtype)
@@ -105,6 +107,16 @@ def load(options: Options, path: Path | None = None) -> Loaded:
     n_params = decision.plan.n_params
     log.debug("loaded %d parameters from %s in %.1f s", n_params, path, time.perf_counter() - started)
     return Loaded(weights, tokenizer, decision, options.model, n_params, config.n_positions)
+
+
+def cpu_phases(decision: Decision) -> dict[str, str]:
+    """{phase: kernel} of the CPU's Linear layers: the decision's; for a bfloat16 load without a
+    kernel choice (`--dtype bfloat16`), prompts in float32 blocks where bfloat16 products are slow."""
+    if decision.phases or not decision.streamed:
+        return dict(decision.phases)
+    if decision.dtype == torch.bfloat16 and decision.quantize == "none" and bf16.needs_upcast():
+        return {"step": "bf16", "batch": "bf16", "prefill": "bf16f32"}
+    return {}
 
 
 def load_weights(
@@ -152,13 +164,14 @@ def load_streamed_weights(
     kernel: str | None = None,
     cache: bool = True,
     mmap: bool = True,
+    phases: dict[str, str] | None = None,
 ):
     """The CPU loader: `kogpt.loading.weights.load_streaming`, quantizing on the way when asked,
     through the converted-weights cache for 16-bit and quantized formats (unless `cache` is off)."""
     config.pad_token_id = pad_token_id
     try:
         use_cache = cache and (quantize != "none" or dtype in (torch.bfloat16, torch.float16))
-        return quantize_lib.load_cpu(path, config, dtype, quantize, kernel, use_cache, mmap, attn_implementation="sdpa")
+        return quantize_lib.load_cpu(path, config, dtype, quantize, kernel, use_cache, mmap, phases, attn_implementation="sdpa")
     except (MemoryError, torch.OutOfMemoryError) as exc:
         raise KoGPTError(f"ran out of memory loading {path} in {dtype} (--quantize {quantize})") from exc
     except Exception as exc:  # as in load_weights: name the file and go

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from kogpt.loading import cache, int4, kernels, weights
+from kogpt.loading.phases import PHASES, phase_of
 
 log = logging.getLogger(__name__)
 
@@ -24,16 +25,30 @@ COMPUTE_DTYPE = torch.bfloat16
 
 
 class PackedLinear(nn.Module):
-    """A Linear layer whose weight is packed for one kernel of `kogpt.loading.kernels.KERNELS`."""
+    """A Linear layer whose weight is packed for one kernel of `kogpt.loading.kernels.KERNELS`,
+    and whose inputs go to the kernel of their phase (`phases`: by their rows, kernels of that
+    layout; default: `kernel` in every phase)."""
 
-    def __init__(self, in_features: int, out_features: int, bias: bool, kernel: str, device: torch.device | str | None = None):
+    def __init__(
+        self, in_features: int, out_features: int, bias: bool, kernel: str, device: torch.device | str | None = None,
+        phases: dict[str, str] | None = None,
+    ):  # fmt: skip
         super().__init__()
         self.in_features = in_features
         self.out_features = out_features
         self.kernel = kernels.KERNELS[kernel]
+        self.set_phases(phases or {})
         for name in self.kernel.buffers:  # placeholders until set_weight or a cached load fills them
             self.register_buffer(name, torch.empty(0, device="meta"))
         self.register_buffer("bias", torch.empty(out_features, dtype=COMPUTE_DTYPE, device=device) if bias else None)
+
+    def set_phases(self, phases: dict[str, str]) -> None:
+        """Run each phase by its kernel in `phases` ({phase: kernel}, of this layer's layout); the rest by `kernel`."""
+        names = {phase: phases.get(phase, self.kernel.name) for phase in PHASES}
+        if any(kernels.KERNELS[name].layout != self.kernel.layout for name in names.values()):
+            raise ValueError(f"kernels {sorted(set(names.values()))} do not share the packed layout of {self.kernel.name}")
+        self.phases = names
+        self.runs = {phase: kernels.KERNELS[name].run for phase, name in names.items()}
 
     def set_weight(self, weight: torch.Tensor) -> None:
         """Pack a float weight (out, in) for this layer's kernel."""
@@ -50,7 +65,7 @@ class PackedLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features)  # (tokens, in)
-        out = self.kernel.run(flat, dict(self.named_buffers(recurse=False)))  # (tokens, out or more)
+        out = self.runs[phase_of(flat.shape[0])](flat, dict(self.named_buffers(recurse=False)))  # (tokens, out or more)
         if out.shape[-1] != self.out_features:  # int4 pads the output rows to a multiple of 16
             out = out[:, : self.out_features]
         if self.bias is not None:
@@ -58,7 +73,8 @@ class PackedLinear(nn.Module):
         return out.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, kernel={self.kernel.name}"
+        phases = ",".join(self.phases[phase] for phase in PHASES)
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, kernels={phases}"
 
 
 class Int8Linear(PackedLinear):
@@ -108,14 +124,15 @@ def quantize_model(model: nn.Module, method: str = "int8", kernel: str | None = 
     return model.to(COMPUTE_DTYPE)
 
 
-def prepare(kernel: str):
-    """`prepare(model)` for `weights.load_streaming`: swap every Linear for an empty `PackedLinear`."""
+def prepare(kernel: str, phases: dict[str, str] | None = None):
+    """`prepare(model)` for `weights.load_streaming`: swap every Linear for an empty `PackedLinear`
+    running each phase by its kernel in `phases`."""
 
     def swap(model: nn.Module) -> None:
         for name in _linear_names(model):
             parent, _, attr = name.rpartition(".")
             linear = model.get_submodule(name)
-            empty = PackedLinear(linear.in_features, linear.out_features, linear.bias is not None, kernel, device="meta")
+            empty = PackedLinear(linear.in_features, linear.out_features, linear.bias is not None, kernel, "meta", phases)
             setattr(model.get_submodule(parent), attr, empty)
 
     return swap
@@ -141,18 +158,19 @@ def load_quantized(path: Path, config, method: str = "int8", kernel: str | None 
 
 
 def load_cpu(
-    path: Path, config, dtype: torch.dtype, method: str, kernel: str | None, use_cache: bool = True, mmap: bool = True, **model_kwargs
-) -> nn.Module:
-    """The CPU model in `dtype` (`method` none) or packed for `kernel` (int8, int4), from the
-    converted-weights cache when it holds this checkpoint so converted, else converted and cached.
-    The cache file is mapped, or with `mmap` False read into memory.
+    path: Path, config, dtype: torch.dtype, method: str, kernel: str | None, use_cache: bool = True, mmap: bool = True,
+    phases: dict[str, str] | None = None, **model_kwargs,
+) -> nn.Module:  # fmt: skip
+    """The CPU model in `dtype` (`method` none) or packed for `kernel` (int8, int4; each phase run
+    by its kernel in `phases`), from the converted-weights cache when it holds this checkpoint so
+    converted, else converted and cached. The cache file is mapped, or with `mmap` False read into memory.
     """
     check_method(method, "cpu")
     if method == "none":  # the weights are `dtype` whichever kernel runs them: one entry per dtype
         kernel, swap, fmt, layout = None, None, "16bit", LAYOUTS.get(dtype, str(dtype).removeprefix("torch."))
     else:
         kernel = kernel or default_kernel(method, widths(config))
-        swap, fmt, layout = prepare(kernel), method, kernels.KERNELS[kernel].layout  # w8a8 keeps w8's tensors
+        swap, fmt, layout = prepare(kernel, phases), method, kernels.KERNELS[kernel].layout  # w8a8 keeps w8's tensors
     files = weights.weight_files(path)
     entry = cache.entry_for(path, files, fmt, layout) if use_cache else None
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -38,6 +38,7 @@ class Decision:
     kernel: str | None = None  # the CPU Linear kernel (kogpt.loading.kernels), for the streamed loader
     kernel_reason: str = ""
     threads: int = 0  # CPU threads that compute; 0 on a GPU
+    phases: dict[str, str] = field(default_factory=dict)  # on the CPU: phase (step, batch, prefill) -> kernel
 
     @property
     def dtype(self) -> torch.dtype:
@@ -69,9 +70,10 @@ def check_early(options: Options, planning: bool = False) -> torch.device:
     return device
 
 
-# kernel_for(config, format, requested kernel or None, threads) -> (kernel, why, compute dtype):
-# kogpt.loading.choices measures or remembers it; placement never imports loading, so it is passed in.
-KernelFor = Callable[[object, str, "str | None", int], tuple[str, str, torch.dtype]]
+# kernel_for(config, format, requested kernel or None, threads) -> (kernel, why, compute dtype,
+# {phase: kernel}): kogpt.loading.choices measures or remembers it; placement never imports
+# loading, so it is passed in.
+KernelFor = Callable[[object, str, "str | None", int], tuple[str, str, torch.dtype, dict[str, str]]]
 
 
 def physical_cores() -> int:
@@ -127,13 +129,13 @@ def cpu_kernel(config, options: Options, decision: Decision, kernel_for: KernelF
         raise KoGPTError(f"--kernel {options.kernel} needs --quantize, or a 16-bit dtype")
     else:
         return decision
-    kernel, why, dtype = kernel_for(config, fmt, options.kernel, decision.threads)
+    kernel, why, dtype, phases = kernel_for(config, fmt, options.kernel, decision.threads)
     if options.dtype != "auto" and dtype != decision.dtype:
         raise KoGPTError(f"kernel {kernel} computes in {str(dtype).removeprefix('torch.')}, not in the {options.dtype} asked for")
     choice = decision.choice
     if dtype != choice.dtype:
         choice = DtypeChoice(dtype, f"{choice.reason}; {str(dtype).removeprefix('torch.')} is the faster 16-bit kernel here")
-    return replace(decision, choice=choice, kernel=kernel, kernel_reason=why)
+    return replace(decision, choice=choice, kernel=kernel, kernel_reason=why, phases=phases)
 
 
 def choose_dtype(config, device, options: Options, hardware: Hardware, n_params: int, streamed: bool) -> DtypeChoice:
