@@ -22,7 +22,7 @@ declare -A MUTATE TESTS
 MUTATE[context]="kogpt/context.py"
 TESTS[context]="tests/test_cli_limits.py tests/test_hostile_settings.py"
 MUTATE[settings]="kogpt/settings.py"
-TESTS[settings]="tests/test_settings.py tests/test_hostile_settings.py tests/test_properties.py"
+TESTS[settings]="tests/test_settings.py tests/test_settings_edges.py tests/test_hostile_settings.py tests/test_properties.py"
 MUTATE[engine]="kogpt/engine/*"
 TESTS[engine]="tests/test_engine.py tests/test_generate.py tests/test_textstream.py tests/test_fastpath.py tests/test_properties.py tests/test_fork.py"
 MUTATE[request]="kogpt/server/request.py"
