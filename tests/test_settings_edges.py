@@ -69,3 +69,20 @@ def test_a_number_setting_names_itself_when_refused():
         parse_setting("top_k", "x")
     with pytest.raises(InputError, match="^truncate must be on or off, not 'maybe'$"):
         parse_setting("truncate", "maybe")
+
+
+@pytest.mark.parametrize("text", ["on", "true", "yes", "1", " ON ", "True", "YES"])
+def test_every_spelling_of_on(text):
+    assert parse_setting("truncate", text) is True
+
+
+@pytest.mark.parametrize("text", ["off", "false", "no", "0", " OFF ", "False", "NO"])
+def test_every_spelling_of_off(text):
+    assert parse_setting("truncate", text) is False
+
+
+def test_a_value_of_the_wrong_type_says_whether_none_is_allowed():
+    with pytest.raises(InputError, match=r"^seed must be a whole number or none, not 'x'$"):
+        check_settings(seed="x")
+    with pytest.raises(InputError, match=r"^top_k must be a whole number, not 'x'$"):
+        check_settings(top_k="x")
