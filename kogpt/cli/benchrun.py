@@ -86,7 +86,7 @@ def run(spec: dict) -> dict:
     started = time.perf_counter()
     import torch
 
-    from kogpt import KoGPT
+    from kogpt.api import KoGPT
 
     imported = time.perf_counter()
     gpt = KoGPT.load(spec["model"], device="cpu", dtype=spec["dtype"], quantize=spec["quantize"],
