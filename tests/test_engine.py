@@ -238,14 +238,14 @@ def test_a_script_ending_with_a_stream_still_open_exits_cleanly(tiny_dir, tmp_pa
 def test_an_abandoned_stream_does_not_change_a_later_seeded_generate(fresh):
     want = cold(fresh, "여름에는", SamplingSettings(seed=5, max_new_tokens=20))[0]
     kept = fresh.stream(PROMPT, seed=1, max_new_tokens=100)
-    next(kept)  # abandoned, still referenced: it finishes first, the generate waits its turn
+    next(kept)  # abandoned, still referenced: it goes on decoding in the batch beside the generate
     assert fresh.generate("여름에는", seed=5, max_new_tokens=20) == want
+    kept.close()
     dropped = fresh.stream(PROMPT, seed=1, max_new_tokens=100)
     next(dropped)
     del dropped  # collected: cancelled at its next token
     assert not fresh.engine.busy and fresh.engine.last_stats.steps < 99
     assert fresh.generate("여름에는", seed=5, max_new_tokens=20) == want
-    del kept
 
 
 def test_a_seeded_generate_inside_a_seeded_stream_loop_reproduces_both_seeds(fresh):

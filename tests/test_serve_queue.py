@@ -50,7 +50,7 @@ class in_thread:  # noqa: N801 - reads as a call
 
 def test_a_queued_request_whose_client_left_never_runs(gpt):
     gated = GatedGPT(gpt)
-    state, runner = serve(gated)
+    state, runner = serve(gated, max_batch=1)  # one runs at a time: the others queue
     with running(create_app(state)) as url:
         first = in_thread(ask, url, {"prompt": PROMPT, "max_tokens": 8, "temperature": 0})
         wait_for(lambda: runner.stats.started == 1, "the first generation to start")
@@ -79,7 +79,7 @@ class BlockedEngine:
 def test_a_running_request_stops_before_its_first_chunk_when_its_client_leaves(gpt):
     blocked = GatedGPT(gpt)
     blocked.engine = engine = BlockedEngine()
-    state, runner = serve(blocked)
+    state, runner = serve(blocked, max_batch=1)
     with running(create_app(state)) as url:
         leave_early(url, {"prompt": PROMPT, "max_tokens": 8})
         wait_for(lambda: runner.stats.left == 1, "the server to notice the client left")
@@ -99,7 +99,7 @@ def test_a_cancel_event_drops_a_request_waiting_in_the_engine(gpt):
 
 def test_the_queue_is_bounded_with_retry_after_and_no_thread_per_waiting_request(gpt):
     gated = GatedGPT(gpt)
-    state, runner = serve(gated, max_queue=4)
+    state, runner = serve(gated, max_queue=4, max_batch=1)
     with running(create_app(state)) as url:
         body = {"prompt": PROMPT, "max_tokens": 4, "temperature": 0}
         waiting = [in_thread(ask, url, body) for _ in range(5)]  # one runs, four wait

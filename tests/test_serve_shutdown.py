@@ -59,7 +59,7 @@ def ends_with_shutdown_error(lines: list[str]) -> dict:
 
 
 def test_shutdown_ends_running_and_queued_streams_and_requests_with_errors(gpt):
-    gated, state, runner = gated_state(gpt)
+    gated, state, runner = gated_state(gpt, max_batch=1)  # one runs, the others queue
     running_stream: list[str] = []
     queued_stream: list[str] = []
     queued_plain: list = []
@@ -103,20 +103,21 @@ def test_a_plain_request_gets_the_shutdown_timeout_then_a_503(gpt, caplog):
 
 
 def test_the_timeout_also_bounds_a_later_choice_of_a_running_request(gpt):
-    """n=2: the first choice ends after the shutdown began, within the timeout; the second then
-    starts and runs past it: the request still gets its 503 at the deadline."""
+    """n=2: both choices run together; the first ends after the shutdown began, within the timeout,
+    the second runs past it: the request still gets its 503 at the deadline."""
     from tests.serving import _gated
 
     gated, state, runner = gated_state(gpt, shutdown_timeout=1.0)
     gates = [threading.Event(), threading.Event()]
     inner = gpt.engine.stream
-    gated.engine.stream = lambda *args, **kwargs: _gated(inner(*args, **kwargs), gates[runner.stats.started - 1])
+    gated.engine.stream = lambda *args, **kwargs: _gated(inner(*args, **kwargs), gates[args[2]])  # by seed
     replies: list = []
     with running(create_app(state), state) as url:
-        thread = post_in_thread(url, replies, {"prompt": PROMPT, "max_tokens": 50, "n": 2, "temperature": 0})
-        wait_for(lambda: runner.stats.started == 1, "the first choice to start")
+        thread = post_in_thread(url, replies, {"prompt": PROMPT, "max_tokens": 50, "n": 2, "temperature": 0,
+                                                     "seed": 0})  # choice i has seed i
+        wait_for(lambda: runner.stats.started == 2, "both choices to start")
         sigterm()
-        gates[0].set()  # the first choice ends; the second starts after the shutdown began
+        gates[0].set()  # the first choice ends; the second is held past the deadline
         thread.join(WAIT_SECONDS)
         gates[1].set()
         wait_for(lambda: runner.stats.running == 0, "the generation to stop")

@@ -36,3 +36,13 @@ class Piece:
     at: float
     first_at: float | None
     finish_reason: str | None = None
+
+
+class Failure:
+    """An exception of the worker, handed to the request's caller, who raises it."""
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
+END = object()  # the last item of a request's events

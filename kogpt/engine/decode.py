@@ -94,6 +94,13 @@ def forward_logits(model, ids: torch.Tensor, cache) -> torch.Tensor:
     return out.logits[:, -1].to(dtype=torch.float32, copy=True)
 
 
+def forward_step(model, ids: torch.Tensor, cache, mask: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """float32 logits (rows, vocab) after one token per row of a left-padded batch: `mask` (rows,
+    cached + 1) hides the padding, `positions` (rows, 1) are the rows' own positions."""
+    out = model(input_ids=ids, cache=cache, use_cache=True, attention_mask=mask, position_ids=positions)
+    return out.logits[:, -1].float()
+
+
 def prefill(
     model,
     cache,

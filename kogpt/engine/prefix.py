@@ -13,9 +13,12 @@ no part in it.
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from collections.abc import Callable
 
+import psutil
 import torch
+from transformers import DynamicCache
 
 from kogpt.engine import decode
 
@@ -123,3 +126,73 @@ class PrefixCache:
         target = self.static_cache(rows, decode.static_cache_length(needed, self.context))
         decode.copy_rows(self.cache, target, length, rows)
         return target
+
+
+PREFIX_SHARE = 0.1  # of the memory available when the engine starts
+PREFIX_MAX = 8 << 30
+
+
+def default_prefix_budget() -> int:
+    """The prefix cache's default size: a tenth of the available memory, at most 8 GiB."""
+    return min(PREFIX_MAX, int(psutil.virtual_memory().available * PREFIX_SHARE))
+
+
+class PrefixStore:
+    """Many prompts' keys and values (dynamic caches), least recently used first out, within `budget`
+    bytes: clients that share a few-shot preamble pay its prefill once.
+
+    An entry is a whole prompt (`tokens`, its one-row cache and the logits after it). A prompt equal
+    to an entry needs no forward pass; one that shares a beginning with entries starts from the longest
+    such beginning, cut to whole chunks (`feed_from`), so results stay those of a cold start bit for
+    bit. Entries are never changed: a prompt's cache is a view of an entry's first positions.
+    """
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self.entries: OrderedDict[tuple[int, ...], tuple[object, torch.Tensor, int, int]] = OrderedDict()
+        self.bytes = 0
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def forget(self) -> None:
+        self.entries.clear()
+        self.bytes = 0
+
+    def lookup(self, ids: list[int], chunk: int) -> tuple[object | None, int, torch.Tensor | None]:
+        """(a one-row cache holding the first `kept` positions of `ids`, `kept`, the logits after
+        `ids` when an entry is `ids` itself); (None, 0, None) on a miss."""
+        key = tuple(ids)
+        entry = self.entries.get(key)
+        if entry is not None and entry[2] == chunk:
+            self.entries.move_to_end(key)
+            return entry[0], len(ids), entry[1]
+        best, best_key = 0, None
+        for tokens, (_, _, fed_chunk, _) in self.entries.items():
+            if fed_chunk != chunk:
+                continue
+            shared = min(common_prefix(list(tokens), ids), len(ids) - 1) // chunk * chunk
+            if shared > best:
+                best, best_key = shared, tokens
+        if best_key is None:
+            return None, 0, None
+        self.entries.move_to_end(best_key)
+        return truncated(self.entries[best_key][0], best), best, None
+
+    def add(self, ids: list[int], cache, logits: torch.Tensor, chunk: int) -> None:
+        """Keep `ids`' cache (fed in chunks of `chunk`), evicting the least recently used entries."""
+        size = sum(layer.keys.nbytes + layer.values.nbytes for layer in cache.layers)
+        if size > self.budget:
+            return
+        key = tuple(ids)
+        if key in self.entries:
+            self.bytes -= self.entries.pop(key)[3]
+        while self.entries and self.bytes + size > self.budget:
+            self.bytes -= self.entries.popitem(last=False)[1][3]
+        self.entries[key] = (cache, logits, chunk, size)
+        self.bytes += size
+
+
+def truncated(cache, length: int):
+    """A new one-row dynamic cache of the first `length` positions of `cache` (views, not copies)."""
+    return DynamicCache([(layer.keys[:, :, :length], layer.values[:, :, :length]) for layer in cache.layers])

@@ -53,8 +53,10 @@ class Sampler:
         self.seeds = seeds
         self.generators: list[torch.Generator] = []
 
-    def __call__(self, logits: torch.Tensor, history: torch.Tensor | None) -> torch.Tensor:
-        """Token ids (rows,) for `logits` (rows, vocab); `history` (rows, length) when `needs_history`."""
+    def __call__(self, logits: torch.Tensor, history: torch.Tensor | None, rows: list[int] | None = None) -> torch.Tensor:
+        """Token ids for `logits` (one line per row), `history` (the same rows' tokens so far) when
+        `needs_history`; `rows` are the request's row numbers of those lines (all rows by default),
+        so each keeps its own generator however many rows have finished."""
         scores = logits
         for processor in self.chain:  # not `self.chain(...)`: it inspects every signature on every call
             scores = processor(history, scores if scores is not logits else logits.clone())  # never alter the caller's
@@ -63,7 +65,8 @@ class Sampler:
         probs = torch.softmax(scores, dim=-1)
         if not self.generators:  # on the device of the logits: where the last block runs
             self.generators = [torch.Generator(device=probs.device).manual_seed(s) for s in self.seeds]
-        if len(self.generators) == 1:  # as `generate` draws: (1, vocab) -> (1,)
-            return torch.multinomial(probs, 1, generator=self.generators[0]).view(1)
-        rows = [torch.multinomial(probs[r : r + 1], 1, generator=g) for r, g in enumerate(self.generators)]
-        return torch.cat(rows).view(-1)
+        rows = range(len(self.generators)) if rows is None else rows
+        if len(rows) == 1:  # as `generate` draws: (1, vocab) -> (1,)
+            return torch.multinomial(probs, 1, generator=self.generators[rows[0]]).view(1)
+        drawn = [torch.multinomial(probs[i : i + 1], 1, generator=self.generators[r]) for i, r in enumerate(rows)]
+        return torch.cat(drawn).view(-1)

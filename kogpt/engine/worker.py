@@ -26,8 +26,9 @@ from collections.abc import Iterator
 import torch
 
 from kogpt.engine import decode, loop
-from kogpt.engine.chunk import Chunk, Piece
-from kogpt.engine.prefix import PrefixCache
+from kogpt.engine.chunk import END, Chunk, Failure, Piece
+from kogpt.engine.prefix import PrefixCache, PrefixStore, default_prefix_budget
+from kogpt.engine.scheduler import MAX_BATCH, Scheduler
 from kogpt.errors import KoGPTError, first_line
 from kogpt.settings import SamplingSettings
 
@@ -35,17 +36,11 @@ log = logging.getLogger(__name__)
 
 WORKER_NAME = "kogpt-engine"
 _STOP = object()
-_END = object()
 _model_locks: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _model_locks_guard = threading.Lock()
 _cores: weakref.WeakSet = weakref.WeakSet()
 _threads: set[threading.Thread] = set()  # every worker still to be joined at exit
 _threads_guard = threading.Lock()
-
-
-class Failure:
-    def __init__(self, exc: BaseException) -> None:
-        self.exc = exc
 
 
 class Request:
@@ -81,7 +76,10 @@ class _Core:
         self.static_cache, self.compile, self.backend = static_cache, compile, backend
         self.prefill_chunk = decode.PREFILL_CHUNK.get(device.type, 128)
         self.requests: queue.SimpleQueue = queue.SimpleQueue()
+        self.max_batch = MAX_BATCH
+        self.prefix_budget = default_prefix_budget()
         self.current: Request | None = None
+        self.scheduler: Scheduler | None = None
         self.serving = False
         self.start_lock = threading.Lock()
         self.last_stats: loop.Stats | None = None
@@ -110,15 +108,10 @@ class _Core:
         grad = torch.no_grad() if self.static_cache else torch.inference_mode()
         with grad:
             stepper = decode.Stepper(self.model, self.compile, self.backend)  # compiled in this thread
-            prefix = PrefixCache(self.model, self.device, self.context, self.static_cache, stepper)
-            while True:
-                item = self.requests.get()
-                if item is _STOP:
-                    break
-                if callable(item):  # a command for the worker's state, e.g. forget the prefix cache
-                    item(prefix)
-                    continue
-                self.run(item, prefix, stepper)
+            if self.static_cache:
+                self.serve_one_by_one(stepper)
+            else:
+                self.serve_batched(stepper)
         self.serving = False
         while True:  # anything still queued ends now
             try:
@@ -127,12 +120,56 @@ class _Core:
                 break
             if isinstance(item, Request):
                 item.finished.set()
-                item.events.put(_END)
+                item.events.put(END)
+
+    def serve_batched(self, stepper: decode.Stepper) -> None:
+        """Continuous batching (`scheduler.py`): requests join and leave the running batch."""
+        store = PrefixStore(self.prefix_budget)
+        scheduler = Scheduler(self.model, self.tokenizer, self.device, stepper, store, self.max_batch,
+                              self.prefill_chunk)
+        scheduler.on_finish = self.finished
+        self.scheduler = scheduler
+        while True:
+            items = [self.requests.get()] if scheduler.idle else []
+            while True:
+                try:
+                    items.append(self.requests.get_nowait())
+                except queue.Empty:
+                    break
+            for item in items:
+                if item is _STOP:
+                    scheduler.end_all()
+                    return
+                if callable(item):  # a command for the worker's state, e.g. forget the prefix cache
+                    item(store)
+                else:
+                    scheduler.max_batch, scheduler.chunk = self.max_batch, self.prefill_chunk
+                    scheduler.add(item)
+            with _model_lock(self.model):
+                scheduler.tick()
+
+    def finished(self, job) -> None:
+        stats = job.request.stats
+        log.debug("%d tokens in %.2f s (%d prompt tokens fed, %d reused)", stats.tokens,
+                  time.perf_counter() - job.request.submitted, stats.prefill_tokens, stats.reused_tokens)
+        self.last_stats = stats
+
+    def serve_one_by_one(self, stepper: decode.Stepper) -> None:
+        """With static caches (CUDA graphs): one request at a time over the one-entry prefix cache."""
+        prefix = PrefixCache(self.model, self.device, self.context, self.static_cache, stepper)
+        while True:
+            item = self.requests.get()
+            if item is _STOP:
+                break
+            if callable(item):
+                item(prefix)
+                continue
+            self.run(item, prefix, stepper)
 
     def run(self, request: Request, prefix: PrefixCache, stepper: decode.Stepper) -> None:
         if request.cancel.is_set():
             request.finished.set()
-            request.events.put(_END)
+            request.events.put(END)
             return
         self.current = request
         request.started.set()
@@ -152,7 +189,7 @@ class _Core:
             self.last_stats = stats
             self.current = None
             request.finished.set()
-            request.events.put(_END)
+            request.events.put(END)
 
 
 class Engine:
@@ -179,7 +216,26 @@ class Engine:
     @property
     def busy(self) -> bool:
         """Whether a request is being served now."""
-        return self._core.current is not None
+        scheduler = self._core.scheduler
+        return self._core.current is not None or (scheduler is not None and not scheduler.idle)
+
+    @property
+    def max_batch(self) -> int:
+        """Rows (all requests' samples together) that decode in one step; more requests wait."""
+        return self._core.max_batch
+
+    @max_batch.setter
+    def max_batch(self, rows: int) -> None:
+        self._core.max_batch = rows
+
+    @property
+    def prefix_budget(self) -> int:
+        """Bytes the prefix cache may keep (read when the worker starts)."""
+        return self._core.prefix_budget
+
+    @prefix_budget.setter
+    def prefix_budget(self, size: int) -> None:
+        self._core.prefix_budget = size
 
     @property
     def last_stats(self) -> loop.Stats | None:
@@ -210,7 +266,7 @@ class Engine:
         try:
             while True:
                 item = _get(request.events, self._core)
-                if item is _END:
+                if item is END:
                     return
                 if isinstance(item, Failure):
                     error = _caller_error(item.exc, len(request.ids) + request.budget)

@@ -51,6 +51,7 @@ class ServerState:
         allowed_origins: list[str] | None = None,
         max_queue: int = MAX_QUEUE,
         shutdown_timeout: float = SHUTDOWN_SECONDS,
+        max_batch: int | None = None,
     ) -> None:
         self.served_name = served_name
         self.defaults = defaults or SamplingSettings(max_new_tokens=16)
@@ -60,13 +61,16 @@ class ServerState:
         self.allowed_hosts = allowed_hosts  # None: any Host
         self.allowed_origins = allowed_origins or []
         self.max_queue = max_queue
+        self.max_batch = max_batch  # None: the engine's default
         self.shutdown_timeout = shutdown_timeout
         self.runner: Runner | None = None
         self.stopping = False
         self.created = int(time.time())
 
     def ready(self, gpt) -> Runner:
-        self.runner = Runner(gpt, self.max_queue)
+        if self.max_batch is not None:
+            gpt.engine.max_batch = self.max_batch
+        self.runner = Runner(gpt, self.max_queue, gpt.engine.max_batch)
         return self.runner
 
     def shutdown(self) -> None:

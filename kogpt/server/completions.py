@@ -6,6 +6,7 @@ when none is given), as `kogpt -p` numbers its sequences, so any choice can be r
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import logging
@@ -119,16 +120,17 @@ class Completion:
         self.usage = Usage(prompt_tokens=sum(len(job.ids) for job in jobs if job.index % request.n == 0))
 
     async def run(self) -> dict:
-        """Every choice, generated in order, as one `text_completion` object."""
+        """Every choice, generated together (they decode in one batch), as one `text_completion` object."""
         try:
             turn = await self.runner.turn()
             try:
-                choices = []
-                for job in self.jobs:
-                    text, reason = "", None
-                    async for piece, reason in self._pieces(job, graceful=True):
-                        text += piece
-                    choices.append({"index": job.index, "text": text, "logprobs": None, "finish_reason": reason})
+                texts: dict[int, str] = {job.index: "" for job in self.jobs}
+                reasons: dict[int, str | None] = {}
+                async for job, piece, reason in self._together(graceful=True):
+                    texts[job.index] += piece
+                    reasons[job.index] = reason
+                choices = [{"index": i, "text": texts[i], "logprobs": None, "finish_reason": reasons.get(i)}
+                           for i in sorted(texts)]
             finally:
                 turn.done()
         finally:
@@ -136,17 +138,17 @@ class Completion:
         return self._object(choices, usage=self.usage.as_dict())
 
     async def events(self) -> AsyncIterator[dict]:
-        """Server-sent events: `data: {chunk}` per piece of text, then the usage if asked, then
-        `[DONE]`; a failure or a shutdown ends the stream with an error event, then `[DONE]`."""
+        """Server-sent events: `data: {chunk}` per piece of text of any choice, as they come, then the
+        usage if asked, then `[DONE]`; a failure or a shutdown ends the stream with an error event,
+        then `[DONE]`."""
         usage = {"usage": None} if self.request.include_usage else {}
         try:
             try:
                 turn = await self.runner.turn()
                 try:
-                    for job in self.jobs:
-                        async for piece, reason in self._pieces(job, graceful=False):
-                            choice = {"index": job.index, "text": piece, "logprobs": None, "finish_reason": reason}
-                            yield self._event(self._object([choice], **usage))
+                    async for job, piece, reason in self._together(graceful=False):
+                        choice = {"index": job.index, "text": piece, "logprobs": None, "finish_reason": reason}
+                        yield self._event(self._object([choice], **usage))
                 finally:
                     turn.done()
             except APIError as exc:
@@ -157,6 +159,35 @@ class Completion:
             yield {"data": "[DONE]"}
         finally:
             self.ticket.release()
+
+    async def _together(self, graceful: bool) -> AsyncIterator[tuple[Job, str, str | None]]:
+        """(job, text, finish_reason) of every choice, all running at once, in the order they come;
+        the first failure is raised here and the other choices are cancelled."""
+        queue: asyncio.Queue = asyncio.Queue()
+
+        async def pump(job: Job) -> None:
+            try:
+                async for piece, reason in self._pieces(job, graceful):
+                    queue.put_nowait((job, piece, reason))
+                queue.put_nowait(None)
+            except Exception as exc:
+                queue.put_nowait(exc)
+
+        tasks = [asyncio.create_task(pump(job)) for job in self.jobs]
+        try:
+            remaining = len(tasks)
+            while remaining:
+                item = await queue.get()
+                if item is None:
+                    remaining -= 1
+                elif isinstance(item, Exception):
+                    raise item
+                else:
+                    yield item
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _pieces(self, job: Job, graceful: bool) -> AsyncIterator[tuple[str, str | None]]:
         """(text, finish_reason) of one choice; the reason is set on the last piece only."""

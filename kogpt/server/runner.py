@@ -1,9 +1,10 @@
-"""Runs generations for the server: admitted in order, one at a time, handed to the event loop chunk by chunk.
+"""Runs generations for the server: admitted in order, up to `slots` at once, handed to the event loop chunk by chunk.
 
-A request is admitted (`admit`: a bounded number wait, the others get 429 with `Retry-After`), then
-waits its turn in an asyncio queue: a waiting request holds no thread, and one whose client leaves
-is dropped from the queue without running. In its turn, one thread drives the engine's blocking
-stream and passes its `Chunk`s to the loop; the engine request shares the runner's cancel event, so
+A request is admitted (`admit`: `slots` run and a bounded number wait, the others get 429 with
+`Retry-After`), then waits its turn in an asyncio queue: a waiting request holds no thread, and one
+whose client leaves is dropped from the queue without running. Requests in their turn run together:
+the engine decodes their rows in one batch (continuous batching). Each choice has one thread that
+drives the engine's blocking stream and passes its `Chunk`s to the loop; the engine request shares the runner's cancel event, so
 a client that leaves, or a shutdown, stops the generation at its next token or prompt chunk.
 
 Shutdown (`shutdown`): waiting requests and streams end at once with `errors.shutting_down()`;
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MAX_QUEUE = 64  # requests admitted beyond the one running
+MAX_QUEUE = 64  # requests admitted beyond those running
 TOKENIZER_THREADS = 2
 _END = object()
 
@@ -74,17 +75,19 @@ class _Generation:
 
 
 class Runner:
-    """Streams completions of one loaded `KoGPT` to asyncio callers, one generation at a time."""
+    """Streams completions of one loaded `KoGPT` to asyncio callers, `slots` requests at a time
+    (by default as many as the engine decodes rows together)."""
 
-    def __init__(self, gpt, max_queue: int = MAX_QUEUE) -> None:
+    def __init__(self, gpt, max_queue: int = MAX_QUEUE, slots: int | None = None) -> None:
         self.gpt = gpt
         self.max_queue = max_queue
+        self.slots = slots if slots is not None else gpt.engine.max_batch
         self.stats = Stats()
         self.admitted = 0
         self.stopping = False
         self._deadline: float | None = None  # loop time when running plain requests get their 503
         self._stats_lock = threading.Lock()
-        self._busy = False
+        self._active = 0  # requests in their turn
         self._waiters: deque[asyncio.Future] = deque()
         self._running: set[_Generation] = set()
         self._seconds: deque[float] = deque(maxlen=16)  # recent turns, for Retry-After
@@ -103,9 +106,10 @@ class Runner:
         """A place for one request; 503 when stopping, 429 with `Retry-After` when the queue is full."""
         if self.stopping:
             raise shutting_down()
-        if self.admitted > self.max_queue:  # the one running and `max_queue` waiting
+        if self.admitted >= self.slots + self.max_queue:  # `slots` running and `max_queue` waiting
             self.stats.refused += 1
-            wait = sum(self._seconds) / len(self._seconds) * self.admitted if self._seconds else 1.0
+            turns = self.admitted / self.slots
+            wait = sum(self._seconds) / len(self._seconds) * turns if self._seconds else 1.0
             retry = str(min(60, max(1, math.ceil(wait))))
             raise APIError(
                 429,
@@ -124,7 +128,7 @@ class Runner:
         """Wait for this request's turn (in order, without a thread); leave it with `done()`."""
         if self.stopping:
             raise shutting_down()
-        if self._busy or self._waiters:
+        if self._active >= self.slots or self._waiters:  # a turn is handed over by `_next`
             waiter = asyncio.get_running_loop().create_future()
             self._waiters.append(waiter)
             try:
@@ -136,7 +140,8 @@ class Runner:
                     self._waiters.remove(waiter) if waiter in self._waiters else None
                     self.stats.dropped += 1
                 raise
-        self._busy = True
+        else:
+            self._active += 1
         return _Turn(self)
 
     def _next(self) -> None:
@@ -145,7 +150,7 @@ class Runner:
             if not waiter.done():
                 waiter.set_result(None)
                 return
-        self._busy = False
+        self._active -= 1
 
     async def stream(
         self, ids: list[int], settings: SamplingSettings, seed: int, graceful: bool = False
