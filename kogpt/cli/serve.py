@@ -60,7 +60,7 @@ def run(args: argparse.Namespace, renderer) -> int:
     state = ServerState(
         name, defaults, args.api_key, transcript(args), allowed_hosts=hosts,
         allowed_origins=split_list(args.allowed_origins), max_queue=args.max_queue,
-        shutdown_timeout=args.shutdown_timeout,
+        shutdown_timeout=args.shutdown_timeout, max_batch=args.max_batch, prefix_cache=args.prefix_cache,
     )  # fmt: skip
     return serve(args, state, create_app(state))
 

@@ -15,6 +15,20 @@ SHUTDOWN_SECONDS = 30.0
 ENGINES = ("kogpt", "vllm")
 # Kept in step with kogpt.server (not imported here: the serve extra may be missing).
 MAX_QUEUE, HEADER_SECONDS, BODY_SECONDS, MAX_CONNECTIONS = 64, 10.0, 30.0, 512
+MAX_BATCH = 8  # kogpt.engine.scheduler.MAX_BATCH
+
+
+def size(text: str) -> int:
+    """A memory size like 2GiB; 0 turns the prefix cache off."""
+    from kogpt.errors import KoGPTError
+    from kogpt.placement.budget import parse_size
+
+    if text.strip() == "0":
+        return 0
+    try:
+        return parse_size(text)
+    except KoGPTError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def port_number(text: str) -> int:
@@ -106,6 +120,16 @@ def build_parser() -> argparse.ArgumentParser:
         default="kogpt",
         help="kogpt (built in, CPU or GPU) or vllm (GPUs, batching, multi-node)",
     )
+    engine.add_argument(
+        "--max-batch", type=positive(int), default=MAX_BATCH, metavar="N",
+        help=f"kogpt: rows (all requests' choices together) decoded in one step; more wait their turn "
+        f"(default:{MAX_BATCH})",
+    )  # fmt: skip
+    engine.add_argument(
+        "--prefix-cache", type=size, metavar="SIZE",
+        help="kogpt: memory for the prompts' keys and values kept for reuse (a shared few-shot preamble is "
+        "fed once), like 2GiB; 0: off (default: a tenth of the memory available at start, at most 8GiB)",
+    )  # fmt: skip
     engine.add_argument(
         "--tensor-parallel-size",
         type=int,

@@ -30,6 +30,7 @@ class Stats:
     prefill_seconds: float = 0.0
     step_seconds: list[float] = field(default_factory=list)  # each one-token forward
     decode_seconds: float = 0.0  # first sampled token to the end
+    peak_batch: int = 0  # the most rows (of all requests) in one of its decode steps
 
 
 class Row:

@@ -188,6 +188,7 @@ class Scheduler:
         for job, indices, rows in groups.values():
             job.request.stats.step_seconds.append(seconds)
             job.request.stats.steps += 1
+            job.request.stats.peak_batch = max(job.request.stats.peak_batch, len(self.batch))
             tokens = self._sample(job, logits[indices], rows)
             for index, row in zip(indices, rows):
                 self.next_tokens[index] = tokens[row]
@@ -248,6 +249,6 @@ class Scheduler:
         stats.tokens = sum(len(row.tokens) for row in job.rows)
         if job.decode_start:
             stats.decode_seconds = time.perf_counter() - job.decode_start
-        self.on_finish(job)
+        self.on_finish(job.request)
         job.request.finished.set()
         job.request.events.put(END)

@@ -1,8 +1,9 @@
 """The engine: one long-lived worker thread per loaded model, fed by a queue of requests.
 
-Callers in any thread submit a `Request` and read its `Piece`s; requests are served one after
-another, never mixed. The worker makes the model's KV caches, compiles its step (CUDA) and runs
-every forward pass; nothing else touches them. Closing a stream (Ctrl-C, `break`, garbage
+Callers in any thread submit a `Request` and read its `Piece`s. On the CPU (dynamic caches) the
+requests' rows decode together in one batch that they join and leave at any step (`scheduler.py`);
+with static caches (CUDA graphs) requests are served one after another. The worker makes the
+model's KV caches, compiles its step (CUDA) and runs every forward pass; nothing else touches them. Closing a stream (Ctrl-C, `break`, garbage
 collection) cancels its request at the next token or prompt chunk; a worker exception reaches the
 caller as a one-line `KoGPTError`.
 
@@ -15,7 +16,6 @@ including those of engines collected just before.
 from __future__ import annotations
 
 import atexit
-import gc
 import logging
 import queue
 import threading
@@ -25,11 +25,10 @@ from collections.abc import Iterator
 
 import torch
 
-from kogpt.engine import decode, loop
+from kogpt.engine import calls, decode, loop
 from kogpt.engine.chunk import END, Chunk, Failure, Piece
 from kogpt.engine.prefix import PrefixCache, PrefixStore, default_prefix_budget
 from kogpt.engine.scheduler import MAX_BATCH, Scheduler
-from kogpt.errors import KoGPTError, first_line
 from kogpt.settings import SamplingSettings
 
 log = logging.getLogger(__name__)
@@ -108,10 +107,7 @@ class _Core:
         grad = torch.no_grad() if self.static_cache else torch.inference_mode()
         with grad:
             stepper = decode.Stepper(self.model, self.compile, self.backend)  # compiled in this thread
-            if self.static_cache:
-                self.serve_one_by_one(stepper)
-            else:
-                self.serve_batched(stepper)
+            (self.serve_one_by_one if self.static_cache else self.serve_batched)(stepper)
         self.serving = False
         while True:  # anything still queued ends now
             try:
@@ -148,10 +144,10 @@ class _Core:
             with _model_lock(self.model):
                 scheduler.tick()
 
-    def finished(self, job) -> None:
-        stats = job.request.stats
+    def finished(self, request: Request) -> None:
+        stats = request.stats
         log.debug("%d tokens in %.2f s (%d prompt tokens fed, %d reused)", stats.tokens,
-                  time.perf_counter() - job.request.submitted, stats.prefill_tokens, stats.reused_tokens)
+                  time.perf_counter() - request.submitted, stats.prefill_tokens, stats.reused_tokens)
         self.last_stats = stats
 
     def serve_one_by_one(self, stepper: decode.Stepper) -> None:
@@ -183,10 +179,7 @@ class _Core:
             prefix.forget()  # a failed forward may have half-written the cache
             request.events.put(Failure(exc))
         finally:
-            stats = request.stats
-            log.debug("%d tokens in %.2f s (%d prompt tokens fed, %d reused)", stats.tokens,
-                      time.perf_counter() - request.submitted, stats.prefill_tokens, stats.reused_tokens)
-            self.last_stats = stats
+            self.finished(request)
             self.current = None
             request.finished.set()
             request.events.put(END)
@@ -259,17 +252,17 @@ class Engine:
 
         self._core.start()
         self._core.requests.put(clear)
-        _wait(done, self._core)
+        calls.wait(done, self._core)
 
     def pieces(self, request: Request) -> Iterator[Piece]:
         """The request's pieces as the worker makes them; leaving early cancels it."""
         try:
             while True:
-                item = _get(request.events, self._core)
+                item = calls.get(request.events, self._core)
                 if item is END:
                     return
                 if isinstance(item, Failure):
-                    error = _caller_error(item.exc, len(request.ids) + request.budget)
+                    error = calls.caller_error(item.exc, len(request.ids) + request.budget)
                     if error is item.exc:
                         raise error
                     raise error from item.exc
@@ -278,7 +271,7 @@ class Engine:
             if not request.finished.is_set():
                 request.cancel.set()
                 if request.started.is_set():
-                    _wait(request.finished, self._core)
+                    calls.wait(request.finished, self._core)
 
     def stream(self, ids: list[int], settings: SamplingSettings, seed: int,
                cancel: threading.Event | None = None) -> Iterator[Chunk]:
@@ -292,46 +285,6 @@ class Engine:
         for piece in self.pieces(request):
             first = piece.first_at - request.submitted if piece.first_at is not None else None
             yield Chunk(piece.text, piece.tokens, piece.at - request.submitted, seed, first, piece.finish_reason)
-
-
-def _alive(core: _Core) -> bool:
-    return core.serving
-
-
-def _get(events: queue.SimpleQueue, core: _Core):
-    """`events.get()` that still lets Ctrl-C (KeyboardInterrupt) reach the main thread promptly."""
-    while True:
-        try:
-            return events.get(timeout=0.1)
-        except queue.Empty:
-            if not _alive(core) and events.empty():
-                raise KoGPTError("the generation worker has stopped (is the interpreter exiting?)") from None
-
-
-def _wait(event: threading.Event, core: _Core) -> None:
-    """Wait for the worker to finish its current token; a second Ctrl-C does not abandon it running."""
-    while not event.is_set() and _alive(core):
-        try:
-            event.wait(timeout=0.1)
-        except KeyboardInterrupt:
-            log.info("stopping the generation ...")
-
-
-def _caller_error(exc: BaseException, tokens: int) -> BaseException:
-    if isinstance(exc, (MemoryError, torch.OutOfMemoryError)):
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-        return KoGPTError(
-            f"out of memory generating up to {tokens} tokens; try a smaller max_length or "
-            "max_new_tokens, fewer num_return_sequences, or --quantize int8"
-        )
-    if isinstance(exc, KoGPTError):
-        return exc
-    if isinstance(exc, Exception):
-        log.debug("the generation worker failed", exc_info=exc)
-        return KoGPTError(f"generation failed: {type(exc).__name__}: {first_line(exc)}")
-    return exc
 
 
 @atexit.register

@@ -52,6 +52,7 @@ class ServerState:
         max_queue: int = MAX_QUEUE,
         shutdown_timeout: float = SHUTDOWN_SECONDS,
         max_batch: int | None = None,
+        prefix_cache: int | None = None,
     ) -> None:
         self.served_name = served_name
         self.defaults = defaults or SamplingSettings(max_new_tokens=16)
@@ -62,6 +63,7 @@ class ServerState:
         self.allowed_origins = allowed_origins or []
         self.max_queue = max_queue
         self.max_batch = max_batch  # None: the engine's default
+        self.prefix_cache = prefix_cache  # bytes; None: the engine's default
         self.shutdown_timeout = shutdown_timeout
         self.runner: Runner | None = None
         self.stopping = False
@@ -70,6 +72,8 @@ class ServerState:
     def ready(self, gpt) -> Runner:
         if self.max_batch is not None:
             gpt.engine.max_batch = self.max_batch
+        if self.prefix_cache is not None:
+            gpt.engine.prefix_budget = self.prefix_cache
         self.runner = Runner(gpt, self.max_queue, gpt.engine.max_batch)
         return self.runner
 

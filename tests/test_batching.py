@@ -1,0 +1,259 @@
+"""Continuous batching (issue 21): rows of different requests join and leave one running batch,
+prompts are fed in chunks between decode steps, the prefix store keeps many prompts, and a seeded
+request gives the same text alone and in any batch (tiny model, float32)."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from kogpt import KoGPT
+from kogpt.engine.prefix import PrefixStore
+from kogpt.engine.scheduler import Scheduler
+from kogpt.engine.worker import Request
+from kogpt.settings import SamplingSettings
+from tests.test_engine import cold
+
+PROMPT = "오늘은 날씨가"
+PREAMBLE = "질문: 하늘은 무슨 색인가요?\n답: 파란색\n질문: 바다는 어떤가요?\n답: 넓다\n"
+
+
+@pytest.fixture()
+def fresh(gpt):
+    return KoGPT(gpt.loaded)
+
+
+def alone(gpt: KoGPT, prompt: str, **settings) -> list[str]:
+    return cold(KoGPT(gpt.loaded), prompt, SamplingSettings(**settings))
+
+
+def in_threads(calls) -> list:
+    """Run the calls at once, each in its thread; their results in order."""
+    results: list = [None] * len(calls)
+    start = threading.Barrier(len(calls))
+
+    def run(i, call):
+        start.wait()
+        results[i] = call()
+
+    threads = [threading.Thread(target=run, args=(i, call)) for i, call in enumerate(calls)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    return results
+
+
+@pytest.mark.parametrize("temperature", [0, 0.9])
+def test_eight_concurrent_callers_get_their_text_alone_and_decode_together(gpt, fresh, temperature):
+    prompts = [PROMPT, "봄이 오면", PREAMBLE + "질문: 봄은?\n답:", "가", PROMPT, "여름에는 바다", "한국어", "하늘"]
+    settings = [dict(seed=10 + i, max_new_tokens=12 + i, temperature=temperature) for i in range(8)]
+    want = [alone(gpt, p, **s)[0] for p, s in zip(prompts, settings)]
+    peaks: list[int] = []
+
+    def call(p, s):
+        records = fresh.complete(p, SamplingSettings(**s))
+        return records[0].completion
+
+    got = in_threads([lambda p=p, s=s: call(p, s) for p, s in zip(prompts, settings)])
+    assert got == want
+    peaks.append(fresh.engine.last_stats.peak_batch)
+    assert max(peaks) > 1  # the last one to finish shared steps with others
+
+
+def test_samples_of_one_request_equal_their_cold_single_runs(gpt, fresh):
+    settings = SamplingSettings(seed=3, max_new_tokens=16, temperature=1.0, num_return_sequences=3)
+    together = [r.completion for r in fresh.complete(PROMPT, settings)]
+    one_by_one = [alone(gpt, PROMPT, seed=3 + i, max_new_tokens=16, temperature=1.0)[0] for i in range(3)]
+    assert together == one_by_one
+
+
+def test_a_short_request_joins_and_leaves_while_a_long_one_runs(gpt, fresh):
+    long_want = alone(gpt, PROMPT, seed=1, max_new_tokens=80, temperature=0.8)[0]
+    short_want = alone(gpt, "봄이 오면", seed=2, max_new_tokens=4)[0]
+    long = fresh.stream(PROMPT, seed=1, max_new_tokens=80, temperature=0.8)
+    text = next(long).text
+    short = fresh.generate("봄이 오면", seed=2, max_new_tokens=4)  # served while the long one decodes
+    assert fresh.engine.busy  # the long one has not finished: the short one did not wait for it
+    text += "".join(chunk.text for chunk in long)
+    assert (short, text) == (short_want, long_want)
+    assert not fresh.engine.busy
+
+
+def test_cancelling_a_running_row_leaves_the_others_unchanged(gpt, fresh):
+    want = alone(gpt, "여름에는", seed=4, max_new_tokens=30, temperature=0.8)[0]
+    doomed = fresh.stream(PROMPT, seed=1, max_new_tokens=100)
+    next(doomed)
+    kept = fresh.stream("여름에는", seed=4, max_new_tokens=30, temperature=0.8)
+    text = next(kept).text
+    doomed.close()  # leaves the batch at its next step
+    text += "".join(chunk.text for chunk in kept)
+    assert text == want
+
+
+def test_a_cancelled_queued_request_never_starts_and_the_next_runs_at_once(fresh):
+    fresh.engine.max_batch = 1
+    running = fresh.stream(PROMPT, seed=1, max_new_tokens=100)
+    next(running)
+    settings = SamplingSettings(max_new_tokens=4)
+    queued = [fresh.engine.submit(fresh.encode(PROMPT), settings, [i], 4) for i in range(50)]
+    for request in queued:
+        request.cancel.set()
+    running.close()
+    assert fresh.generate("가", seed=1, max_new_tokens=2) is not None
+    for request in queued:
+        assert list(fresh.engine.pieces(request)) == [] and not request.started.is_set()
+
+
+def scheduler(gpt, chunk: int = 8, max_batch: int = 8, budget: int = 1 << 30) -> Scheduler:
+    from kogpt.engine.decode import Stepper
+
+    return Scheduler(gpt.model, gpt.tokenizer, torch.device("cpu"), Stepper(gpt.model), PrefixStore(budget),
+                     max_batch, chunk)
+
+
+def request(gpt, prompt: str, tokens: int, seed: int = 1) -> Request:
+    ids = gpt.encode(prompt)
+    return Request(ids, SamplingSettings(seed=seed, max_new_tokens=tokens, temperature=1.0), [seed], tokens)
+
+
+def a_seed_that_runs(gpt, prompt: str, tokens: int) -> int:
+    """A seed whose completion of `prompt` uses all `tokens` (the tiny model may end early)."""
+    for seed in range(100):
+        sched, alone = scheduler(gpt), request(gpt, prompt, tokens, seed)
+        sched.add(alone)
+        while not sched.idle:
+            sched.tick()
+        if alone.stats.tokens == tokens:
+            return seed
+    raise AssertionError("no seed runs that long")
+
+
+def test_a_long_prompt_is_fed_one_chunk_per_step_while_the_batch_decodes(gpt):
+    with torch.inference_mode():
+        seed = a_seed_that_runs(gpt, PROMPT, 40)
+        sched = scheduler(gpt, chunk=8)
+        running = request(gpt, PROMPT, 40, seed)
+        sched.add(running)
+        while not len(sched.batch):
+            sched.tick()
+        long = request(gpt, PREAMBLE + "질문: 봄은?\n답:", 4)  # several chunks of 8
+        chunks = -(-len(long.ids) // 8)
+        sched.add(long)
+        before = running.stats.steps
+        assert chunks >= 3
+        for tick in range(chunks):
+            sched.tick()  # one chunk of the prompt, then a step of the batch
+            assert running.stats.steps == before + tick + 1  # the running stream never waits more
+            assert bool(sched.feeding) == (tick < chunks - 1)
+        assert long.stats.steps == 1 and long.stats.peak_batch == 2  # its prompt in, it joined the batch
+
+
+def test_a_short_request_behind_a_long_prompt_gets_its_first_token_within_two_chunks(gpt):
+    with torch.inference_mode():
+        sched = scheduler(gpt, chunk=8)
+        long = request(gpt, PREAMBLE + "질문: 봄은?\n답:", 4)
+        sched.add(long)
+        sched.tick()  # the long prompt's first chunk
+        short = request(gpt, "가", 16)
+        sched.add(short)
+        sched.tick()
+        sched.tick()  # two chunks after it arrived: its prompt is in, its first token sampled
+        assert [job.request for job, _ in sched.batch.owners] == [short] and short.stats.prefill_seconds > 0
+        assert [job.request for job in sched.feeding] == [long]
+
+
+def test_clients_sharing_a_preamble_feed_it_once(gpt):
+    with torch.inference_mode():
+        sched = scheduler(gpt, chunk=8)
+        requests = [request(gpt, PREAMBLE + f"질문: {word}은?\n답:", 2, seed=i)
+                    for i, word in enumerate(["봄", "여름", "가을", "겨울"] * 4)]
+        for r in requests:
+            sched.add(r)
+        while not sched.idle:
+            sched.tick()
+        preamble = len(gpt.encode(PREAMBLE)) // 8 * 8
+        fed = sum(r.stats.prefill_tokens for r in requests)
+        assert all(r.stats.reused_tokens >= preamble - 8 for r in requests[1:])
+        assert fed <= len(requests[0].ids) + sum(len(r.ids) - (preamble - 8) for r in requests[1:])
+        assert fed < sum(len(r.ids) for r in requests) / 2
+
+
+def test_the_prefix_store_hits_partly_hits_and_evicts_within_its_budget(gpt):
+    with torch.inference_mode():
+        sched = scheduler(gpt, chunk=8)
+        a = request(gpt, PREAMBLE + "질문: 봄은?\n답:", 1)
+        sched.add(a)
+        while not sched.idle:
+            sched.tick()
+        store = sched.store
+        assert len(store) == 1
+        _, kept, logits = store.lookup(a.ids, 8)
+        assert kept == len(a.ids) and logits is not None  # the same prompt: no forward pass
+        partial = gpt.encode(PREAMBLE + "질문: 여름은?\n답:")
+        cache, kept, logits = store.lookup(partial, 8)
+        shared = next(i for i, (x, y) in enumerate(zip(a.ids, partial)) if x != y)
+        assert kept == shared // 8 * 8 and logits is None and cache.get_seq_length() == kept
+        assert store.lookup(gpt.encode("완전히 다른 이야기"), 8)[1] == 0
+        size = store.bytes
+        small = PrefixStore(int(size * 1.5))
+        first, second = store.entries.popitem()[1], None
+        small.add(a.ids, first[0], first[1], 8)
+        small.add(partial, first[0], first[1], 8)  # over budget: the older entry goes
+        assert len(small) == 1 and small.lookup(a.ids, 8)[2] is None and small.lookup(partial, 8)[2] is not None
+        assert second is None and small.bytes <= small.budget
+
+
+def test_a_failed_step_fails_every_running_request_and_the_engine_goes_on(fresh, monkeypatch):
+    from kogpt.engine import batch
+    from kogpt.errors import KoGPTError
+
+    one = fresh.stream(PROMPT, seed=1, max_new_tokens=50)
+    next(one)
+    real = batch.Batch.step
+
+    def broken(self, stepper, tokens):
+        monkeypatch.setattr(batch.Batch, "step", real)
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(batch.Batch, "step", broken)
+    with pytest.raises(KoGPTError, match="boom"):
+        list(one)
+    assert fresh.generate("가", seed=1, max_new_tokens=3) == alone(fresh, "가", seed=1, max_new_tokens=3)[0]
+
+
+def test_the_servers_choices_and_clients_decode_together(gpt):
+    pytest.importorskip("starlette")
+    httpx = pytest.importorskip("httpx")
+    from kogpt.server.app import ServerState, create_app
+    from tests.serving import GatedGPT, running, wait_for
+
+    plain = KoGPT(gpt.loaded)
+    state = ServerState("kogpt", SamplingSettings(max_new_tokens=8), max_batch=6, prefix_cache=0)
+    runner = state.ready(plain)
+    body = {"prompt": PROMPT, "max_tokens": 12, "n": 4, "seed": 7, "temperature": 1.0}
+    with running(create_app(state)) as url:
+        reply = httpx.post(url + "/v1/completions", json=body, timeout=60).json()
+        assert plain.engine.last_stats.peak_batch == 4  # the four choices in one batch
+        alone_texts = [alone(gpt, PROMPT, seed=7 + i, max_new_tokens=12, temperature=1.0)[0] for i in range(4)]
+        assert [c["text"] for c in reply["choices"]] == alone_texts
+        assert plain.engine.prefix_budget == 0 and plain.engine.max_batch == 6
+
+        held = GatedGPT(gpt)
+        state = ServerState("kogpt", SamplingSettings(max_new_tokens=8), max_batch=2, max_queue=1)
+        runner = state.ready(held)
+    with running(create_app(state)) as url:
+        replies: list = []
+        threads = [threading.Thread(target=lambda: replies.append(httpx.post(
+            url + "/v1/completions", json={"prompt": PROMPT, "max_tokens": 4}, timeout=60))) for _ in range(3)]
+        for thread in threads:
+            thread.start()
+        wait_for(lambda: runner.stats.started == 2 and runner.waiting == 1, "two to run and one to wait")
+        refused = httpx.post(url + "/v1/completions", json={"prompt": PROMPT, "max_tokens": 4}, timeout=60)
+        assert refused.status_code == 429 and int(refused.headers["retry-after"]) >= 1
+        held.gate.set()
+        for thread in threads:
+            thread.join(60)
+        assert [r.status_code for r in replies] == [200] * 3
