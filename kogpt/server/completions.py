@@ -21,6 +21,7 @@ from kogpt.errors import KoGPTError
 from kogpt.server.errors import APIError
 from kogpt.server.request import CompletionRequest
 from kogpt.server.runner import Runner, Ticket
+from kogpt.server.tokens import detokenize
 from kogpt.settings import SamplingSettings, sequence_seed
 from kogpt.transcript import Record, Transcript
 
@@ -34,7 +35,7 @@ class Job:
     """One choice to generate."""
 
     index: int
-    prompt: str
+    prompt: str  # as sent, or the text of the token ids sent (for echo and the transcript)
     ids: list[int]  # the prompt's tokens as they run (after truncation, if on)
     settings: SamplingSettings
 
@@ -50,12 +51,16 @@ class Usage:
 
 
 async def plan(request: CompletionRequest, runner: Runner) -> list[Job]:
-    """The request's choices, in index order. Each prompt is tokenized once, off the event loop; one
-    that does not fit the context is refused here, before anything is generated or streamed."""
+    """The request's choices, in index order. Each prompt is tokenized once, off the event loop (token
+    ids run as sent, their text decoded for echo); one that does not fit the context is refused here,
+    before anything is generated or streamed."""
     base = request.settings.seed if request.settings.seed is not None else random.randrange(2**31)
     jobs = []
-    for p, prompt in enumerate(request.prompts):
-        ids = await runner.tokenize(prompt)
+    for p, sent in enumerate(request.prompts):
+        if isinstance(sent, str):
+            prompt, ids = sent, await runner.tokenize(sent)
+        else:
+            prompt, ids = await detokenize(sent, runner), sent
         try:
             ids = runner.gpt.fit_context(ids, request.settings)
         except KoGPTError:
