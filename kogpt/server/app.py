@@ -1,5 +1,5 @@
 """The ASGI app: OpenAI's `/v1/completions` and `/v1/models`, vLLM's `/tokenize` and `/detokenize`,
-and `/health`, on Starlette.
+Prometheus' `/metrics`, and `/health`, on Starlette.
 
 The app answers as soon as it starts; `ServerState.ready(gpt)` hands it the loaded model. Until then
 `/health` and the API answer 503, so a supervisor can start the server and wait for it.
@@ -25,6 +25,7 @@ from starlette.routing import Route
 from kogpt.server.completions import Completion, plan
 from kogpt.server.errors import APIError, shutting_down
 from kogpt.server.guard import Guard
+from kogpt.server.metrics import Metrics
 from kogpt.server.request import MAX_BODY_BYTES, check_content_type, parse_completion, parse_json, read_body
 from kogpt.server.runner import MAX_QUEUE, Runner
 from kogpt.server.tokens import detokenize, parse_detokenize, parse_tokenize, tokenize, vocabulary
@@ -66,9 +67,11 @@ class ServerState:
         self.runner: Runner | None = None
         self.stopping = False
         self.created = int(time.time())
+        self.metrics = Metrics(lambda: self.runner)  # its own registry: several apps never collide
 
     def ready(self, gpt) -> Runner:
         self.runner = Runner(gpt, self.max_queue)
+        self.metrics.follow(self.runner)
         return self.runner
 
     def shutdown(self) -> None:
@@ -158,6 +161,10 @@ def create_app(state: ServerState) -> Starlette:
         check_model(given.model)
         return JSONResponse({"prompt": await detokenize(given.tokens, serving)})
 
+    async def metrics_route(request: Request) -> Response:
+        text, content_type = state.metrics.exposition(request.headers.get("accept"))
+        return Response(text, headers={"Content-Type": content_type})
+
     async def chat(request: Request) -> Response:
         raise APIError(
             404,
@@ -168,7 +175,7 @@ def create_app(state: ServerState) -> Starlette:
     async def http_error(request: Request, exc: HTTPException) -> Response:
         message = {
             404: f"no route {shown(request.url.path)}; kogpt serves POST /v1/completions, GET /v1/models, "
-            "POST /tokenize, POST /detokenize and GET /health",
+            "POST /tokenize, POST /detokenize, GET /metrics and GET /health",
             405: f"{shown(request.method, quote=False)} is not allowed on {shown(request.url.path)}",
         }
         error = APIError(exc.status_code, message.get(exc.status_code, str(exc.detail)), headers=exc.headers)
@@ -185,6 +192,7 @@ def create_app(state: ServerState) -> Starlette:
         Route("/v1/chat/completions", guarded(chat), methods=["POST"]),
         Route("/tokenize", guarded(tokenize_route), methods=["POST"]),
         Route("/detokenize", guarded(detokenize_route), methods=["POST"]),
+        Route("/metrics", guarded(metrics_route)),
     ]
     guard = Middleware(
         Guard, hosts=state.allowed_hosts, origins=state.allowed_origins, api_key=state.api_key

@@ -18,6 +18,7 @@ from contextlib import aclosing
 from dataclasses import dataclass
 
 from kogpt.errors import KoGPTError
+from kogpt.server import metrics
 from kogpt.server.errors import APIError
 from kogpt.server.request import CompletionRequest
 from kogpt.server.runner import Runner, Ticket
@@ -189,6 +190,7 @@ class Completion:
         except KoGPTError as exc:
             raise APIError(500, str(exc), code="generation_failed") from exc
         self.usage.completion_tokens += record.completion_tokens
+        metrics.observe(self.runner, record)
         if self.transcript is not None:
             self.transcript.add([record])
 

@@ -6,7 +6,8 @@ without a key only loopback Host values are accepted (`--allowed-hosts` adds nam
 proxy), a request from a page (one with an `Origin` header) is refused unless `--allowed-origins`
 lists its origin, and only then do preflights get CORS grants (Starlette's `CORSMiddleware`).
 Refusals are 403s with OpenAI's error object; with a key, every path under `/v1` needs it (401),
-as in vLLM, known route or not, and so do `/tokenize` and `/detokenize` (which vLLM leaves open): they run the model's tokenizer.
+as in vLLM, known route or not, and so do `/tokenize`, `/detokenize` and `/metrics` (which vLLM
+leaves open): they read the model's tokenizer and the server's traffic.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from kogpt.messages import shown
 log = logging.getLogger(__name__)
 
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
-KEYED = ("/tokenize", "/detokenize")  # beyond /v1
+KEYED = ("/tokenize", "/detokenize", "/metrics")  # beyond /v1
 
 
 def split_list(text: str | None) -> list[str]:
