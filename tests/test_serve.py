@@ -163,7 +163,7 @@ def test_concurrent_clients_are_never_mixed(client):
         (b'{"prompt": "a", "stream": "yes"}', "stream", "true or false"),
         (b'{"prompt": "a", "logprobs": 3}', "logprobs", "not supported"),
         (b'{"prompt": "a", "presence_penalty": 0.5}', "presence_penalty", "not supported"),
-        (b'{"prompt": [1, 2]}', "prompt", "token ids"),
+        (b'{"prompt": [1, "a"]}', "prompt", "not a token id"),
         (b'{"prompt": ""}', "prompt", "empty"),
         (b'{"prompt": "\\ud800"}', "prompt", "lone surrogate"),
         (b'{"max_tokens": 3}', "prompt", "missing"),

@@ -1,4 +1,5 @@
-"""The ASGI app: OpenAI's `/v1/completions` and `/v1/models`, and `/health`, on Starlette.
+"""The ASGI app: OpenAI's `/v1/completions` and `/v1/models`, vLLM's `/tokenize` and `/detokenize`,
+Prometheus' `/metrics`, and `/health`, on Starlette.
 
 The app answers as soon as it starts; `ServerState.ready(gpt)` hands it the loaded model. Until then
 `/health` and the API answer 503, so a supervisor can start the server and wait for it.
@@ -22,10 +23,12 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from kogpt.server.completions import Completion, plan
-from kogpt.server.errors import APIError
+from kogpt.server.errors import APIError, shutting_down
 from kogpt.server.guard import Guard
+from kogpt.server.metrics import Metrics
 from kogpt.server.request import MAX_BODY_BYTES, check_content_type, parse_completion, parse_json, read_body
 from kogpt.server.runner import MAX_QUEUE, Runner
+from kogpt.server.tokens import detokenize, parse_detokenize, parse_tokenize, tokenize, vocabulary
 from kogpt.messages import shown
 from kogpt.settings import SamplingSettings
 from kogpt.transcript import Transcript
@@ -68,6 +71,7 @@ class ServerState:
         self.runner: Runner | None = None
         self.stopping = False
         self.created = int(time.time())
+        self.metrics = Metrics(lambda: self.runner)  # its own registry: several apps never collide
 
     def ready(self, gpt) -> Runner:
         if self.max_batch is not None:
@@ -75,6 +79,7 @@ class ServerState:
         if self.prefix_cache is not None:
             gpt.engine.prefix_budget = self.prefix_cache
         self.runner = Runner(gpt, self.max_queue, gpt.engine.max_batch)
+        self.metrics.follow(self.runner)
         return self.runner
 
     def shutdown(self) -> None:
@@ -112,18 +117,23 @@ def create_app(state: ServerState) -> Starlette:
         model = {"id": state.served_name, "object": "model", "created": state.created, "owned_by": "kogpt"}
         return JSONResponse({"object": "list", "data": [{**model, "max_model_len": context}]})
 
-    async def completions(request: Request) -> Response:
-        serving = runner()
+    async def body(request: Request) -> dict:
         check_content_type(request)
-        body = await read_body(request, state.max_body)
-        checked = parse_completion(parse_json(body), state.defaults)
-        if checked.model is not None and checked.model != state.served_name:
+        return parse_json(await read_body(request, state.max_body))
+
+    def check_model(model: str | None) -> None:
+        if model is not None and model != state.served_name:
             raise APIError(
                 404,
-                f"model {shown(checked.model)} is not served here; this server serves {shown(state.served_name)}",
+                f"model {shown(model)} is not served here; this server serves {shown(state.served_name)}",
                 param="model",
                 code="model_not_found",
             )
+
+    async def completions(request: Request) -> Response:
+        serving = runner()
+        checked = parse_completion(await body(request), state.defaults, vocabulary(serving.gpt))
+        check_model(checked.model)
         ticket = serving.admit()
         try:
             jobs = await plan(checked, serving)
@@ -142,6 +152,27 @@ def create_app(state: ServerState) -> Starlette:
         result = await _unless_disconnected(request, completion.run())
         return JSONResponse(result) if result is not None else Response(status_code=499)
 
+    def serving_now() -> Runner:
+        if state.stopping:
+            raise shutting_down()
+        return runner()
+
+    async def tokenize_route(request: Request) -> Response:
+        serving = serving_now()
+        asked = parse_tokenize(await body(request))
+        check_model(asked.model)
+        return JSONResponse(await tokenize(asked, serving))
+
+    async def detokenize_route(request: Request) -> Response:
+        serving = serving_now()
+        given = parse_detokenize(await body(request), vocabulary(serving.gpt))
+        check_model(given.model)
+        return JSONResponse({"prompt": await detokenize(given.tokens, serving)})
+
+    async def metrics_route(request: Request) -> Response:
+        text, content_type = state.metrics.exposition(request.headers.get("accept"))
+        return Response(text, headers={"Content-Type": content_type})
+
     async def chat(request: Request) -> Response:
         raise APIError(
             404,
@@ -151,8 +182,8 @@ def create_app(state: ServerState) -> Starlette:
 
     async def http_error(request: Request, exc: HTTPException) -> Response:
         message = {
-            404: f"no route {shown(request.url.path)}; kogpt serves POST /v1/completions, GET /v1/models and "
-            "GET /health",
+            404: f"no route {shown(request.url.path)}; kogpt serves POST /v1/completions, GET /v1/models, "
+            "POST /tokenize, POST /detokenize, GET /metrics and GET /health",
             405: f"{shown(request.method, quote=False)} is not allowed on {shown(request.url.path)}",
         }
         error = APIError(exc.status_code, message.get(exc.status_code, str(exc.detail)), headers=exc.headers)
@@ -167,6 +198,9 @@ def create_app(state: ServerState) -> Starlette:
         Route("/v1/models", guarded(models)),
         Route("/v1/completions", guarded(completions), methods=["POST"]),
         Route("/v1/chat/completions", guarded(chat), methods=["POST"]),
+        Route("/tokenize", guarded(tokenize_route), methods=["POST"]),
+        Route("/detokenize", guarded(detokenize_route), methods=["POST"]),
+        Route("/metrics", guarded(metrics_route)),
     ]
     guard = Middleware(
         Guard, hosts=state.allowed_hosts, origins=state.allowed_origins, api_key=state.api_key

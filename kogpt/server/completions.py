@@ -19,9 +19,11 @@ from contextlib import aclosing
 from dataclasses import dataclass
 
 from kogpt.errors import KoGPTError
+from kogpt.server import metrics
 from kogpt.server.errors import APIError
 from kogpt.server.request import CompletionRequest
 from kogpt.server.runner import Runner, Ticket
+from kogpt.server.tokens import detokenize
 from kogpt.settings import SamplingSettings, sequence_seed
 from kogpt.transcript import Record, Transcript
 
@@ -35,7 +37,7 @@ class Job:
     """One choice to generate."""
 
     index: int
-    prompt: str
+    prompt: str  # as sent, or the text of the token ids sent (for echo and the transcript)
     ids: list[int]  # the prompt's tokens as they run (after truncation, if on)
     settings: SamplingSettings
 
@@ -51,12 +53,16 @@ class Usage:
 
 
 async def plan(request: CompletionRequest, runner: Runner) -> list[Job]:
-    """The request's choices, in index order. Each prompt is tokenized once, off the event loop; one
-    that does not fit the context is refused here, before anything is generated or streamed."""
+    """The request's choices, in index order. Each prompt is tokenized once, off the event loop (token
+    ids run as sent, their text decoded for echo); one that does not fit the context is refused here,
+    before anything is generated or streamed."""
     base = request.settings.seed if request.settings.seed is not None else random.randrange(2**31)
     jobs = []
-    for p, prompt in enumerate(request.prompts):
-        ids = await runner.tokenize(prompt)
+    for p, sent in enumerate(request.prompts):
+        if isinstance(sent, str):
+            prompt, ids = sent, await runner.tokenize(sent)
+        else:
+            prompt, ids = await detokenize(sent, runner), sent
         try:
             ids = runner.gpt.fit_context(ids, request.settings)
         except KoGPTError:
@@ -215,6 +221,7 @@ class Completion:
         except KoGPTError as exc:
             raise APIError(500, str(exc), code="generation_failed") from exc
         self.usage.completion_tokens += record.completion_tokens
+        metrics.observe(self.runner, record)
         if self.transcript is not None:
             self.transcript.add([record])
 

@@ -6,7 +6,8 @@ without a key only loopback Host values are accepted (`--allowed-hosts` adds nam
 proxy), a request from a page (one with an `Origin` header) is refused unless `--allowed-origins`
 lists its origin, and only then do preflights get CORS grants (Starlette's `CORSMiddleware`).
 Refusals are 403s with OpenAI's error object; with a key, every path under `/v1` needs it (401),
-as in vLLM, known route or not.
+as in vLLM, known route or not, and so do `/tokenize`, `/detokenize` and `/metrics` (which vLLM
+leaves open): they read the model's tokenizer and the server's traffic.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from kogpt.messages import shown
 log = logging.getLogger(__name__)
 
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
+KEYED = ("/tokenize", "/detokenize", "/metrics")  # beyond /v1
 
 
 def split_list(text: str | None) -> list[str]:
@@ -109,7 +111,8 @@ class Guard:
             )
         path = scope["path"]
         preflight = scope["method"] == "OPTIONS" and "access-control-request-method" in headers
-        if self.api_key is not None and (path == "/v1" or path.startswith("/v1/")) and not preflight:
+        keyed = path == "/v1" or path.startswith("/v1/") or path in KEYED
+        if self.api_key is not None and keyed and not preflight:
             scheme, _, key = headers.get("authorization", "").partition(" ")
             if scheme.lower() != "bearer" or not hmac.compare_digest(key.strip().encode(), self.api_key.encode()):
                 raise APIError(

@@ -1,5 +1,7 @@
 """The body of `POST /v1/completions`: read within a size limit, decoded, and checked field by field.
 
+A prompt is text, or token ids (as vLLM and OpenAI take them), each id checked against the vocabulary.
+
 Numbers go through the parsers of `kogpt.settings`, the ones behind the command line's flags and the
 REPL's `/set`, so a value is judged the same way wherever it is typed. OpenAI fields kogpt does not
 implement are accepted at their neutral value only; anything else is refused, never ignored.
@@ -49,7 +51,7 @@ FIELDS = (*SETTINGS, *NEUTRAL, *OTHER)
 class CompletionRequest:
     """A checked completion request: the prompts, the settings to run them with, and the reply's shape."""
 
-    prompts: list[str]
+    prompts: list[str | list[int]]  # text, or token ids
     settings: SamplingSettings
     model: str | None = None
     stream: bool = False
@@ -112,8 +114,9 @@ def parse_json(body: bytes) -> dict[str, Any]:
     return data
 
 
-def parse_completion(data: dict[str, Any], defaults: SamplingSettings) -> CompletionRequest:
-    """Check every field of a completion request; `defaults` are the server's (its sampling flags)."""
+def parse_completion(data: dict[str, Any], defaults: SamplingSettings, vocab: int = 0) -> CompletionRequest:
+    """Check every field of a completion request; `defaults` are the server's (its sampling flags);
+    token ids run from 0 to `vocab` - 1 (the tokenizer's size)."""
     unknown = [name for name in data if name not in FIELDS]
     if unknown:
         raise bad_request(f"unknown field {shown(unknown[0])}; kogpt reads: {', '.join(FIELDS)}", param=unknown[0])
@@ -128,15 +131,15 @@ def parse_completion(data: dict[str, Any], defaults: SamplingSettings) -> Comple
         given["stop"] = _stops(data["stop"])
     settings = dataclasses.replace(defaults, **given)  # max_tokens, when given, wins over --max-length
     best_of = data.get("best_of")
-    if best_of is not None and (not _is_int(best_of) or best_of != settings.num_return_sequences):
+    if best_of is not None and (not _is_int(_whole(best_of)) or best_of != settings.num_return_sequences):
         raise bad_request("best_of is not supported by kogpt serve; leave it out (or equal to n)", param="best_of")
-    prompts = _prompts(data.get("prompt"))
+    prompts = _prompts(data.get("prompt"), vocab)
     if len(prompts) * settings.num_return_sequences > MAX_CHOICES:
         raise bad_request(
             f"{len(prompts)} prompts x n={settings.num_return_sequences} is more than {MAX_CHOICES} completions in one request",
             param="n",
         )
-    stream = _flag(data, "stream")
+    stream = flag(data, "stream")
     options = data.get("stream_options")
     include_usage = False
     if options is not None:
@@ -144,21 +147,21 @@ def parse_completion(data: dict[str, Any], defaults: SamplingSettings) -> Comple
             raise bad_request("stream_options is only allowed with stream: true", param="stream_options")
         if not isinstance(options, dict) or set(options) - {"include_usage"}:
             raise bad_request('stream_options must be {"include_usage": true or false}', param="stream_options")
-        include_usage = _flag(options, "include_usage")
+        include_usage = flag(options, "include_usage")
     model = data.get("model")
     if model is not None and not isinstance(model, str):
         raise bad_request(f"model must be a string, not {_kind(model)}", param="model")
     user = data.get("user")
     if user is not None and not isinstance(user, str):
         raise bad_request(f"user must be a string, not {_kind(user)}", param="user")
-    return CompletionRequest(prompts, settings, model, stream, include_usage, _flag(data, "echo"))
+    return CompletionRequest(prompts, settings, model, stream, include_usage, flag(data, "echo"))
 
 
 def _setting(name: str, setting: str, value: Any) -> Any:
     if name == "top_k" and value == -1 and not isinstance(value, bool):  # vLLM's and OpenAI-style servers' "off"
         value = 0
-    if SPECS[setting].kind is int and isinstance(value, float) and value.is_integer():
-        value = int(value)  # 1.0 for a whole number, as vLLM (pydantic) accepts
+    if SPECS[setting].kind is int:
+        value = _whole(value)
     return _checked(name, setting, value)
 
 
@@ -181,26 +184,54 @@ def _stops(value: Any) -> list[str]:
     return stops
 
 
-def _prompts(value: Any) -> list[str]:
+def _prompts(value: Any, vocab: int) -> list[str | list[int]]:
     if value is None:
-        raise bad_request("prompt is missing: give a string or a list of strings", param="prompt")
-    prompts = [value] if isinstance(value, str) else value
+        raise bad_request("prompt is missing: give a string, a list of strings, or token ids", param="prompt")
+    single = isinstance(value, str) or (isinstance(value, list) and value and _is_number(value[0]))
+    prompts = [value] if single else value
     if not isinstance(prompts, list) or not prompts:
-        raise bad_request(f"prompt must be a string or a non-empty list of strings, not {_kind(value)}", param="prompt")
-    for prompt in prompts:
-        if not isinstance(prompt, str):
-            what = "token ids are not supported: send text" if _is_int(prompt) or isinstance(prompt, list) else None
-            raise bad_request(what or f"prompt must hold strings, not {_kind(prompt)}", param="prompt")
-        if not prompt:
-            raise bad_request("prompt is empty", param="prompt")
-        try:
-            text_lib.check(prompt, "prompt")
-        except InputError as exc:  # JSON's "\ud800": a lone surrogate, not a character
-            raise bad_request(str(exc), param="prompt") from None
-    return prompts
+        raise bad_request(f"prompt must be a string or a non-empty list, not {_kind(value)}", param="prompt")
+    if not (all(isinstance(p, str) for p in prompts) or all(isinstance(p, list) for p in prompts)):
+        raise bad_request(
+            "prompt must be a string, a list of strings, a list of token ids or a list of such lists, "
+            f"not a list holding {_kind(next(p for p in prompts if not isinstance(p, str)))}",
+            param="prompt",
+        )
+    return [_text(p) if isinstance(p, str) else _ids(p, vocab, i, single) for i, p in enumerate(prompts)]
 
 
-def _flag(data: dict, name: str) -> bool:
+def _text(prompt: str) -> str:
+    if not prompt:
+        raise bad_request("prompt is empty", param="prompt")
+    try:
+        return text_lib.check(prompt, "prompt")
+    except InputError as exc:  # JSON's "\ud800": a lone surrogate, not a character
+        raise bad_request(str(exc), param="prompt") from None
+
+
+def _ids(prompt: list, vocab: int, index: int, single: bool) -> list[int]:
+    name = "prompt" if single else f"prompt[{index}]"
+    if not prompt:
+        raise bad_request(f"{name} holds no token ids", param="prompt")
+    return token_ids(prompt, name, vocab, param="prompt")
+
+
+def token_ids(value: Any, name: str, vocab: int, param: str) -> list[int]:
+    """`value` checked to be a list of token ids below `vocab` (whole-number floats taken as ints)."""
+    if not isinstance(value, list):
+        raise bad_request(f"{name} must be a list of token ids, not {_kind(value)}", param=param)
+    ids = [_whole(item) for item in value]
+    for i, item in enumerate(ids):
+        if not _is_int(item) or not 0 <= item < vocab:
+            raise bad_request(
+                f"{name}[{i}] is {_kind(value[i])}, not a token id: this model's ids run from 0 to {vocab - 1}",
+                param=param,
+            )
+    return ids
+
+
+def flag(data: dict, name: str) -> bool:
+    """`data[name]` as true or false (absent or null: false); anything else is a 400."""
     value = data.get(name)
     if value is None:
         return False
@@ -217,6 +248,15 @@ def _same(value: Any, neutral: Any) -> bool:
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _whole(value: Any) -> Any:
+    """1.0 as 1, as vLLM (pydantic) reads a whole number where an integer is expected; 1.5 stays."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
 def _kind(value: Any) -> str:
