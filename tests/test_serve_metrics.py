@@ -87,7 +87,7 @@ def test_per_token_latency_is_observed_per_choice(gpt):
 def test_refused_and_running_and_waiting_are_read_at_scrape_time(gpt):
     """One generation held running, one request waiting behind it, one refused (the queue is full)."""
     gated = GatedGPT(gpt)
-    state = ServerState("kogpt", SamplingSettings(max_new_tokens=4), max_queue=0)
+    state = ServerState("kogpt", SamplingSettings(max_new_tokens=4), max_queue=0, max_batch=1)
     runner = state.ready(gated)
 
     with running(create_app(state)) as url:
@@ -117,7 +117,7 @@ def test_refused_and_running_and_waiting_are_read_at_scrape_time(gpt):
 
 def test_waiting_requests_are_counted(gpt):
     gated = GatedGPT(gpt)
-    state = ServerState("kogpt", SamplingSettings(max_new_tokens=4))
+    state = ServerState("kogpt", SamplingSettings(max_new_tokens=4), max_batch=1)
     runner = state.ready(gated)
 
     with running(create_app(state)) as url:
