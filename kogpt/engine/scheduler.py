@@ -110,7 +110,7 @@ class Scheduler:
             used = self._rows_in_use()
             if used and used + job.width > self.max_batch:
                 return  # first come, first served: later requests wait behind this one
-            if any(self._gains_from(job, other) for other in self.feeding):
+            if self.store.budget and any(self._gains_from(job, other) for other in self.feeding):
                 continue  # its shared beginning is being fed right now: take it from the store after
             self.waiting.remove(job)
             self._start(job)

@@ -82,6 +82,7 @@ class _Core:
         self.serving = False
         self.start_lock = threading.Lock()
         self.last_stats: loop.Stats | None = None
+        self.fed_tokens = self.reused_tokens = 0  # prompt tokens of finished requests, fed or reused
 
     def start(self) -> None:
         """Start the worker thread on the first request."""
@@ -149,6 +150,8 @@ class _Core:
         log.debug("%d tokens in %.2f s (%d prompt tokens fed, %d reused)", stats.tokens,
                   time.perf_counter() - request.submitted, stats.prefill_tokens, stats.reused_tokens)
         self.last_stats = stats
+        self.fed_tokens += stats.prefill_tokens
+        self.reused_tokens += stats.reused_tokens
 
     def serve_one_by_one(self, stepper: decode.Stepper) -> None:
         """With static caches (CUDA graphs): one request at a time over the one-entry prefix cache."""
@@ -185,6 +188,19 @@ class _Core:
             request.events.put(END)
 
 
+class _OnCore:
+    """An attribute of the `Engine` kept on its `_Core`, where the worker thread reads it."""
+
+    def __set_name__(self, owner, name: str) -> None:
+        self.name = name
+
+    def __get__(self, engine, owner=None):
+        return getattr(engine._core, self.name)
+
+    def __set__(self, engine, value) -> None:
+        setattr(engine._core, self.name, value)
+
+
 class Engine:
     """Generation for one loaded model: `stream()` one sequence, or `submit()` + `pieces()` for many.
 
@@ -198,13 +214,13 @@ class Engine:
         self._core = _Core(model, tokenizer, device, context, static_cache, compile and static_cache, backend)
         weakref.finalize(self, self._core.stop)
 
-    @property
-    def prefill_chunk(self) -> int:
-        return self._core.prefill_chunk
-
-    @prefill_chunk.setter
-    def prefill_chunk(self, tokens: int) -> None:
-        self._core.prefill_chunk = tokens
+    # Settings and counts that live on the worker's side (`_Core`), read and set through the engine:
+    prefill_chunk = _OnCore()  # prompt tokens per forward
+    max_batch = _OnCore()  # rows (all requests' samples together) that decode in one step; more wait
+    prefix_budget = _OnCore()  # bytes the prefix cache may keep (read when the worker starts)
+    last_stats = _OnCore()  # where the time of the last finished request went (`loop.Stats`)
+    fed_tokens = _OnCore()  # prompt tokens computed so far (finished requests), not those reused
+    reused_tokens = _OnCore()  # prompt tokens taken from the prefix cache so far
 
     @property
     def busy(self) -> bool:
@@ -213,27 +229,10 @@ class Engine:
         return self._core.current is not None or (scheduler is not None and not scheduler.idle)
 
     @property
-    def max_batch(self) -> int:
-        """Rows (all requests' samples together) that decode in one step; more requests wait."""
-        return self._core.max_batch
-
-    @max_batch.setter
-    def max_batch(self, rows: int) -> None:
-        self._core.max_batch = rows
-
-    @property
-    def prefix_budget(self) -> int:
-        """Bytes the prefix cache may keep (read when the worker starts)."""
-        return self._core.prefix_budget
-
-    @prefix_budget.setter
-    def prefix_budget(self, size: int) -> None:
-        self._core.prefix_budget = size
-
-    @property
-    def last_stats(self) -> loop.Stats | None:
-        """Where the time of the last finished request went."""
-        return self._core.last_stats
+    def rows(self) -> int:
+        """Rows decoding in the running batch now."""
+        scheduler = self._core.scheduler
+        return len(scheduler.batch) if scheduler is not None else int(self._core.current is not None)
 
     def submit(self, ids: list[int], settings: SamplingSettings, seeds: list[int], budget: int,
                cancel: threading.Event | None = None) -> Request:

@@ -112,3 +112,14 @@ class _RunnerCollector(Collector):
         yield GaugeMetricFamily(
             "kogpt_generations_running", "Generations running now", value=stats.running if stats else 0
         )
+        engine = runner.gpt.engine if runner is not None else None
+        yield GaugeMetricFamily(
+            "kogpt_batch_rows", "Rows decoding in the running batch now", value=getattr(engine, "rows", 0)
+        )
+        yield CounterMetricFamily(
+            "kogpt_prompt_tokens_fed", "Prompt tokens the engine computed (those not taken from the prefix cache)",
+            value=getattr(engine, "fed_tokens", 0),
+        )
+        yield CounterMetricFamily(
+            "kogpt_prompt_tokens_reused", "Prompt tokens taken from the prefix cache", value=getattr(engine, "reused_tokens", 0)
+        )
