@@ -1,15 +1,15 @@
 """Whole requests from several clients: `kogpt serve` started as a user starts it, beside its peer.
 
 Each server is a command in a process of its own, with nothing set by hand (no OpenMP variable):
-`python -m kogpt serve --model DIR --dtype D`, and, with `--peer`, `transformers serve
---continuous-batching --dtype D DIR` (needs `pip install "transformers[serving]"`). Against each,
+`python -m kogpt serve --model DIR` (`--dtype D` if given), and, with `--peer`, `transformers serve
+--continuous-batching --dtype D DIR` (bfloat16 when kogpt's is auto) (needs `pip install "transformers[serving]"`). Against each,
 in one run: 1, 4 and 8 clients (`--clients`) stream one completion each at the same moment (seeds
 differ); then one request with `n=4` against one with `n=1`; then `--shared` clients whose prompts
 share a long few-shot preamble (kogpt only: its `/metrics` counts the prompt tokens fed). Reported:
 aggregate tokens/s (all generated tokens / wall time), its ratio to 1 client, mean and max time to
 first token; the CPU with its flags, torch, transformers and the dtype.
 
-    python benchmarks/clients.py --checkpoint DIR [--peer] [--dtype float32] [--new-tokens 32]
+    python benchmarks/clients.py --checkpoint DIR [--peer] [--dtype auto] [--new-tokens 32]
     python benchmarks/clients.py --preset tiny --clients 1,2 --new-tokens 4 --shared 3 --examples 2   # quick
 """
 
@@ -156,7 +156,8 @@ def run(checkpoint: str, args) -> dict:
     servers = [("kogpt serve", kogpt, True)]
     peer = shutil.which("transformers") or shutil.which("transformers", path=str(Path(sys.executable).parent))
     if args.peer and peer:
-        argv = [peer, "serve", "--continuous-batching", "--device", "cpu", "--dtype", args.dtype, "--host",
+        dtype = "bfloat16" if args.dtype == "auto" else args.dtype
+        argv = [peer, "serve", "--continuous-batching", "--device", "cpu", "--dtype", dtype, "--host",
                 "127.0.0.1", "--port", str(port), checkpoint]  # fmt: skip
         servers.append(("transformers serve --continuous-batching", argv, False))
     elif args.peer:
@@ -182,7 +183,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--clients", type=lambda t: [int(n) for n in t.split(",")], default=[1, 4, 8])
     parser.add_argument("--shared", type=int, default=16, help="clients sharing a few-shot preamble (0: skip)")
     parser.add_argument("--examples", type=int, default=24, help="examples in the shared preamble")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                        help="kogpt's --dtype (auto: as users start it); the peer gets bfloat16 for auto")
     parser.add_argument("--peer", action="store_true", help="also transformers serve --continuous-batching")
     args = parser.parse_args(argv)
     if args.preset:

@@ -158,3 +158,56 @@ def test_plan_shows_the_remembered_kernel_of_each_phase_and_why(tiny_dir, capsys
     assert main(argv) == 0
     out = " ".join(capsys.readouterr().out.split())
     assert "kernel w8 (1 row w8, 4 rows w8, prompt chunks of 128 w8a8): measured on this CPU" in out
+
+
+# The Xeon of this round (AMX), per layer in ms: float32 decodes one row nearly as fast, but bfloat16
+# runs 4 rows and prompt chunks far faster.
+XEON_FLOAT = {
+    "bf16": {1: 9.8, 4: 10.4, 128: 30.0},
+    "bf16mv": {1: 8.0},
+    "fp32": {1: 13.2, 4: 25.1, 128: 110.0},
+}
+
+
+def test_float32_is_kept_only_where_it_wins_the_whole_request():
+    xeon = chooser.choose("float", SHAPES, by_rows(XEON_FLOAT), accuracy=accurate)
+    assert xeon.kernel == "bf16mv" and xeon.phases == {"step": "bf16mv", "batch": "bf16", "prefill": "bf16"}
+    slow_16bit = {name: {rows: t * 3 for rows, t in table.items()} for name, table in XEON_FLOAT.items() if name != "fp32"}
+    other = chooser.choose("float", SHAPES, by_rows({**slow_16bit, "fp32": XEON_FLOAT["fp32"]}), accuracy=accurate)
+    assert other.kernel == "fp32" and set(other.phases.values()) == {"fp32"}
+    assert "fp32" not in {k.name for k in chooser.candidates("16bit")}  # never where float32 does not fit
+
+
+def test_auto_dtype_follows_the_float_choice_and_plans_the_memory_of_what_is_loaded(tiny_dir):
+    from transformers import AutoConfig
+
+    from kogpt.placement.decide import decide
+    from kogpt.placement.options import Options
+
+    config = AutoConfig.from_pretrained(tiny_dir)
+    asked: list[str] = []
+
+    def kernel_for(picked):
+        def choose(config, fmt, requested, threads):
+            asked.append(fmt)
+            return picked, "measured", KERNELS[picked].dtype, {p: picked for p in phases.PHASES}
+
+        return choose
+
+    exact = decide(config, Options(model=str(tiny_dir), device="cpu"), kernel_for=kernel_for("fp32"))
+    fast = decide(config, Options(model=str(tiny_dir), device="cpu"), kernel_for=kernel_for("bf16"))
+    assert asked == ["float", "float"]
+    assert exact.dtype == torch.float32 and exact.kernel is None
+    assert fast.dtype == torch.bfloat16 and fast.kernel == "bf16" and "serves a request faster" in fast.choice.reason
+    assert fast.plan.summary() != exact.plan.summary()  # planned for 16-bit weights, not float32
+    asked.clear()
+    forced = decide(config, Options(model=str(tiny_dir), device="cpu", dtype="float32"), kernel_for=kernel_for("bf16"))
+    assert forced.dtype == torch.float32 and asked == []  # an explicit dtype is kept
+
+
+def test_a_model_whose_float32_weights_fit_in_the_cache_stays_float32_unmeasured(tiny_dir):
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(tiny_dir)
+    kernel, why, dtype, _ = choices.kernel_for(config, "float", None, 1)
+    assert (kernel, dtype) == ("fp32", torch.float32) and "cache" in why

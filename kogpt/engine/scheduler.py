@@ -92,6 +92,13 @@ class Scheduler:
         if len(self.batch):
             self._step()
 
+    def fail_running(self, exc: BaseException) -> None:
+        """Hand `exc` to every request that feeds its prompt or decodes; those waiting stay."""
+        jobs = [*self.feeding, *self._running()]
+        self.feeding.clear()
+        self._keep_rows(lambda job, row: False)
+        self._fail(jobs, exc)
+
     def end_all(self) -> None:
         """End every request now (the engine stops)."""
         for job in [*self.waiting, *self.feeding, *self._running()]:
@@ -125,7 +132,8 @@ class Scheduler:
         job.fed = job.kept
         job.request.stats.reused_tokens = job.kept
         job.request.stats.prefill_tokens = len(job.ids) - job.kept
-        log.debug("prompt of %d tokens: %d from the prefix cache; %d rows", len(job.ids), job.kept, job.width)
+        log.debug("generating up to %d tokens after %d prompt tokens (%d from the prefix cache), seeds %s",
+                  job.request.budget, len(job.ids), job.kept, job.request.seeds)
         if logits is not None:
             job.cache = cache
             self._ready(job, logits)

@@ -143,7 +143,10 @@ class _Core:
                     scheduler.max_batch, scheduler.chunk = self.max_batch, self.prefill_chunk
                     scheduler.add(item)
             with _model_lock(self.model):
-                scheduler.tick()
+                try:
+                    scheduler.tick()
+                except Exception as exc:  # e.g. a sampler's bad value: the requests in flight get it
+                    scheduler.fail_running(exc)
 
     def finished(self, request: Request) -> None:
         stats = request.stats

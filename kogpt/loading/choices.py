@@ -154,6 +154,9 @@ def kernel_for(
         if requested not in fitting:
             raise KoGPTError(f"kernel {requested!r} does not compute {fmt} weights of this model; choose one of {', '.join(fitting)}")
         return requested, "asked for", KERNELS[requested].dtype, forced_phases(requested)
+    weights = sum(count * out * n_in for (out, n_in), count in shapes.items())
+    if fmt == "float" and 4 * weights <= last_level_cache_bytes():
+        return "fp32", "its float32 weights fit in the CPU's cache: exact, and no memory bound to halve", torch.float32, {}
     if measure:
         choice = choice_for(fmt, shapes, threads, prompt_shapes=linear_shapes(config, lm_head=False))
         why = choice.why

@@ -25,8 +25,9 @@ from kogpt.loading.phases import MANY_ROWS, PHASES
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("16bit", "int8", "int4")
-TOLERANCE = {"16bit": 0.01, "int8": 0.03, "int4": 0.2, "32bit": 1e-5}  # relative error vs float32
+# "float": the 16-bit kernels and float32, for an `auto` dtype whose float32 weights fit in memory.
+FORMATS = ("16bit", "int8", "int4", "float")
+TOLERANCE = {"16bit": 0.01, "int8": 0.03, "int4": 0.2, "32bit": 1e-5, "float": 0.01}  # relative error vs float32
 Tensors = dict[str, torch.Tensor]
 
 
@@ -129,11 +130,12 @@ KERNELS: dict[str, Kernel] = {
 # The standard kernel of each format: used without a measurement (quantize_model, `--plan` before the
 # first load, tests), and preferred among tied candidates. They run everywhere torch does; group 128
 # is int4's usual trade (GPTQ, AWQ, torchao): 0.53 bytes a weight against group 32's 0.63.
-DEFAULTS = {"16bit": "bf16", "int8": "w8", "int4": "w4g128"}
+DEFAULTS = {"16bit": "bf16", "int8": "w8", "int4": "w4g128", "float": "bf16"}  # ties: half the memory
 
 
 def candidates(fmt: str, in_features: int = 4096) -> list[Kernel]:
-    return [k for k in KERNELS.values() if k.format == fmt and k.fits(in_features)]
+    formats = ("16bit", "32bit") if fmt == "float" else (fmt,)
+    return [k for k in KERNELS.values() if k.format in formats and k.fits(in_features)]
 
 
 def last_level_cache_bytes() -> int:

@@ -113,16 +113,24 @@ def decide(
         if options.threads is not None and options.threads < 1:
             raise KoGPTError(f"--threads must be 1 or more, not {options.threads}")
         decision = replace(decision, threads=options.threads or physical_cores())
-    return cpu_kernel(config, options, decision, kernel_for) if streamed and kernel_for else decision
+    if not (streamed and kernel_for):
+        return decision
+    chosen = cpu_kernel(config, options, decision, kernel_for)
+    if chosen.dtype != decision.dtype:  # 16-bit won over float32: the memory plan of what is loaded
+        chosen = replace(chosen, plan=make_plan(config, chosen.dtype, device.type, options, hardware, model=model))
+    return chosen
 
 
 def cpu_kernel(config, options: Options, decision: Decision, kernel_for: KernelFor) -> Decision:
-    """The decision with its CPU kernel. A 16-bit load picks between bfloat16 and float16 only when
-    the dtype is `auto` and 16-bit; float32 (which `auto` keeps where it fits) is exact as it is."""
+    """The decision with its CPU kernel. With the dtype `auto`, a 16-bit load picks between bfloat16
+    and float16, and where float32 weights fit, float32 is kept only if it serves the standard request
+    faster than every 16-bit layout (`format` "float")."""
     if options.quantize != "none":
         fmt = options.quantize
     elif options.dtype == "auto" and decision.dtype == torch.bfloat16:
         fmt = "16bit"
+    elif options.dtype == "auto" and decision.dtype == torch.float32 and not options.kernel:
+        fmt = "float"
     elif options.kernel and decision.dtype in (torch.bfloat16, torch.float16):
         fmt = "16bit"  # a 16-bit dtype asked for, with a kernel of that dtype (checked below)
     elif options.kernel:
@@ -130,10 +138,14 @@ def cpu_kernel(config, options: Options, decision: Decision, kernel_for: KernelF
     else:
         return decision
     kernel, why, dtype, phases = kernel_for(config, fmt, options.kernel, decision.threads)
+    if dtype == torch.float32:  # float32 kept: the plain float32 layers
+        return replace(decision, choice=DtypeChoice(dtype, f"{decision.choice.reason}; {why}"))
     if options.dtype != "auto" and dtype != decision.dtype:
         raise KoGPTError(f"kernel {kernel} computes in {str(dtype).removeprefix('torch.')}, not in the {options.dtype} asked for")
     choice = decision.choice
-    if dtype != choice.dtype:
+    if decision.dtype == torch.float32:
+        choice = DtypeChoice(dtype, f"{choice.reason}, but {str(dtype).removeprefix('torch.')} serves a request faster here")
+    elif dtype != choice.dtype:
         choice = DtypeChoice(dtype, f"{choice.reason}; {str(dtype).removeprefix('torch.')} is the faster 16-bit kernel here")
     return replace(decision, choice=choice, kernel=kernel, kernel_reason=why, phases=phases)
 
