@@ -161,7 +161,7 @@ def test_concurrent_clients_are_never_mixed(client):
         (b'{"prompt": "a", "n": 99}', "n", "n must be"),
         (b'{"prompt": "a", "top_p": 0}', "top_p", "top_p must be"),
         (b'{"prompt": "a", "stream": "yes"}', "stream", "true or false"),
-        (b'{"prompt": "a", "logprobs": 3}', "logprobs", "not supported"),
+        (b'{"prompt": "a", "logprobs": 21}', "logprobs", "from 0 to 20"),
         (b'{"prompt": "a", "presence_penalty": 0.5}', "presence_penalty", "not supported"),
         (b'{"prompt": [1, "a"]}', "prompt", "not a token id"),
         (b'{"prompt": ""}', "prompt", "empty"),

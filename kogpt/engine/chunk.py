@@ -3,7 +3,17 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+
+@dataclass
+class TokenLogprob:
+    """One token and its log-probability under the model (the raw log-softmax of its logits, before
+    temperature, penalties or top-k/top-p: vLLM's default), with the `top` most likely (id, logprob)."""
+
+    token: int
+    logprob: float | None  # None: the prompt's first token, which nothing predicts
+    top: list[tuple[int, float]] = field(default_factory=list)
 
 
 @dataclass
@@ -20,6 +30,7 @@ class Chunk:
     seed: int
     first_token_seconds: float | None = None
     finish_reason: str | None = None
+    logprobs: list[TokenLogprob] | None = None  # the tokens this chunk adds, when the request asked
 
     @property
     def tokens_per_second(self) -> float:
@@ -36,6 +47,7 @@ class Piece:
     at: float
     first_at: float | None
     finish_reason: str | None = None
+    logprobs: list[TokenLogprob] | None = None  # the tokens sampled since the row's last piece, if asked
 
 
 class Failure:

@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from kogpt.engine.chunk import Piece
+from kogpt.engine.chunk import Piece, TokenLogprob
 from kogpt.engine.prefix import PrefixCache
-from kogpt.engine.sampling import Sampler
+from kogpt.engine.sampling import Extras, Sampler, logprobs_of
 from kogpt.engine.textstream import IncrementalDecoder, StopMatcher
 from kogpt.settings import SamplingSettings
 
@@ -42,10 +42,13 @@ class Row:
         self.stops = StopMatcher(stops)
         self.tokens: list[int] = []
         self.finish: str | None = None
+        self.logprobs: list[TokenLogprob] = []  # of the tokens not handed out yet (when asked)
 
-    def push(self, token: int, eos: int, budget: int) -> str:
+    def push(self, token: int, eos: int, budget: int, logprob: TokenLogprob | None = None) -> str:
         """Add a sampled token; the text it completes (all the rest when the row is finished)."""
         self.tokens.append(token)
+        if logprob is not None:
+            self.logprobs.append(logprob)
         text = self.stops.feed(self.decoder.push(token))
         if self.stops.stopped:
             self.finish = "stop"
@@ -58,6 +61,11 @@ class Row:
             if self.stops.stopped:  # the stop sequence was completed by the held-back bytes
                 self.finish = "stop"
         return text
+
+    def piece(self, text: str, at: float, first_at: float | None, asked: bool) -> Piece:
+        """A `Piece` of `text`, with the log-probabilities of the tokens pushed since the last one if `asked`."""
+        logprobs, self.logprobs = (self.logprobs, []) if asked else (None, self.logprobs)
+        return Piece(self.index, text, len(self.tokens), at, first_at, self.finish, logprobs)
 
 
 def run(
@@ -72,11 +80,14 @@ def run(
     cancelled: Callable[[], bool],
     emit: Callable[[Piece], None],
     stats: Stats,
+    extras: Extras | None = None,
 ) -> None:
     """Generate up to `budget` tokens after `ids` for each seed (one row per seed), calling `emit`
     with each row's new text and its finish. Returns early, silently, once `cancelled()`."""
     rows = len(seeds)
-    sampler = Sampler(settings, seeds)
+    extras = extras or Extras()
+    asked = extras.logprobs is not None
+    sampler = Sampler(settings, seeds, extras, len(ids))
     eos = tokenizer.eos_token_id
     needed = len(ids) + budget
     started = time.perf_counter()
@@ -101,12 +112,14 @@ def run(
         tokens = sampler(logits, None if history is None else history[:, : len(ids) + step])  # (rows,)
         now = time.perf_counter()
         first_at = first_at or now
-        for row, token in zip(state, tokens.tolist()):
+        drawn = tokens.tolist()
+        logprobs = logprobs_of(logits, drawn, extras.logprobs) if asked else [None] * rows
+        for row, token, logprob in zip(state, drawn, logprobs):
             if row.finish:
                 continue
-            text = row.push(token, eos, budget)
+            text = row.push(token, eos, budget, logprob)
             if text or row.finish:
-                emit(Piece(row.index, text, len(row.tokens), now, first_at, row.finish))
+                emit(row.piece(text, now, first_at, asked))
         if all(row.finish for row in state) or cancelled():
             break
         if history is not None:

@@ -24,10 +24,10 @@ import torch
 
 from kogpt.engine import decode
 from kogpt.engine.batch import Batch
-from kogpt.engine.chunk import END, Failure, Piece
+from kogpt.engine.chunk import END, Failure
 from kogpt.engine.loop import Row
 from kogpt.engine.prefix import PrefixStore, common_prefix
-from kogpt.engine.sampling import Sampler
+from kogpt.engine.sampling import Sampler, logprobs_of
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ class Job:
         self.request = request
         self.ids: list[int] = request.ids
         self.chunk = chunk
-        self.sampler = Sampler(request.settings, request.seeds)
+        self.sampler = Sampler(request.settings, request.seeds, request.extras, len(request.ids))
         self.rows = [Row(i, tokenizer, request.settings.stop) for i in range(len(request.seeds))]
         self.cache = None
         self.logits: torch.Tensor | None = None  # after the last prompt token fed
@@ -209,16 +209,18 @@ class Scheduler:
         """Each row's next token, its text handed to the caller; {row: token}."""
         history = None if job.history is None else job.history[rows, : len(job.ids) + job.sampled]
         drawn = job.sampler(logits, history, rows).tolist()
+        top = job.request.extras.logprobs  # None: nobody asked, nothing computed
+        logprobs = logprobs_of(logits, drawn, top) if top is not None else [None] * len(rows)
         if job.history is not None:
             job.history[rows, len(job.ids) + job.sampled] = torch.tensor(drawn, device=job.history.device)
         job.sampled += 1
         now = time.perf_counter()
         job.first_at = job.first_at or now
-        for row, token in zip(rows, drawn):
+        for row, token, logprob in zip(rows, drawn, logprobs):
             state = job.rows[row]
-            text = state.push(token, self.eos, job.request.budget)
+            text = state.push(token, self.eos, job.request.budget, logprob)
             if text or state.finish:
-                job.request.events.put(Piece(row, text, len(state.tokens), now, job.first_at, state.finish))
+                job.request.events.put(state.piece(text, now, job.first_at, top is not None))
         return dict(zip(rows, drawn))
 
     # --- leaving

@@ -28,6 +28,8 @@ import torch
 from kogpt.engine import calls, decode, loop
 from kogpt.engine.chunk import END, Chunk, Failure, Piece
 from kogpt.engine.prefix import PrefixCache, PrefixStore, default_prefix_budget
+from kogpt.engine.request import Request
+from kogpt.engine.sampling import Extras
 from kogpt.engine.scheduler import MAX_BATCH, Scheduler
 from kogpt.settings import SamplingSettings
 
@@ -40,24 +42,6 @@ _model_locks_guard = threading.Lock()
 _cores: weakref.WeakSet = weakref.WeakSet()
 _threads: set[threading.Thread] = set()  # every worker still to be joined at exit
 _threads_guard = threading.Lock()
-
-
-class Request:
-    """Generate up to `budget` tokens after `ids`, one row per seed; `events` carries the results.
-
-    Setting `cancel` (the caller's own event, if given) drops the request if it is still queued and
-    stops it at its next token or prompt chunk if it runs: a server sets it when its client leaves.
-    """
-
-    def __init__(self, ids: list[int], settings: SamplingSettings, seeds: list[int], budget: int,
-                 cancel: threading.Event | None = None) -> None:
-        self.ids, self.settings, self.seeds, self.budget = ids, settings, seeds, budget
-        self.events: queue.SimpleQueue = queue.SimpleQueue()
-        self.cancel = cancel if cancel is not None else threading.Event()
-        self.started = threading.Event()
-        self.finished = threading.Event()
-        self.submitted = time.perf_counter()
-        self.stats = loop.Stats()
 
 
 def _model_lock(model) -> threading.Lock:
@@ -180,7 +164,8 @@ class _Core:
         try:
             with _model_lock(self.model):
                 loop.run(prefix, stepper, self.tokenizer, request.ids, request.settings, request.seeds,
-                         request.budget, self.prefill_chunk, request.cancel.is_set, request.events.put, request.stats)
+                         request.budget, self.prefill_chunk, request.cancel.is_set, request.events.put, request.stats,
+                         request.extras)
         except BaseException as exc:  # handed to the caller, who raises it
             prefix.forget()  # a failed forward may have half-written the cache
             request.events.put(Failure(exc))
@@ -238,8 +223,8 @@ class Engine:
         return len(scheduler.batch) if scheduler is not None else int(self._core.current is not None)
 
     def submit(self, ids: list[int], settings: SamplingSettings, seeds: list[int], budget: int,
-               cancel: threading.Event | None = None) -> Request:
-        request = Request(ids, settings, seeds, budget, cancel)
+               cancel: threading.Event | None = None, extras: Extras | None = None) -> Request:
+        request = Request(ids, settings, seeds, budget, cancel, extras)
         self._core.start()
         self._core.requests.put(request)
         return request
@@ -276,17 +261,24 @@ class Engine:
                     calls.wait(request.finished, self._core)
 
     def stream(self, ids: list[int], settings: SamplingSettings, seed: int,
-               cancel: threading.Event | None = None) -> Iterator[Chunk]:
+               cancel: threading.Event | None = None, extras: Extras | None = None) -> Iterator[Chunk]:
         """One sequence after `ids`, as `Chunk`s of text (the last one has `finish_reason`); setting
-        `cancel` from any thread ends it (see `Request`), even before its first chunk."""
+        `cancel` from any thread ends it (see `Request`), even before its first chunk. With
+        `extras.logprobs`, each chunk carries the log-probabilities of the tokens it adds."""
         budget = settings.new_tokens(len(ids), self.context)
         if budget == 0:
             yield Chunk("", 0, 0.0, seed, finish_reason="length")
             return
-        request = self.submit(ids, settings, [seed], budget, cancel)
+        request = self.submit(ids, settings, [seed], budget, cancel, extras)
         for piece in self.pieces(request):
             first = piece.first_at - request.submitted if piece.first_at is not None else None
-            yield Chunk(piece.text, piece.tokens, piece.at - request.submitted, seed, first, piece.finish_reason)
+            yield Chunk(piece.text, piece.tokens, piece.at - request.submitted, seed, first, piece.finish_reason,
+                        piece.logprobs)
+
+    def exclusive(self) -> threading.Lock:
+        """The model's lock: hold it to run the model outside the worker (scoring a prompt), never
+        during one of the worker's forward passes."""
+        return _model_lock(self._core.model)
 
 
 @atexit.register

@@ -18,9 +18,11 @@ from collections.abc import AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass
 
+from kogpt.engine import Extras, TokenLogprob
 from kogpt.errors import KoGPTError
 from kogpt.server import metrics
 from kogpt.server.errors import APIError
+from kogpt.server.logprobs import Shaper, joined, token_bytes
 from kogpt.server.request import CompletionRequest
 from kogpt.server.runner import Runner, Ticket
 from kogpt.server.tokens import detokenize
@@ -40,6 +42,7 @@ class Job:
     prompt: str  # as sent, or the text of the token ids sent (for echo and the transcript)
     ids: list[int]  # the prompt's tokens as they run (after truncation, if on)
     settings: SamplingSettings
+    extras: Extras = dataclasses.field(default_factory=Extras)
 
 
 @dataclass
@@ -69,7 +72,7 @@ async def plan(request: CompletionRequest, runner: Runner) -> list[Job]:
             raise too_long(len(ids), request.settings, runner.context_length) from None
         for i in range(request.n):
             settings = dataclasses.replace(request.settings, seed=sequence_seed(base, i), num_return_sequences=1)
-            jobs.append(Job(p * request.n + i, prompt, ids, settings))
+            jobs.append(Job(p * request.n + i, prompt, ids, settings, request.extras))
     return jobs
 
 
@@ -124,6 +127,9 @@ class Completion:
         self.id = f"cmpl-{uuid.uuid4().hex}"
         self.created = int(time.time())
         self.usage = Usage(prompt_tokens=sum(len(job.ids) for job in jobs if job.index % request.n == 0))
+        self.asked = request.extras.logprobs is not None
+        of = token_bytes(runner.gpt.tokenizer) if self.asked else None
+        self.shapers = {job.index: Shaper(runner.gpt.tokenizer, of) for job in jobs} if self.asked else {}
 
     async def run(self) -> dict:
         """Every choice, generated together (they decode in one batch), as one `text_completion` object."""
@@ -132,11 +138,13 @@ class Completion:
             try:
                 texts: dict[int, str] = {job.index: "" for job in self.jobs}
                 reasons: dict[int, str | None] = {}
-                async for job, piece, reason in self._together(graceful=True):
+                parts: dict[int, list[dict]] = {job.index: [] for job in self.jobs}
+                async for job, piece, reason, logprobs in self._together(graceful=True):
                     texts[job.index] += piece
                     reasons[job.index] = reason
-                choices = [{"index": i, "text": texts[i], "logprobs": None, "finish_reason": reasons.get(i)}
-                           for i in sorted(texts)]
+                    parts[job.index] += [logprobs] if logprobs is not None else []
+                choices = [{"index": i, "text": texts[i], "logprobs": joined(parts[i]) if self.asked else None,
+                            "finish_reason": reasons.get(i)} for i in sorted(texts)]
             finally:
                 turn.done()
         finally:
@@ -152,8 +160,8 @@ class Completion:
             try:
                 turn = await self.runner.turn()
                 try:
-                    async for job, piece, reason in self._together(graceful=False):
-                        choice = {"index": job.index, "text": piece, "logprobs": None, "finish_reason": reason}
+                    async for job, piece, reason, logprobs in self._together(graceful=False):
+                        choice = {"index": job.index, "text": piece, "logprobs": logprobs, "finish_reason": reason}
                         yield self._event(self._object([choice], **usage))
                 finally:
                     turn.done()
@@ -166,15 +174,17 @@ class Completion:
         finally:
             self.ticket.release()
 
-    async def _together(self, graceful: bool) -> AsyncIterator[tuple[Job, str, str | None]]:
-        """(job, text, finish_reason) of every choice, all running at once, in the order they come;
-        the first failure is raised here and the other choices are cancelled."""
+    async def _together(self, graceful: bool) -> AsyncIterator[tuple[Job, str, str | None, dict | None]]:
+        """(job, text, finish_reason, logprobs) of every choice, all running at once, in the order
+        they come (logprobs: OpenAI's object for the tokens of that text, when asked); the first
+        failure is raised here and the other choices are cancelled."""
         queue: asyncio.Queue = asyncio.Queue()
 
         async def pump(job: Job) -> None:
             try:
-                async for piece, reason in self._pieces(job, graceful):
-                    queue.put_nowait((job, piece, reason))
+                async for piece, reason, entries in self._pieces(job, graceful):
+                    logprobs = self.shapers[job.index].shape(entries) if self.asked else None
+                    queue.put_nowait((job, piece, reason, logprobs))
                 queue.put_nowait(None)
             except Exception as exc:
                 queue.put_nowait(exc)
@@ -195,8 +205,8 @@ class Completion:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _pieces(self, job: Job, graceful: bool) -> AsyncIterator[tuple[str, str | None]]:
-        """(text, finish_reason) of one choice; the reason is set on the last piece only."""
+    async def _pieces(self, job: Job, graceful: bool) -> AsyncIterator[tuple[str, str | None, list[TokenLogprob]]]:
+        """(text, finish_reason, token logprobs) of one choice; the reason is set on the last piece only."""
         record = Record(
             job.prompt,
             settings=job.settings.as_dict(),
@@ -205,17 +215,17 @@ class Completion:
             prompt_tokens=len(job.ids),
         )
         if self.request.echo:
-            yield job.prompt, None
+            yield job.prompt, None, []
         try:
-            chunks = self.runner.stream(job.ids, job.settings, job.settings.seed, graceful)
+            chunks = self.runner.stream(job.ids, job.settings, job.settings.seed, graceful, job.extras)
             async with aclosing(chunks):
                 async for chunk in chunks:
                     record.completion += chunk.text
                     record.completion_tokens, record.seconds = chunk.tokens, chunk.seconds
                     record.first_token_seconds = chunk.first_token_seconds
                     reason = FINISH.get(chunk.finish_reason) if chunk.finish_reason else None
-                    if chunk.text or reason:
-                        yield chunk.text, reason
+                    if chunk.text or reason or chunk.logprobs:
+                        yield chunk.text, reason, chunk.logprobs or []
                     if chunk.finish_reason:
                         record.finish_reason = chunk.finish_reason
         except KoGPTError as exc:

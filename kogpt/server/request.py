@@ -19,7 +19,9 @@ from starlette.requests import ClientDisconnect, Request
 from kogpt import text as text_lib
 from kogpt.errors import InputError
 from kogpt.messages import shown
+from kogpt.engine import Extras
 from kogpt.server.errors import APIError, bad_request
+from kogpt.server.options import EXTRA_FIELDS, parse_extras
 from kogpt.settings import MAX_SEQUENCES, SPECS, SamplingSettings, check_value
 
 MAX_BODY_BYTES = 1 << 20
@@ -41,10 +43,9 @@ NEUTRAL = {  # OpenAI fields kogpt does not implement -> the values that mean "o
     "presence_penalty": (0,),
     "logit_bias": (None, {}),
     "suffix": (None, ""),
-    "logprobs": (None,),
 }
 OTHER = ("model", "prompt", "stop", "stream", "stream_options", "echo", "best_of", "user")
-FIELDS = (*SETTINGS, *NEUTRAL, *OTHER)
+FIELDS = (*SETTINGS, *NEUTRAL, *EXTRA_FIELDS, *OTHER)
 
 
 @dataclass
@@ -57,6 +58,7 @@ class CompletionRequest:
     stream: bool = False
     include_usage: bool = False
     echo: bool = False
+    extras: Extras = dataclasses.field(default_factory=Extras)  # logprobs, OpenAI's penalties, logit_bias
 
     @property
     def n(self) -> int:
@@ -122,8 +124,7 @@ def parse_completion(data: dict[str, Any], defaults: SamplingSettings, vocab: in
         raise bad_request(f"unknown field {shown(unknown[0])}; kogpt reads: {', '.join(FIELDS)}", param=unknown[0])
     for name, neutral in NEUTRAL.items():
         if name in data and not any(_same(data[name], value) for value in neutral):
-            hint = "; `kogpt serve --engine vllm` returns them" if name == "logprobs" else ""
-            raise bad_request(f"{name} is not supported by kogpt serve{hint}; leave it out", param=name)
+            raise bad_request(f"{name} is not supported by kogpt serve; leave it out", param=name)
     given = {
         setting: _setting(name, setting, data[name]) for name, setting in SETTINGS.items() if data.get(name) is not None
     }
@@ -154,7 +155,8 @@ def parse_completion(data: dict[str, Any], defaults: SamplingSettings, vocab: in
     user = data.get("user")
     if user is not None and not isinstance(user, str):
         raise bad_request(f"user must be a string, not {_kind(user)}", param="user")
-    return CompletionRequest(prompts, settings, model, stream, include_usage, flag(data, "echo"))
+    extras = parse_extras(data)
+    return CompletionRequest(prompts, settings, model, stream, include_usage, flag(data, "echo"), extras)
 
 
 def _setting(name: str, setting: str, value: Any) -> Any:

@@ -28,7 +28,7 @@ from kogpt.server.errors import APIError, shutting_down
 from kogpt.settings import SamplingSettings
 
 if TYPE_CHECKING:
-    from kogpt.engine import Chunk
+    from kogpt.engine import Chunk, Extras
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +153,7 @@ class Runner:
         self._active -= 1
 
     async def stream(
-        self, ids: list[int], settings: SamplingSettings, seed: int, graceful: bool = False
+        self, ids: list[int], settings: SamplingSettings, seed: int, graceful: bool = False, extras: Extras | None = None
     ) -> AsyncIterator[Chunk]:
         """The chunks of one completion of `ids` (call it in the caller's turn). Closing this
         generator (`aclosing`, a cancelled task) cancels the generation; a failure in the thread is
@@ -174,7 +174,7 @@ class Runner:
         def work() -> None:
             self._count("started", +1)
             outcome, tokens = "cancelled", 0
-            chunks = self.gpt.engine.stream(ids, settings, seed, generation.cancel)
+            chunks = self.gpt.engine.stream(ids, settings, seed, generation.cancel, extras)
             try:
                 for chunk in chunks:
                     tokens = chunk.tokens
