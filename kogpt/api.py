@@ -13,6 +13,7 @@ from kogpt.defaults import DEFAULT_MODEL, DEFAULT_REVISION
 from kogpt.encoding import encode, encode_tail
 from kogpt.engine import Chunk, Engine
 from kogpt.errors import Interrupted, Terminated
+from kogpt.evaluate.scoring import token_logprobs
 from kogpt.loading.load import Loaded, load
 from kogpt.placement.options import Options, input_device, parse_max_memory
 from kogpt.settings import InputError, SamplingSettings, check_settings, sequence_seed
@@ -140,6 +141,13 @@ class KoGPT:
         """Check the prompt fits the context with room to generate; with `truncate`, keep its end
         (and log it, unless `announce` is off: a check before the generation that will log it)."""
         return fit_prompt(ids, settings, self.context_length, announce)
+
+    def score(self, ids: list[int], top: int = 0) -> list[tuple[float, list[tuple[int, float]]]]:
+        """The log-probability of each token of `ids` after those before it (the first has none), with
+        the `top` most likely tokens there: `kogpt eval`'s scoring (`evaluate.scoring.token_logprobs`),
+        run between the engine's forward passes, never beside one."""
+        with self.engine.exclusive():
+            return token_logprobs(self.model, ids, top)
 
     def generate(self, prompt: str, temperature: float = 0.8, max_length: int = 128, **overrides) -> str:
         """The completion of `prompt` (without the prompt), as one string; `complete()` gives several."""

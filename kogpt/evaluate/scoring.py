@@ -86,17 +86,38 @@ def batches(
         yield requests[start:]
 
 
-def _sum_log_probs(model: torch.nn.Module, hidden: torch.Tensor, picks: list[tuple[int, int, int, int]], n: int):
-    """Sum, per candidate, the log-probabilities of its tokens, in one lm_head call and in float32.
+def token_logprobs(model: torch.nn.Module, ids: Sequence[int], top: int = 0) -> list[tuple[float, list[tuple[int, float]]]]:
+    """The log-probability of each token of `ids` after the ones before it (from the second token on),
+    with the `top` most likely (token, log-probability) there: what `score` sums for a candidate,
+    computed the same way (the `full` method's forward pass, float32 log-softmax)."""
+    if len(ids) < 2:
+        return []
+    with torch.inference_mode():
+        tokens = torch.tensor([list(ids)[:-1]], device=input_device(model))
+        hidden = model.transformer(input_ids=tokens, use_cache=False).last_hidden_state
+        picks = [(0, i, token, 0) for i, token in enumerate(list(ids)[1:])]
+        logp, picked = _log_probs(model, hidden, picks)
+        if not top:
+            return [(p, []) for p in picked.tolist()]
+        values, best = torch.topk(logp, min(top, logp.shape[-1]), dim=-1)
+        return [(p, list(zip(i, v))) for p, i, v in zip(picked.tolist(), best.tolist(), values.tolist())]
+
+
+def _log_probs(model: torch.nn.Module, hidden: torch.Tensor, picks: list[tuple[int, int, int, int]]):
+    """The float32 log-softmax (P, V) at each pick, from one lm_head call, and each pick's token's (P,).
 
     `picks` holds (row, position, token, candidate): the token is scored from `hidden[row, position]`.
     """
-    rows, positions, tokens, owners = (
-        torch.tensor(column, device=hidden.device) for column in zip(*picks, strict=True)
-    )
+    rows, positions, tokens = (torch.tensor(column, device=hidden.device) for column in list(zip(*picks))[:3])
     logp = torch.log_softmax(model.lm_head(hidden[rows, positions]).float(), dim=-1)  # (P, V)
-    picked = logp[torch.arange(len(picks), device=logp.device), tokens]
-    return torch.zeros(n, device=logp.device).index_add_(0, owners, picked).tolist()
+    return logp, logp[torch.arange(len(picks), device=logp.device), tokens]
+
+
+def _sum_log_probs(model: torch.nn.Module, hidden: torch.Tensor, picks: list[tuple[int, int, int, int]], n: int):
+    """Sum, per candidate, the log-probabilities of its tokens (`_log_probs`)."""
+    _, picked = _log_probs(model, hidden, picks)
+    owners = torch.tensor([pick[3] for pick in picks], device=picked.device)
+    return torch.zeros(n, device=picked.device).index_add_(0, owners, picked).tolist()
 
 
 def _score_full(model: torch.nn.Module, batch: Sequence[Request], pad_id: int) -> list[list[float]]:

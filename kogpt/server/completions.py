@@ -67,7 +67,9 @@ async def plan(request: CompletionRequest, runner: Runner) -> list[Job]:
         else:
             prompt, ids = await detokenize(sent, runner), sent
         try:
-            ids = runner.gpt.fit_context(ids, request.settings)
+            if request.score_only and not 0 < len(ids) <= runner.context_length:  # nothing to generate: no room needed
+                raise KoGPTError("too long")
+            ids = ids if request.score_only else runner.gpt.fit_context(ids, request.settings)
         except KoGPTError:
             raise too_long(len(ids), request.settings, runner.context_length) from None
         for i in range(request.n):
@@ -130,6 +132,7 @@ class Completion:
         self.asked = request.extras.logprobs is not None
         of = token_bytes(runner.gpt.tokenizer) if self.asked else None
         self.shapers = {job.index: Shaper(runner.gpt.tokenizer, of) for job in jobs} if self.asked else {}
+        self.scored: dict[tuple[int, ...], asyncio.Future] = {}  # each prompt's logprobs, scored once
 
     async def run(self) -> dict:
         """Every choice, generated together (they decode in one batch), as one `text_completion` object."""
@@ -215,9 +218,15 @@ class Completion:
             prompt_tokens=len(job.ids),
         )
         if self.request.echo:
-            yield job.prompt, None, []
+            yield job.prompt, None, await self._prompt_logprobs(job) if self.asked else []
+        if self.request.score_only:
+            yield "", "length", []
+            if self.transcript is not None:
+                self.transcript.add([record])
+            return
         try:
-            chunks = self.runner.stream(job.ids, job.settings, job.settings.seed, graceful, job.extras)
+            extras = job.extras if job.extras != Extras() else None
+            chunks = self.runner.stream(job.ids, job.settings, job.settings.seed, graceful, extras)
             async with aclosing(chunks):
                 async for chunk in chunks:
                     record.completion += chunk.text
@@ -234,6 +243,16 @@ class Completion:
         metrics.observe(self.runner, record)
         if self.transcript is not None:
             self.transcript.add([record])
+
+    async def _prompt_logprobs(self, job: Job) -> list[TokenLogprob]:
+        """The prompt's tokens with their log-probabilities (the first has none, as OpenAI's), from
+        `kogpt eval`'s scoring, run in a thread between the engine's forward passes."""
+        key = tuple(job.ids)
+        if key not in self.scored:
+            top = job.extras.logprobs
+            self.scored[key] = asyncio.ensure_future(asyncio.to_thread(self.runner.gpt.score, job.ids, top))
+        scored = await asyncio.shield(self.scored[key])
+        return [TokenLogprob(job.ids[0], None, []), *(TokenLogprob(t, p, top) for t, (p, top) in zip(job.ids[1:], scored))]
 
     def _object(self, choices: list[dict], **extra) -> dict:
         return {

@@ -32,17 +32,20 @@ def _byte_of_char() -> dict[str, int]:
 BYTE_OF_CHAR = _byte_of_char()
 
 
-def token_bytes(tokenizer) -> Callable[[int], bytes]:
-    """A function giving the UTF-8 bytes a token id stands for (a special token: its name)."""
+def token_bytes(tokenizer) -> Callable[[int], bytes | None]:
+    """A function giving the UTF-8 bytes a token id stands for (a special token: its name; None for
+    an id of the model's padded vocabulary that the tokenizer does not have)."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     byte_level = type(getattr(backend, "decoder", None)).__name__ == "ByteLevel"
     special = set(tokenizer.all_special_ids)
-    cache: dict[int, bytes] = {}
+    cache: dict[int, bytes | None] = {}
 
-    def of(token: int) -> bytes:
+    def of(token: int) -> bytes | None:
         if token not in cache:
             piece = tokenizer.convert_ids_to_tokens(token)
-            if byte_level and token not in special and all(c in BYTE_OF_CHAR for c in piece):
+            if piece is None:
+                cache[token] = None
+            elif byte_level and token not in special and all(c in BYTE_OF_CHAR for c in piece):
                 cache[token] = bytes(BYTE_OF_CHAR[c] for c in piece)
             else:
                 cache[token] = (piece if token in special else tokenizer.decode([token])).encode("utf-8")
@@ -51,8 +54,11 @@ def token_bytes(tokenizer) -> Callable[[int], bytes]:
     return of
 
 
-def shown(data: bytes) -> str:
-    """A token as OpenAI shows it: its text, or `bytes:\\xNN...` when it is not whole characters."""
+def shown(data: bytes | None, token: int = -1) -> str:
+    """A token as OpenAI shows it: its text, or `bytes:\\xNN...` when it is not whole characters
+    (`token_id:N`, vLLM's form, for an id the tokenizer does not have)."""
+    if data is None:
+        return f"token_id:{token}"
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:
@@ -72,16 +78,17 @@ class Shaper:
         out: dict = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
         for entry in entries:
             data = self.of(entry.token)
-            out["tokens"].append(shown(data))
+            name = shown(data, entry.token)
+            out["tokens"].append(name)
             out["token_logprobs"].append(entry.logprob)
             if entry.logprob is None:  # the prompt's first token: nothing before it to predict it
                 out["top_logprobs"].append(None)
             else:
-                top = {shown(self.of(t)): p for t, p in entry.top}
-                top.setdefault(shown(data), entry.logprob)  # the chosen token is always listed, as vLLM does
+                top = {shown(self.of(t), t): p for t, p in entry.top}
+                top.setdefault(name, entry.logprob)  # the chosen token is always listed, as vLLM does
                 out["top_logprobs"].append(top)
             out["text_offset"].append(self.chars)
-            self.chars += len(self.decoder.decode(data))
+            self.chars += len(self.decoder.decode(data or b""))
         return out
 
 

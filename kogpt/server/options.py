@@ -18,6 +18,18 @@ def parse_extras(data: dict[str, Any]) -> Extras:
     return Extras(logprobs=_logprobs(data.get("logprobs")))
 
 
+def scores_only(data: dict[str, Any]) -> bool:
+    """Whether the request asks for no tokens (`max_tokens: 0`), which only `echo` allows: the
+    prompt comes back with its log-probabilities and nothing is generated."""
+    value = data.get("max_tokens")
+    if isinstance(value, bool) or _whole(value) != 0:
+        return False
+    if data.get("echo") is not True:
+        raise bad_request("max_tokens must be at least 1, or 0 with echo (the prompt back, with its logprobs)",
+                          param="max_tokens")
+    return True
+
+
 def _logprobs(value: Any) -> int | None:
     if value is None:
         return None

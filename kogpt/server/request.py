@@ -21,7 +21,7 @@ from kogpt.errors import InputError
 from kogpt.messages import shown
 from kogpt.engine import Extras
 from kogpt.server.errors import APIError, bad_request
-from kogpt.server.options import EXTRA_FIELDS, parse_extras
+from kogpt.server.options import EXTRA_FIELDS, parse_extras, scores_only
 from kogpt.settings import MAX_SEQUENCES, SPECS, SamplingSettings, check_value
 
 MAX_BODY_BYTES = 1 << 20
@@ -59,6 +59,7 @@ class CompletionRequest:
     include_usage: bool = False
     echo: bool = False
     extras: Extras = dataclasses.field(default_factory=Extras)  # logprobs, OpenAI's penalties, logit_bias
+    score_only: bool = False  # max_tokens 0 with echo: the prompt and its logprobs, nothing generated
 
     @property
     def n(self) -> int:
@@ -125,8 +126,10 @@ def parse_completion(data: dict[str, Any], defaults: SamplingSettings, vocab: in
     for name, neutral in NEUTRAL.items():
         if name in data and not any(_same(data[name], value) for value in neutral):
             raise bad_request(f"{name} is not supported by kogpt serve; leave it out", param=name)
+    score_only = scores_only(data)
     given = {
-        setting: _setting(name, setting, data[name]) for name, setting in SETTINGS.items() if data.get(name) is not None
+        setting: _setting(name, setting, data[name]) for name, setting in SETTINGS.items()
+        if data.get(name) is not None and not (score_only and name == "max_tokens")
     }
     if data.get("stop") is not None:
         given["stop"] = _stops(data["stop"])
@@ -156,7 +159,7 @@ def parse_completion(data: dict[str, Any], defaults: SamplingSettings, vocab: in
     if user is not None and not isinstance(user, str):
         raise bad_request(f"user must be a string, not {_kind(user)}", param="user")
     extras = parse_extras(data)
-    return CompletionRequest(prompts, settings, model, stream, include_usage, flag(data, "echo"), extras)
+    return CompletionRequest(prompts, settings, model, stream, include_usage, flag(data, "echo"), extras, score_only)
 
 
 def _setting(name: str, setting: str, value: Any) -> Any:

@@ -174,7 +174,8 @@ class Runner:
         def work() -> None:
             self._count("started", +1)
             outcome, tokens = "cancelled", 0
-            chunks = self.gpt.engine.stream(ids, settings, seed, generation.cancel, extras)
+            more = () if extras is None else (extras,)  # the engine's default otherwise
+            chunks = self.gpt.engine.stream(ids, settings, seed, generation.cancel, *more)
             try:
                 for chunk in chunks:
                     tokens = chunk.tokens
