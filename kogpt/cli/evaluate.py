@@ -79,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     parser.add_argument("--template", type=Path, metavar="FILE", help="a JSON prompt template (see --show-prompt)")
     parser.add_argument("--json", action="store_true", help="print the results as one JSON object")
+    parser.add_argument("--items", type=Path, metavar="FILE",
+                        help="write each item's prompt, candidates, log-likelihoods and prediction to FILE (JSON Lines)")
     parser.add_argument(
         "--show-prompt",
         action="store_true",
@@ -130,6 +132,7 @@ def run(args: argparse.Namespace, renderer: Renderer) -> int:
     from kogpt.cli.flags import load_model
     from kogpt.evaluate.runner import Stopped, evaluate, requests
 
+    items = open_items(args.items)  # before the weights load: a path that cannot be written fails at once
     batch = []
 
     def check_prompts(path: Path) -> None:  # too long for the context? Said before the weights load.
@@ -156,9 +159,24 @@ def run(args: argparse.Namespace, renderer: Renderer) -> int:
         renderer.error(f"interrupted: the results below are of the {len(stop.outcome.gold)} of {len(prompts)} items scored")
         (render.print_json if args.json else render.print_table)(renderer.out, result)
         raise KeyboardInterrupt from None
+    if items is not None:
+        from kogpt.evaluate import items as items_lib
+
+        with items:
+            items_lib.write(items, items_lib.records(task, prompts, batch, outcome, texts))
     result = report(args, gpt, task, template, data, train, outcome)
     (render.print_json if args.json else render.print_table)(renderer.out, result)
     return 0
+
+
+def open_items(path: Path | None):
+    """`--items FILE` opened for writing (truncated), or None."""
+    if path is None:
+        return None
+    try:
+        return open(path, "w", encoding="utf-8")
+    except OSError as exc:
+        raise KoGPTError(f"--items {path}: cannot write it ({exc.strerror or exc})") from None
 
 
 def tokenizer_only(path: Path, trust_remote_code: bool) -> KoGPT:
