@@ -162,7 +162,7 @@ def test_concurrent_clients_are_never_mixed(client):
         (b'{"prompt": "a", "top_p": 0}', "top_p", "top_p must be"),
         (b'{"prompt": "a", "stream": "yes"}', "stream", "true or false"),
         (b'{"prompt": "a", "logprobs": 21}', "logprobs", "from 0 to 20"),
-        (b'{"prompt": "a", "presence_penalty": 0.5}', "presence_penalty", "not supported"),
+        (b'{"prompt": "a", "presence_penalty": 2.5}', "presence_penalty", "from -2 to 2"),
         (b'{"prompt": [1, "a"]}', "prompt", "not a token id"),
         (b'{"prompt": ""}', "prompt", "empty"),
         (b'{"prompt": "\\ud800"}', "prompt", "lone surrogate"),

@@ -195,9 +195,10 @@ def test_prompt_tokens_are_counted_once_per_prompt(http, gpt):
     assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
 
 
-@pytest.mark.parametrize(("best_of", "n", "ok"), [(2, 1, False), (3, 3, True), (1, 2, False), (None, 2, True)])
-def test_best_of_must_equal_n(http, best_of, n, ok):
-    """Item 32: only the neutral value (best_of == n) is accepted."""
+@pytest.mark.parametrize(("best_of", "n", "ok"), [(2, 1, True), (3, 3, True), (1, 2, False), (None, 2, True),
+                                                  (17, 1, False), (0, 1, False)])
+def test_best_of_is_at_least_n(http, best_of, n, ok):
+    """Item 32, then issue 22: best_of from n to 16; n choices come back."""
     body = {"prompt": "a", "max_tokens": 1, "n": n, "best_of": best_of}
     if ok:
         assert len(complete(http, **body)["choices"]) == n

@@ -2,15 +2,15 @@
 
 Choice `i` of prompt `p` has index `p * n + i` and seed `seed + i` modulo 2**32 (a random base seed
 when none is given), as `kogpt -p` numbers its sequences, so any choice can be reproduced alone.
+With `best_of`, the prompt's `best_of` choices are ranked by the sum of their tokens'
+log-probabilities, and the `n` first get the indices `p * n` to `p * n + n - 1`, best first.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import logging
-import random
 import time
 import uuid
 import weakref
@@ -23,26 +23,14 @@ from kogpt.errors import KoGPTError
 from kogpt.server import metrics
 from kogpt.server.errors import APIError
 from kogpt.server.logprobs import Shaper, joined, token_bytes
+from kogpt.server.plan import Job, plan
 from kogpt.server.request import CompletionRequest
 from kogpt.server.runner import Runner, Ticket
-from kogpt.server.tokens import detokenize
-from kogpt.settings import SamplingSettings, sequence_seed
 from kogpt.transcript import Record, Transcript
 
 log = logging.getLogger(__name__)
 
 FINISH = {"eos": "stop", "stop": "stop", "length": "length"}
-
-
-@dataclass
-class Job:
-    """One choice to generate."""
-
-    index: int
-    prompt: str  # as sent, or the text of the token ids sent (for echo and the transcript)
-    ids: list[int]  # the prompt's tokens as they run (after truncation, if on)
-    settings: SamplingSettings
-    extras: Extras = dataclasses.field(default_factory=Extras)
 
 
 @dataclass
@@ -53,58 +41,6 @@ class Usage:
     def as_dict(self) -> dict:
         total = self.prompt_tokens + self.completion_tokens
         return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens, "total_tokens": total}
-
-
-async def plan(request: CompletionRequest, runner: Runner) -> list[Job]:
-    """The request's choices, in index order. Each prompt is tokenized once, off the event loop (token
-    ids run as sent, their text decoded for echo); one that does not fit the context is refused here,
-    before anything is generated or streamed."""
-    base = request.settings.seed if request.settings.seed is not None else random.randrange(2**31)
-    jobs = []
-    for p, sent in enumerate(request.prompts):
-        if isinstance(sent, str):
-            prompt, ids = sent, await runner.tokenize(sent)
-        else:
-            prompt, ids = await detokenize(sent, runner), sent
-        try:
-            if request.score_only and not 0 < len(ids) <= runner.context_length:  # nothing to generate: no room needed
-                raise KoGPTError("too long")
-            ids = ids if request.score_only else runner.gpt.fit_context(ids, request.settings)
-        except KoGPTError:
-            raise too_long(len(ids), request.settings, runner.context_length) from None
-        for i in range(request.n):
-            settings = dataclasses.replace(request.settings, seed=sequence_seed(base, i), num_return_sequences=1)
-            jobs.append(Job(p * request.n + i, prompt, ids, settings, request.extras))
-    return jobs
-
-
-def too_long(n: int, settings: SamplingSettings, context: int) -> APIError:
-    """Why a prompt of `n` tokens does not fit, in the API's terms (`max_tokens`; the server's
-    `--max-length` when the request gives no max_tokens)."""
-    room = settings.max_new_tokens
-    if n == 0:
-        return APIError(400, "the prompt has no tokens", param="prompt")
-    if room is not None and room >= context:
-        why = f"max_tokens is {room}: the model's context of {context} tokens holds the prompt too, so at most "
-        why += str(context - 1)
-        return APIError(400, why, param="max_tokens", code="context_length_exceeded")
-    if n >= context:
-        why = f"the prompt is {_tokens(n)}, more than the model's context of {context}: shorten it"
-    elif room is not None:
-        why = (
-            f"the prompt is {_tokens(n)} and max_tokens asks for {room} more, beyond the model's context of "
-            f"{context}: shorten the prompt or lower max_tokens"
-        )
-    else:
-        why = (
-            f"the prompt is {_tokens(n)} and the server's --max-length of {settings.max_length} counts them, "
-            "leaving nothing to generate: send max_tokens, or shorten the prompt"
-        )
-    return APIError(400, why, param="prompt", code="context_length_exceeded")
-
-
-def _tokens(n: int) -> str:
-    return "1 token" if n == 1 else f"{n} tokens"
 
 
 class Completion:
@@ -128,8 +64,9 @@ class Completion:
         weakref.finalize(self, ticket.release)  # a stream whose generator never started
         self.id = f"cmpl-{uuid.uuid4().hex}"
         self.created = int(time.time())
-        self.usage = Usage(prompt_tokens=sum(len(job.ids) for job in jobs if job.index % request.n == 0))
-        self.asked = request.extras.logprobs is not None
+        self.usage = Usage(prompt_tokens=sum(len(job.ids) for job in jobs if job.index % request.count == 0))
+        self.asked = any(job.extras.logprobs is not None for job in jobs)  # best_of asks for its ranking
+        self.shown = request.extras.logprobs is not None
         of = token_bytes(runner.gpt.tokenizer) if self.asked else None
         self.shapers = {job.index: Shaper(runner.gpt.tokenizer, of) for job in jobs} if self.asked else {}
         self.scored: dict[tuple[int, ...], asyncio.Future] = {}  # each prompt's logprobs, scored once
@@ -148,6 +85,7 @@ class Completion:
                     parts[job.index] += [logprobs] if logprobs is not None else []
                 choices = [{"index": i, "text": texts[i], "logprobs": joined(parts[i]) if self.asked else None,
                             "finish_reason": reasons.get(i)} for i in sorted(texts)]
+                choices = self._best(choices) if self.request.best_of is not None else choices
             finally:
                 turn.done()
         finally:
@@ -218,7 +156,7 @@ class Completion:
             prompt_tokens=len(job.ids),
         )
         if self.request.echo:
-            yield job.prompt, None, await self._prompt_logprobs(job) if self.asked else []
+            yield job.prompt, None, await self._prompt_logprobs(job) if self.shown else []
         if self.request.score_only:
             yield "", "length", []
             if self.transcript is not None:
@@ -243,6 +181,16 @@ class Completion:
         metrics.observe(self.runner, record)
         if self.transcript is not None:
             self.transcript.add([record])
+
+    def _best(self, choices: list[dict]) -> list[dict]:
+        """Of each prompt's `best_of` choices, the `n` with the highest cumulative log-probability,
+        best first, numbered as `n` choices are; their logprobs only if the request asked."""
+        count, n, kept = self.request.count, self.request.n, []
+        for p in range(0, len(choices), count):
+            ranked = sorted(choices[p : p + count], key=lambda c: -sum(filter(None, c["logprobs"]["token_logprobs"])))
+            for rank, choice in enumerate(ranked[:n]):
+                kept.append({**choice, "index": p // count * n + rank, "logprobs": choice["logprobs"] if self.shown else None})
+        return kept
 
     async def _prompt_logprobs(self, job: Job) -> list[TokenLogprob]:
         """The prompt's tokens with their log-probabilities (the first has none, as OpenAI's), from

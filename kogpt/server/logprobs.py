@@ -100,7 +100,3 @@ def joined(parts: Sequence[dict]) -> dict:
             out[key] += part[key]
     return out
 
-
-def cumulative(entries: Sequence[TokenLogprob]) -> float:
-    """The sum of the tokens' log-probabilities: how `best_of` ranks the choices (as vLLM)."""
-    return sum(entry.logprob for entry in entries if entry.logprob is not None)

@@ -21,7 +21,7 @@ from kogpt.errors import InputError
 from kogpt.messages import shown
 from kogpt.engine import Extras
 from kogpt.server.errors import APIError, bad_request
-from kogpt.server.options import EXTRA_FIELDS, parse_extras, scores_only
+from kogpt.server.options import EXTRA_FIELDS, parse_best_of, parse_extras, scores_only
 from kogpt.settings import MAX_SEQUENCES, SPECS, SamplingSettings, check_value
 
 MAX_BODY_BYTES = 1 << 20
@@ -39,12 +39,9 @@ SETTINGS = {  # API field -> kogpt setting
     "n": "num_return_sequences",
 }
 NEUTRAL = {  # OpenAI fields kogpt does not implement -> the values that mean "off"
-    "frequency_penalty": (0,),
-    "presence_penalty": (0,),
-    "logit_bias": (None, {}),
     "suffix": (None, ""),
 }
-OTHER = ("model", "prompt", "stop", "stream", "stream_options", "echo", "best_of", "user")
+OTHER = ("model", "prompt", "stop", "stream", "stream_options", "echo", "user")
 FIELDS = (*SETTINGS, *NEUTRAL, *EXTRA_FIELDS, *OTHER)
 
 
@@ -60,10 +57,16 @@ class CompletionRequest:
     echo: bool = False
     extras: Extras = dataclasses.field(default_factory=Extras)  # logprobs, OpenAI's penalties, logit_bias
     score_only: bool = False  # max_tokens 0 with echo: the prompt and its logprobs, nothing generated
+    best_of: int | None = None  # choices generated per prompt, of which the n best are returned
 
     @property
     def n(self) -> int:
         return self.settings.num_return_sequences
+
+    @property
+    def count(self) -> int:
+        """Choices generated per prompt."""
+        return self.best_of or self.n
 
 
 JSON_TYPES = ("application/json",)  # and application/*+json, as FastAPI (vLLM) accepts
@@ -134,9 +137,6 @@ def parse_completion(data: dict[str, Any], defaults: SamplingSettings, vocab: in
     if data.get("stop") is not None:
         given["stop"] = _stops(data["stop"])
     settings = dataclasses.replace(defaults, **given)  # max_tokens, when given, wins over --max-length
-    best_of = data.get("best_of")
-    if best_of is not None and (not _is_int(_whole(best_of)) or best_of != settings.num_return_sequences):
-        raise bad_request("best_of is not supported by kogpt serve; leave it out (or equal to n)", param="best_of")
     prompts = _prompts(data.get("prompt"), vocab)
     if len(prompts) * settings.num_return_sequences > MAX_CHOICES:
         raise bad_request(
@@ -158,8 +158,10 @@ def parse_completion(data: dict[str, Any], defaults: SamplingSettings, vocab: in
     user = data.get("user")
     if user is not None and not isinstance(user, str):
         raise bad_request(f"user must be a string, not {_kind(user)}", param="user")
-    extras = parse_extras(data)
-    return CompletionRequest(prompts, settings, model, stream, include_usage, flag(data, "echo"), extras, score_only)
+    extras = parse_extras(data, vocab)
+    best_of = parse_best_of(data, settings.num_return_sequences, MAX_CHOICES, len(prompts))
+    return CompletionRequest(prompts, settings, model, stream, include_usage, flag(data, "echo"), extras, score_only,
+                             best_of)
 
 
 def _setting(name: str, setting: str, value: Any) -> Any:
