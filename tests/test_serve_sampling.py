@@ -114,3 +114,21 @@ def test_best_of_returns_the_n_most_likely_of_its_choices(http):
     assert shown[0]["text"] == ranked[0]["text"]
     # the same rows decode in another batch: equal but for the low bits (docs/serve.md, Determinism)
     assert shown[0]["logprobs"]["token_logprobs"] == pytest.approx(ranked[0]["logprobs"]["token_logprobs"], abs=1e-5)
+
+
+def test_the_one_request_loop_gives_the_same_logprobs_and_penalties(gpt):
+    """The static-cache loop (CUDA's, `engine/loop.py`) computes them as the batching scheduler does."""
+    from kogpt import KoGPT
+    from kogpt.engine import Extras
+
+    fast = KoGPT(gpt.loaded, static_cache=True)
+    ids = gpt.encode(REPETITIVE)
+    settings = SamplingSettings(temperature=0, max_new_tokens=12)
+    for extras in (Extras(logprobs=2), Extras(logprobs=0, frequency_penalty=1.0, logit_bias={5: -100.0})):
+        got = [(e.token, e.logprob, e.top) for c in fast.engine.stream(ids, settings, 0, extras=extras)
+               for e in c.logprobs]  # fmt: skip
+        want = [(e.token, e.logprob, e.top) for c in gpt.engine.stream(ids, settings, 0, extras=extras)
+                for e in c.logprobs]  # fmt: skip
+        assert [t for t, _, _ in got] == [t for t, _, _ in want] and len(got) == 12
+        assert [p for _, p, _ in got] == pytest.approx([p for _, p, _ in want], abs=1e-5)
+        assert [[i for i, _ in top] for _, _, top in got] == [[i for i, _ in top] for _, _, top in want]
