@@ -257,3 +257,24 @@ def test_the_servers_choices_and_clients_decode_together(gpt):
         for thread in threads:
             thread.join(60)
         assert [r.status_code for r in replies] == [200] * 3
+
+
+def test_a_sampler_failure_reaches_its_callers_and_the_engine_goes_on(fresh, monkeypatch):
+    from kogpt.engine import sampling
+    from kogpt.errors import KoGPTError
+
+    real = sampling.Sampler.__call__
+    calls = []
+
+    def broken(self, logits, history, rows=None):
+        calls.append(1)
+        if len(calls) == 3:
+            raise ValueError("bad probabilities")
+        return real(self, logits, history, rows)
+
+    monkeypatch.setattr(sampling.Sampler, "__call__", broken)
+    with pytest.raises(KoGPTError, match="bad probabilities"):
+        fresh.generate(PROMPT, seed=1, max_new_tokens=10)
+    monkeypatch.setattr(sampling.Sampler, "__call__", real)
+    assert fresh.generate("가", seed=1, max_new_tokens=3) == alone(fresh, "가", seed=1, max_new_tokens=3)[0]
+    assert not fresh.engine.busy
