@@ -278,3 +278,14 @@ def test_a_sampler_failure_reaches_its_callers_and_the_engine_goes_on(fresh, mon
     monkeypatch.setattr(sampling.Sampler, "__call__", real)
     assert fresh.generate("가", seed=1, max_new_tokens=3) == alone(fresh, "가", seed=1, max_new_tokens=3)[0]
     assert not fresh.engine.busy
+
+
+def test_serve_plan_shows_the_batch_and_the_prefix_cache(tiny_dir, capsys):
+    from kogpt import cli
+
+    argv = ["serve", "--model", str(tiny_dir), "--device", "cpu", "--plan", "--prefix-cache", "1GiB", "--max-batch", "3"]
+    assert cli.main(argv) == 0
+    assert "continuous batching of up to 3 rows; prefix cache up to 1.00 GiB" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit:
+        cli.main(["serve", "--model", str(tiny_dir), "--plan", "--max-batch", "0"])
+    assert exit.value.code == 2 and "argument --max-batch: must be more than 0" in capsys.readouterr().err
