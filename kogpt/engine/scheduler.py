@@ -74,6 +74,7 @@ class Scheduler:
         self.batch = Batch()
         self.next_tokens: list[int] = []  # the token each batch row feeds at the next step
         self.turn = 0
+        self.peak_rows = 0  # the most rows one step has decoded
         self.on_finish = lambda job: None
 
     @property
@@ -188,6 +189,7 @@ class Scheduler:
             self._fail(jobs, exc)
             return
         seconds = time.perf_counter() - begun
+        self.peak_rows = max(self.peak_rows, len(self.batch))
         groups: dict[int, tuple[Job, list[int], list[int]]] = {}
         for index, (job, row) in enumerate(self.batch.owners):
             groups.setdefault(id(job), (job, [], []))
