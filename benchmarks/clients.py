@@ -26,11 +26,10 @@ import json
 import shutil
 import subprocess
 import tempfile
-import threading
 import time
 
 from benchmarks.omp_policy import environment, free_port
-from benchmarks.serve import cpu
+from benchmarks.serve import at_once, cpu
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPT = "인간처럼 생각하고, 행동하는 '지능'을 통해 인류가 이제까지 풀지 못했던 문제의 해답을 찾을 수 있을 것이다."
@@ -63,18 +62,7 @@ def stream_one(url: str, body: dict) -> dict:
 
 
 def together(url: str, bodies: list[dict]) -> dict:
-    results: list[dict] = [{} for _ in bodies]
-
-    def client(i: int) -> None:
-        results[i] = stream_one(url, bodies[i])
-
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(len(bodies))]
-    started = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    wall = time.perf_counter() - started
+    results, wall = at_once([lambda body=body: stream_one(url, body) for body in bodies])
     tokens = sum(r["tokens"] for r in results)
     firsts = [r["first_s"] for r in results]
     return {"clients": len(bodies), "tokens": tokens, "seconds": round(wall, 2), "tokens_per_s": round(tokens / wall, 2),

@@ -131,23 +131,31 @@ def measure(gpt, url: str, new_tokens: int, rounds: int, clients: list[int]) -> 
     return {"overhead": overhead, "concurrency": scaling}
 
 
-def concurrent(url: str, body: dict, n: int) -> dict:
-    """n clients streaming `body` at once (seeds 0..n-1): total tokens / wall time, and each one's figures."""
-    import httpx
+def at_once(calls) -> tuple[list, float]:
+    """Each call in a thread of its own, all started together: their results, and the wall time."""
+    results: list = [None] * len(calls)
 
-    results: list[dict] = [{} for _ in range(n)]
+    def run(i: int) -> None:
+        results[i] = calls[i]()
 
-    def client(i: int) -> None:
-        with httpx.Client(timeout=3600) as http:
-            results[i] = server_once(http, url, {**body, "seed": body.get("seed", 0) + i})
-
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(n)]
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
     started = time.perf_counter()
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    wall = time.perf_counter() - started
+    return results, time.perf_counter() - started
+
+
+def concurrent(url: str, body: dict, n: int) -> dict:
+    """n clients streaming `body` at once (seeds 0..n-1): total tokens / wall time, and each one's figures."""
+    import httpx
+
+    def client(i: int) -> dict:
+        with httpx.Client(timeout=3600) as http:
+            return server_once(http, url, {**body, "seed": body.get("seed", 0) + i})
+
+    results, wall = at_once([lambda i=i: client(i) for i in range(n)])
     tokens = sum(r["tokens"] for r in results)
     return {"clients": n, "tokens": tokens, "seconds": round(wall, 3), "tokens_per_s": round(tokens / wall, 2),
             "first_byte_s_max": round(max(r["first_s"] for r in results), 3), "each": results}  # fmt: skip

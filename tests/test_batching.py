@@ -17,6 +17,7 @@ from kogpt.settings import SamplingSettings
 from tests.test_engine import cold
 
 PROMPT = "오늘은 날씨가"
+HELD = {"prompt": PROMPT, "max_tokens": 8, "temperature": 0}  # greedy: still running at its gate
 PREAMBLE = "질문: 하늘은 무슨 색인가요?\n답: 파란색\n질문: 바다는 어떤가요?\n답: 넓다\n"
 
 
@@ -227,17 +228,27 @@ def test_a_failed_step_fails_every_running_request_and_the_engine_goes_on(fresh,
 def test_the_servers_choices_and_clients_decode_together(gpt):
     pytest.importorskip("starlette")
     httpx = pytest.importorskip("httpx")
+    from kogpt.engine.worker import _model_lock
     from kogpt.server.app import ServerState, create_app
     from tests.serving import GatedGPT, running, wait_for
 
     plain = KoGPT(gpt.loaded)
     state = ServerState("kogpt", SamplingSettings(max_new_tokens=8), max_batch=6, prefix_cache=0)
     runner = state.ready(plain)
-    body = {"prompt": PROMPT, "max_tokens": 12, "n": 4, "seed": 7, "temperature": 1.0}
+    body = {"prompt": PROMPT, "max_tokens": 12, "n": 4, "seed": 7, "temperature": 0}
     with running(create_app(state)) as url:
-        reply = httpx.post(url + "/v1/completions", json=body, timeout=60).json()
-        assert plain.engine.last_stats.peak_batch == 4  # the four choices in one batch
-        alone_texts = [alone(gpt, PROMPT, seed=7 + i, max_new_tokens=12, temperature=1.0)[0] for i in range(4)]
+        plain.generate("가", max_new_tokens=1)  # the worker runs
+        core = plain.engine._core
+        with _model_lock(plain.model):  # no step until the four choices are all in the engine
+            replying = threading.Thread(target=lambda: out.append(httpx.post(url + "/v1/completions", json=body,
+                                                                              timeout=60).json()))
+            out: list = []
+            replying.start()
+            wait_for(lambda: len(core.scheduler.waiting) + core.requests.qsize() == 4, "the four choices to arrive")
+        replying.join(60)
+        (reply,) = out
+        assert plain.engine.peak_rows == 4  # the four choices decoded in one batch
+        alone_texts = [alone(gpt, PROMPT, seed=7 + i, max_new_tokens=12, temperature=0)[0] for i in range(4)]
         assert [c["text"] for c in reply["choices"]] == alone_texts
         assert plain.engine.prefix_budget == 0 and plain.engine.max_batch == 6
 
@@ -247,13 +258,45 @@ def test_the_servers_choices_and_clients_decode_together(gpt):
     with running(create_app(state)) as url:
         replies: list = []
         threads = [threading.Thread(target=lambda: replies.append(httpx.post(
-            url + "/v1/completions", json={"prompt": PROMPT, "max_tokens": 4}, timeout=60))) for _ in range(3)]
+            url + "/v1/completions", json=HELD, timeout=60))) for _ in range(3)]
         for thread in threads:
             thread.start()
         wait_for(lambda: runner.stats.started == 2 and runner.waiting == 1, "two to run and one to wait")
-        refused = httpx.post(url + "/v1/completions", json={"prompt": PROMPT, "max_tokens": 4}, timeout=60)
+        refused = httpx.post(url + "/v1/completions", json=HELD, timeout=60)
         assert refused.status_code == 429 and int(refused.headers["retry-after"]) >= 1
         held.gate.set()
         for thread in threads:
             thread.join(60)
         assert [r.status_code for r in replies] == [200] * 3
+
+
+def test_a_sampler_failure_reaches_its_callers_and_the_engine_goes_on(fresh, monkeypatch):
+    from kogpt.engine import sampling
+    from kogpt.errors import KoGPTError
+
+    real = sampling.Sampler.__call__
+    calls = []
+
+    def broken(self, logits, history, rows=None):
+        calls.append(1)
+        if len(calls) == 3:
+            raise ValueError("bad probabilities")
+        return real(self, logits, history, rows)
+
+    monkeypatch.setattr(sampling.Sampler, "__call__", broken)
+    with pytest.raises(KoGPTError, match="bad probabilities"):
+        fresh.generate(PROMPT, seed=1, max_new_tokens=10)
+    monkeypatch.setattr(sampling.Sampler, "__call__", real)
+    assert fresh.generate("가", seed=1, max_new_tokens=3) == alone(fresh, "가", seed=1, max_new_tokens=3)[0]
+    assert not fresh.engine.busy
+
+
+def test_serve_plan_shows_the_batch_and_the_prefix_cache(tiny_dir, capsys):
+    from kogpt import cli
+
+    argv = ["serve", "--model", str(tiny_dir), "--device", "cpu", "--plan", "--prefix-cache", "1GiB", "--max-batch", "3"]
+    assert cli.main(argv) == 0
+    assert "continuous batching of up to 3 rows; prefix cache up to 1.00 GiB" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit:
+        cli.main(["serve", "--model", str(tiny_dir), "--plan", "--max-batch", "0"])
+    assert exit.value.code == 2 and "argument --max-batch: must be more than 0" in capsys.readouterr().err

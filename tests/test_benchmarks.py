@@ -22,6 +22,7 @@ SMALLEST = {
     "checkpoint.py": ["{out}/ckpt", "tiny"],
     "engine.py": ["--preset", "tiny", "--formats", "default", "--rounds", "1", "--out", "{out}"],
     "omp_policy.py": ["--preset", "tiny", "--rounds", "1", "--new-tokens", "4"],
+    "clients.py": ["--checkpoint", "{tiny}", "--clients", "1,2", "--new-tokens", "4", "--shared", "2", "--examples", "2"],
     "request.py": ["{tiny}", "--kernels", "int8,w8a8,fp16f32", "--rounds", "1", "--prompt-tokens", "40", "--new-tokens", "4",
                    "--out", "{out}/request.json"],  # fmt: skip
 }
@@ -85,6 +86,10 @@ def test_benchmark_runs_on_its_smallest_preset(script, tmp_path, tiny_dir):
         runs = json.loads(done.stdout.strip().splitlines()[-1])["runs"]
         assert [(r["front_end"], len(r["tok_s"])) for r in runs] == [("cli", 1), ("serve", 1)]
         assert all(r["median"] > 0 for r in runs)
+    if script == "clients.py":
+        kogpt = json.loads(done.stdout)["servers"]["kogpt serve"]
+        assert [row["clients"] for row in kogpt["clients"]] == [1, 2] and kogpt["clients"][1]["tokens"] == 8
+        assert kogpt["n"]["ratio"] > 0 and kogpt["shared_preamble"]["prompt_tokens_fed"] > 0
     if script == "request.py":
         results = json.loads((tmp_path / "request.json").read_text())["results"]
         assert [r.get("error") for r in results] == [None] * 3, results

@@ -248,11 +248,12 @@ REFERENCE = {"kogpt": ("repl", "hardware"), "eval": ("eval",), "serve": ("serve"
              "cache": ("files",)}
 
 # Flags of other programs that the docs show: pip, hf (huggingface_hub), vllm, ray, /save in the
-# REPL, benchmarks/run.py, omp_policy.py, request.py and lm_eval; and the docs' example of a flag that does not exist.
+# REPL, benchmarks/run.py, omp_policy.py, request.py, clients.py, transformers serve and lm_eval; and the docs' example of a flag that does not exist.
 OTHER_PROGRAMS = {"--index-url", "--local-dir", "--max-model-len", "--override-generation-config",
                   "--distributed-executor-backend", "--head", "--address", "--force", "--preset", "--out",
-                  "--checkpoint", "--compare-to", "--rounds", "--busy", "--kernels", "--batch",
-                  "--frobnicate", "--tasks"}  # fmt: skip
+                  "--checkpoint", "--compare-to", "--rounds", "--busy", "--kernels", "--batch", "--peer", "--examples",
+                  "--continuous-batching", "--clients", "--new-tokens",
+                  "--tasks", "--frobnicate"}  # fmt: skip
 
 
 def named(text: str, flag: str) -> bool:

@@ -143,3 +143,60 @@ def test_flags_and_variables(monkeypatch, tiny_dir):
     assert states[1].allowed_hosts is None  # a key and no list: any Host (the key is the guard)
     assert states[2].allowed_hosts is None
     assert states[3].allowed_hosts == list(LOOPBACK_HOSTS)  # loopback, no key: loopback names only
+
+
+@pytest.mark.parametrize("origin", [LOCAL, "http://localhost:8000", "http://[::1]:8000", "HTTP://127.0.0.1:8000/"])
+def test_the_servers_own_page_may_call(gpt, origin):
+    """Browsers send Origin on a page's same-origin POSTs: the playground at / calls its own server."""
+    http, _ = client(gpt, allowed_hosts=list(LOOPBACK_HOSTS))
+    host = origin.split("//")[1].rstrip("/")
+    response = http.post("/v1/completions", json=BODY, headers={"Origin": origin, "Host": host})
+    assert response.status_code == 200 and "access-control-allow-origin" not in response.headers
+
+
+@pytest.mark.parametrize(
+    "origin",
+    ["http://127.0.0.1:8001", "http://127.0.0.1", "https://127.0.0.1", "null", "http://localhost:8000",
+     "http://127.0.0.1:8000/page", "http://user@127.0.0.1:8000", "file://127.0.0.1:8000"],
+)  # fmt: skip
+def test_an_origin_that_is_not_the_host_is_still_refused(gpt, origin):
+    """Another port or name is another site. (The scheme is not compared: Host carries none, and
+    a page served through a TLS proxy in front of the server is https; one port has one server.)"""
+    http, state = client(gpt, allowed_hosts=list(LOOPBACK_HOSTS))
+    response = http.post("/v1/completions", json=BODY, headers={"Origin": origin, "Host": "127.0.0.1:8000"})
+    assert response.status_code == 403 and error(response)["code"] == "origin_not_allowed"
+    assert state.runner.stats.started == 0
+
+
+def test_default_ports_make_the_same_origin(gpt):
+    """A port left out is the scheme's default; https through a TLS proxy that passes the Host on."""
+    http, _ = client(gpt, allowed_hosts=[*LOOPBACK_HOSTS, "kogpt.internal"])
+    same = [("http://kogpt.internal", "kogpt.internal"), ("http://kogpt.internal", "kogpt.internal:80"),
+            ("https://kogpt.internal", "kogpt.internal:443"), ("https://kogpt.internal", "kogpt.internal")]  # fmt: skip
+    for origin, host in same:
+        assert http.post("/v1/completions", json=BODY, headers={"Origin": origin, "Host": host}).status_code == 200
+    other = [("http://kogpt.internal:8080", "kogpt.internal"), ("http://kogpt.internal", "kogpt.internal:8080")]
+    for origin, host in other:
+        response = http.post("/v1/completions", json=BODY, headers={"Origin": origin, "Host": host})
+        assert response.status_code == 403, (origin, host)
+
+
+def test_a_rebound_page_is_not_its_own_origin_without_a_key(gpt):
+    """With any Host served (a public --host without a key, or --allowed-hosts '*'), a page that
+    rebinds attacker.example to this server is same-origin with itself; its name is not this server's."""
+    http, state = client(gpt)  # any Host
+    rebound = {"Origin": "http://attacker.example:8000", "Host": "attacker.example:8000"}
+    response = http.post("/v1/completions", json=BODY, headers=rebound)
+    assert response.status_code == 403 and error(response)["code"] == "origin_not_allowed"
+    assert state.runner.stats.started == 0
+    own = {"Origin": "http://192.168.1.5:8000", "Host": "192.168.1.5:8000"}  # an address is never rebound
+    assert http.post("/v1/completions", json=BODY, headers=own).status_code == 200
+
+
+def test_with_a_key_a_same_origin_page_needs_the_key(gpt):
+    http, _ = client(gpt, api_key="s3cret")  # any Host: the key is the guard
+    page = {"Origin": "https://kogpt.example.com", "Host": "kogpt.example.com"}
+    response = http.post("/v1/completions", json=BODY, headers=page)
+    assert response.status_code == 401 and error(response)["code"] == "invalid_api_key"
+    keyed = {**page, "Authorization": "Bearer s3cret"}
+    assert http.post("/v1/completions", json=BODY, headers=keyed).status_code == 200

@@ -72,10 +72,15 @@ def print_plan(console: Console, plan: Plan, title: str = "KoGPT") -> None:
         console.print(Text(plan.refusal(), style="bold red"))
 
 
-def show_plan(options: Options, console: Console, hardware: Hardware | None = None, as_json: bool = False) -> int:
+def show_plan(options: Options, console: Console, hardware: Hardware | None = None, as_json: bool = False,
+              prefix_cache: int | None = None, max_batch: int | None = None) -> int:
     """Print the load decision for `options` (free memory figures: `hardware`, default this
     machine's), as tables or (`as_json`, for scripts) one JSON object; return the exit code: 0
-    when it fits, 1 when it does not."""
+    when it fits, 1 when it does not. `prefix_cache` and `max_batch`: the engine's, when not its
+    defaults (`kogpt serve`'s flags)."""
+    from kogpt.engine.prefix import default_prefix_budget
+    from kogpt.engine.scheduler import MAX_BATCH
+
     from kogpt.loading.checkpoint import read_config
     from kogpt.placement.decide import check_early, decide
 
@@ -85,12 +90,21 @@ def show_plan(options: Options, console: Console, hardware: Hardware | None = No
     config = read_config(options.model, options.revision)
     decision = decide(config, options, hardware, planning=True, kernel_for=planned_kernel)
     title = Path(options.model).name or options.model
+    prefix = default_prefix_budget() if prefix_cache is None else prefix_cache
+    rows = max_batch or MAX_BATCH
     if as_json:
         # The model as asked for (a hub id or a path), not the table's short title ("kogpt").
-        console.out(json.dumps(decision_as_dict(decision, str(options.model)), ensure_ascii=False), highlight=False)
+        data = decision_as_dict(decision, str(options.model))
+        if not decision.static_cache:
+            data.update(prefix_cache_bytes=prefix, max_batch=rows)
+        console.out(json.dumps(data, ensure_ascii=False), highlight=False)
     else:
         print_plan(console, decision.plan, title=title)
         print_decision(console, decision)
+        if not decision.static_cache:
+            console.print(Text(f"engine: continuous batching of up to {rows} rows; prefix cache up to "
+                               f"{prefix / 2**30:.2f} GiB" + (" (a tenth of the available memory, at most 8 GiB)"
+                                                              if prefix_cache is None else "")))
         if decision.threads and decision.plan.fits:
             from kogpt.cli.kernelview import cpu_figures, print_cpu
 

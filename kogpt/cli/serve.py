@@ -31,7 +31,8 @@ def run(args: argparse.Namespace, renderer) -> int:
         flags.quiet_libraries(args.debug)
         from kogpt.cli.planview import show_plan
 
-        return show_plan(flags.options_from_args(args), renderer.out)
+        return show_plan(flags.options_from_args(args), renderer.out, prefix_cache=args.prefix_cache,
+                         max_batch=args.max_batch)
     args.api_key = api_key(args.api_key)
     check_host(args.host, args.api_key)
     defaults = flags.sampling_settings(args)

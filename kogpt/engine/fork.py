@@ -21,7 +21,7 @@ def reset_in_child() -> None:
     worker._threads.clear()
     for core in list(worker._cores):
         core.requests, core.start_lock = queue.SimpleQueue(), threading.Lock()
-        core.current, core.serving = None, False
+        core.current, core.serving, core.scheduler = None, False, None  # the parent's batch stays there
     worker._cores.clear()
 
 

@@ -74,6 +74,7 @@ class Scheduler:
         self.batch = Batch()
         self.next_tokens: list[int] = []  # the token each batch row feeds at the next step
         self.turn = 0
+        self.peak_rows = 0  # the most rows one step has decoded
         self.on_finish = lambda job: None
 
     @property
@@ -123,12 +124,12 @@ class Scheduler:
             self._start(job)
 
     def _gains_from(self, job: Job, other: Job) -> bool:
-        shared = min(common_prefix(job.ids, other.ids), len(job.ids) - 1) // self.chunk * self.chunk
+        shared = min(common_prefix(job.ids, other.ids), len(job.ids) - 1) // job.chunk * job.chunk
         return shared > other.kept
 
     def _start(self, job: Job) -> None:
         job.request.started.set()
-        cache, job.kept, logits = self.store.lookup(job.ids, self.chunk)
+        cache, job.kept, logits = self.store.lookup(job.ids, job.chunk)
         job.fed = job.kept
         job.request.stats.reused_tokens = job.kept
         job.request.stats.prefill_tokens = len(job.ids) - job.kept
@@ -144,7 +145,7 @@ class Scheduler:
     def _feed_one(self) -> None:
         self.turn = (self.turn + 1) % len(self.feeding)
         job = self.feeding[self.turn]
-        part = job.ids[job.fed : job.fed + self.chunk]
+        part = job.ids[job.fed : job.fed + job.chunk]  # its own chunk size, on its grid from the start
         try:
             logits = decode.forward_logits(self.model, torch.tensor([part], device=self.device), job.cache)
         except BaseException as exc:
@@ -154,7 +155,7 @@ class Scheduler:
         job.fed, job.logits = job.fed + len(part), logits
         if job.fed == len(job.ids):
             self.feeding.remove(job)
-            self.store.add(job.ids, job.cache, logits, self.chunk)
+            self.store.add(job.ids, job.cache, logits, job.chunk)
             self._ready(job, logits)
 
     def _ready(self, job: Job, logits: torch.Tensor) -> None:
@@ -188,6 +189,7 @@ class Scheduler:
             self._fail(jobs, exc)
             return
         seconds = time.perf_counter() - begun
+        self.peak_rows = max(self.peak_rows, len(self.batch))
         groups: dict[int, tuple[Job, list[int], list[int]]] = {}
         for index, (job, row) in enumerate(self.batch.owners):
             groups.setdefault(id(job), (job, [], []))
@@ -232,7 +234,7 @@ class Scheduler:
         for job in [job for job in self.feeding if job.cancelled()]:
             self.feeding.remove(job)
             if job.fed > job.kept:  # keep the chunks fed so far for whoever sends this prompt again
-                self.store.add(job.ids[: job.fed], job.cache, job.logits, self.chunk)
+                self.store.add(job.ids[: job.fed], job.cache, job.logits, job.chunk)
             self._finish(job)
         gone = [job for job in self._running() if job.cancelled()]
         if gone:

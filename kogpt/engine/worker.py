@@ -222,6 +222,11 @@ class Engine:
         scheduler = self._core.scheduler
         return len(scheduler.batch) if scheduler is not None else int(self._core.current is not None)
 
+    @property
+    def peak_rows(self) -> int:
+        """The most rows one decode step has run so far."""
+        return self._core.scheduler.peak_rows if self._core.scheduler is not None else 0
+
     def submit(self, ids: list[int], settings: SamplingSettings, seeds: list[int], budget: int,
                cancel: threading.Event | None = None, extras: Extras | None = None) -> Request:
         request = Request(ids, settings, seeds, budget, cancel, extras)

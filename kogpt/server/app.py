@@ -1,5 +1,5 @@
 """The ASGI app: OpenAI's `/v1/completions` and `/v1/models`, vLLM's `/tokenize` and `/detokenize`,
-Prometheus' `/metrics`, and `/health`, on Starlette.
+Prometheus' `/metrics`, `/health`, and the playground page at `/` (`page.py`), on Starlette.
 
 The app answers as soon as it starts; `ServerState.ready(gpt)` hands it the loaded model. Until then
 `/health` and the API answer 503, so a supervisor can start the server and wait for it.
@@ -26,6 +26,7 @@ from kogpt.server.completions import Completion, plan
 from kogpt.server.errors import APIError, shutting_down
 from kogpt.server.guard import Guard
 from kogpt.server.metrics import Metrics
+from kogpt.server.page import routes as page_routes
 from kogpt.server.request import MAX_BODY_BYTES, check_content_type, parse_completion, parse_json, read_body
 from kogpt.server.runner import MAX_QUEUE, Runner
 from kogpt.server.tokens import detokenize, parse_detokenize, parse_tokenize, tokenize, vocabulary
@@ -183,7 +184,7 @@ def create_app(state: ServerState) -> Starlette:
     async def http_error(request: Request, exc: HTTPException) -> Response:
         message = {
             404: f"no route {shown(request.url.path)}; kogpt serves POST /v1/completions, GET /v1/models, "
-            "POST /tokenize, POST /detokenize, GET /metrics and GET /health",
+            "POST /tokenize, POST /detokenize, GET /metrics, GET /health and the playground at GET /",
             405: f"{shown(request.method, quote=False)} is not allowed on {shown(request.url.path)}",
         }
         error = APIError(exc.status_code, message.get(exc.status_code, str(exc.detail)), headers=exc.headers)
@@ -201,6 +202,7 @@ def create_app(state: ServerState) -> Starlette:
         Route("/tokenize", guarded(tokenize_route), methods=["POST"]),
         Route("/detokenize", guarded(detokenize_route), methods=["POST"]),
         Route("/metrics", guarded(metrics_route)),
+        *page_routes(state),
     ]
     guard = Middleware(
         Guard, hosts=state.allowed_hosts, origins=state.allowed_origins, api_key=state.api_key

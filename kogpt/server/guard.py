@@ -5,6 +5,10 @@ replies, its requests then carrying the attacker's host name. So, as Ollama does
 without a key only loopback Host values are accepted (`--allowed-hosts` adds names, for a reverse
 proxy), a request from a page (one with an `Origin` header) is refused unless `--allowed-origins`
 lists its origin, and only then do preflights get CORS grants (Starlette's `CORSMiddleware`).
+The server's own page (the playground at `/`) is the exception: browsers send `Origin` on its
+same-origin POSTs, so an `Origin` naming the very host and port of the `Host` header is accepted
+where that name cannot be a rebound one: an IP address, `localhost`, a name `--allowed-hosts`
+lists, or any name when a key is set (a rebound page never has the key).
 Refusals are 403s with OpenAI's error object; with a key, every path under `/v1` needs it (401),
 as in vLLM, known route or not, and so do `/tokenize`, `/detokenize` and `/metrics` (which vLLM
 leaves open): they read the model's tokenizer and the server's traffic.
@@ -102,7 +106,7 @@ class Guard:
                     code="host_not_allowed",
                 )
         origin = headers.get("origin")
-        if origin is not None and "*" not in self.origins and origin.rstrip("/").lower() not in self.origins:
+        if origin is not None and not self.allows_origin(origin, headers.get("host")):
             raise APIError(
                 403,
                 f"requests from web pages of {shown(origin)} are not allowed; allow an origin with "
@@ -120,6 +124,46 @@ class Guard:
                     "missing or wrong API key: send the header Authorization: Bearer KEY",
                     code="invalid_api_key",
                 )
+
+    def allows_origin(self, origin: str, host_header: str | None) -> bool:
+        """Whether a page of `origin` may call: one `--allowed-origins` lists, or this server's own page."""
+        if "*" in self.origins or origin.rstrip("/").lower() in self.origins:
+            return True
+        name = same_origin(origin, host_header)
+        if name is None:
+            return False
+        # After DNS rebinding an attacker's page is same-origin with its own name too; an IP address,
+        # `localhost` or a name the operator listed is never the attacker's.
+        return self.api_key is not None or name == "localhost" or _is_address(name) or (
+            self.hosts is not None and any(_matches(name, h) for h in self.hosts)
+        )
+
+
+def same_origin(origin: str, host_header: str | None) -> str | None:
+    """The host name when `origin` (`http://name:port`) names the host and port of `host_header`
+    (a port left out being the scheme's default), else None. The schemes are not compared: Host
+    carries none, a TLS proxy in front of the server serves its page as https, and one port is one server."""
+    host = host_of(host_header)
+    try:
+        parts = urllib.parse.urlsplit(origin.strip().lower())
+        port = parts.port
+    except ValueError:
+        return None
+    default = {"http": 80, "https": 443}.get(parts.scheme)
+    if default is None or host is None or parts.hostname != host or parts.username is not None:
+        return None
+    if parts.path.strip("/") or parts.query or parts.fragment:
+        return None
+    given = urllib.parse.urlsplit("//" + (host_header or "").strip()).port
+    return host if (port or default) == (given or default) else None
+
+
+def _is_address(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
 
 
 def _matches(host: str, pattern: str) -> bool:
