@@ -95,13 +95,13 @@ def show_plan(options: Options, console: Console, hardware: Hardware | None = No
     if as_json:
         # The model as asked for (a hub id or a path), not the table's short title ("kogpt").
         data = decision_as_dict(decision, str(options.model))
-        if not decision.static_cache:
+        if decision.streamed:  # the CPU engine: its batch and prefix cache live in this machine's memory
             data.update(prefix_cache_bytes=prefix, max_batch=rows)
         console.out(json.dumps(data, ensure_ascii=False), highlight=False)
     else:
         print_plan(console, decision.plan, title=title)
         print_decision(console, decision)
-        if not decision.static_cache:
+        if decision.streamed:
             console.print(Text(f"engine: continuous batching of up to {rows} rows; prefix cache up to "
                                f"{prefix / 2**30:.2f} GiB" + (" (a tenth of the available memory, at most 8 GiB)"
                                                               if prefix_cache is None else "")))
