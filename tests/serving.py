@@ -83,3 +83,27 @@ def _gated(chunks, gate: threading.Event):
             yield chunk
     finally:
         chunks.close()
+
+
+LOCAL = "http://127.0.0.1:8000"
+
+
+@contextmanager
+def api_client(gpt):
+    """Starlette's in-process client for an app serving `gpt` (defaults: 4 new tokens)."""
+    from starlette.testclient import TestClient
+
+    from kogpt.server.app import ServerState, create_app
+    from kogpt.settings import SamplingSettings
+
+    state = ServerState("kogpt", SamplingSettings(max_new_tokens=4))
+    state.ready(gpt)
+    with TestClient(create_app(state), base_url=LOCAL, raise_server_exceptions=False) as client:
+        yield client
+
+
+def complete(http, **body) -> dict:
+    """The JSON reply of a completion that must succeed."""
+    response = http.post("/v1/completions", json=body)
+    assert response.status_code == 200, response.text
+    return response.json()

@@ -9,28 +9,18 @@ import pytest
 
 pytest.importorskip("starlette")
 
-from starlette.testclient import TestClient  # noqa: E402
 
-from kogpt.server.app import ServerState, create_app  # noqa: E402
 from kogpt.settings import SamplingSettings  # noqa: E402
+from tests.serving import api_client, complete  # noqa: E402
 
 PROMPT = "인간처럼 생각하고, 행동하는"
-LOCAL = "http://127.0.0.1:8000"
 SAMPLED = {"temperature": 1.0, "seed": 5, "max_tokens": 8}
 
 
 @pytest.fixture(scope="module")
 def http(gpt):
-    state = ServerState("kogpt", SamplingSettings(max_new_tokens=4))
-    state.ready(gpt)
-    with TestClient(create_app(state), base_url=LOCAL, raise_server_exceptions=False) as client:
+    with api_client(gpt) as client:
         yield client
-
-
-def complete(http, **body) -> dict:
-    response = http.post("/v1/completions", json=body)
-    assert response.status_code == 200, response.text
-    return response.json()
 
 
 def refused(http, body: dict) -> dict:

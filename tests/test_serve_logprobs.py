@@ -11,31 +11,21 @@ pytest.importorskip("starlette")
 openai = pytest.importorskip("openai")
 
 import torch  # noqa: E402
-from starlette.testclient import TestClient  # noqa: E402
 
 from kogpt.engine import Extras  # noqa: E402
 from kogpt.engine.chunk import TokenLogprob  # noqa: E402
 from kogpt.server.app import ServerState, create_app  # noqa: E402
 from kogpt.server.logprobs import Shaper  # noqa: E402
 from kogpt.settings import SamplingSettings  # noqa: E402
-from tests.serving import running  # noqa: E402
+from tests.serving import api_client, complete, running  # noqa: E402
 
 PROMPT = "인간처럼 생각하고, 행동하는"
-LOCAL = "http://127.0.0.1:8000"
 
 
 @pytest.fixture(scope="module")
 def http(gpt):
-    state = ServerState("kogpt", SamplingSettings(max_new_tokens=4))
-    state.ready(gpt)
-    with TestClient(create_app(state), base_url=LOCAL, raise_server_exceptions=False) as client:
+    with api_client(gpt) as client:
         yield client
-
-
-def complete(http, **body) -> dict:
-    response = http.post("/v1/completions", json=body)
-    assert response.status_code == 200, response.text
-    return response.json()
 
 
 def events(http, **body) -> list[dict]:

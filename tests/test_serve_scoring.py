@@ -11,30 +11,20 @@ import pytest
 pytest.importorskip("starlette")
 openai = pytest.importorskip("openai")
 
-from starlette.testclient import TestClient  # noqa: E402
 
 from kogpt.evaluate.scoring import Request, score  # noqa: E402
 from kogpt.server.app import ServerState, create_app  # noqa: E402
 from kogpt.settings import SamplingSettings  # noqa: E402
-from tests.serving import running  # noqa: E402
+from tests.serving import api_client, complete, running  # noqa: E402
 
 CONTEXT = "영화 리뷰: 배우들 연기가 정말 좋았다\n감정:"
 ANSWER = " 긍정"
-LOCAL = "http://127.0.0.1:8000"
 
 
 @pytest.fixture(scope="module")
 def http(gpt):
-    state = ServerState("kogpt", SamplingSettings(max_new_tokens=4))
-    state.ready(gpt)
-    with TestClient(create_app(state), base_url=LOCAL, raise_server_exceptions=False) as client:
+    with api_client(gpt) as client:
         yield client
-
-
-def complete(http, **body) -> dict:
-    response = http.post("/v1/completions", json=body)
-    assert response.status_code == 200, response.text
-    return response.json()
 
 
 def test_echo_scores_the_prompt_as_kogpt_eval_does(http, gpt):

@@ -22,11 +22,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from kogpt.server.completions import Completion, plan
+from kogpt.server.completions import Completion
 from kogpt.server.errors import APIError, shutting_down
 from kogpt.server.guard import Guard
 from kogpt.server.metrics import Metrics
 from kogpt.server.page import routes as page_routes
+from kogpt.server.plan import plan
 from kogpt.server.request import MAX_BODY_BYTES, check_content_type, parse_completion, parse_json, read_body
 from kogpt.server.runner import MAX_QUEUE, Runner
 from kogpt.server.tokens import detokenize, parse_detokenize, parse_tokenize, tokenize, vocabulary

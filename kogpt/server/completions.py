@@ -23,7 +23,7 @@ from kogpt.errors import KoGPTError
 from kogpt.server import metrics
 from kogpt.server.errors import APIError
 from kogpt.server.logprobs import Shaper, joined, token_bytes
-from kogpt.server.plan import Job, plan
+from kogpt.server.plan import Job
 from kogpt.server.request import CompletionRequest
 from kogpt.server.runner import Runner, Ticket
 from kogpt.transcript import Record, Transcript
