@@ -47,6 +47,8 @@ class KoGPT:
                 # Input ids go where the first block runs: not model.device, `meta` when it is on disk.
                 self._engine = Engine(self.model, self.tokenizer, self.loaded.context_length,
                                       input_device(self.model), static_cache=self.static_cache, compile=self.compile)
+                if self.loaded.decision.prefill_chunk:  # sized for the CPU's prompt kernel
+                    self._engine.prefill_chunk = self.loaded.decision.prefill_chunk
             return self._engine
 
     @classmethod

@@ -296,7 +296,8 @@ def test_serve_plan_shows_the_batch_and_the_prefix_cache(tiny_dir, capsys):
 
     argv = ["serve", "--model", str(tiny_dir), "--device", "cpu", "--plan", "--prefix-cache", "1GiB", "--max-batch", "3"]
     assert cli.main(argv) == 0
-    assert "continuous batching of up to 3 rows; prefix cache up to 1.00 GiB" in capsys.readouterr().out
+    shown = " ".join(capsys.readouterr().out.split())  # as one line, however the terminal wraps it
+    assert "continuous batching of up to 3 rows; prefix cache up to 1.00 GiB; prompts fed in chunks of 128 tokens" in shown
     with pytest.raises(SystemExit) as exit:
         cli.main(["serve", "--model", str(tiny_dir), "--plan", "--max-batch", "0"])
     assert exit.value.code == 2 and "argument --max-batch: must be more than 0" in capsys.readouterr().err

@@ -12,13 +12,14 @@ from kogpt.loading import choices, chooser, kernels
 
 WIDE = {(256, 256): 8, (1024, 256): 2, (256, 1024): 2}  # every int4 group fits 256 inputs
 NARROW = {(64, 64): 8, (256, 64): 2, (64, 256): 2}  # 64 inputs: group 128 and 256 do not fit
+SLOW = 1e9  # a kernel a test gives no time: never the fastest
 
 
 def timings(seconds, calls=None):
     def measure(kernel, shape, rows=1):
         if calls is not None:
             calls.append(kernel.name)
-        return seconds[kernel.name]
+        return seconds.get(kernel.name, SLOW)
 
     return measure
 
@@ -96,9 +97,9 @@ def test_the_tie_rule_is_relative_at_millisecond_timings():
 def test_the_tie_rule_prefers_the_more_accurate_at_millisecond_timings():
     errs = {"w4g32": 0.01, "w4g64": 0.02, "w4g128": 0.03, "w4g256": 0.05}
     seconds = {"w4g32": 1.04e-3, "w4g64": 1.0e-3, "w4g128": 0.999e-3, "w4g256": 0.9e-3}
-    choice = chooser.choose("int4", WIDE, timings(seconds), accuracy=lambda k: errs[k.name])
+    choice = chooser.choose("int4", WIDE, timings(seconds), accuracy=lambda k: errs.get(k.name, 0.001))
     # fastest 0.9 ms: within 5% (0.945 ms) only w4g256 itself; w4g32 at 1.04 ms is out
     assert choice.kernel == "w4g256"
     seconds["w4g256"] = 0.99e-3  # now 1.0395 ms is the bound: w4g32 (1.04) out, w4g64 and w4g128 in
-    choice = chooser.choose("int4", WIDE, timings(seconds), accuracy=lambda k: errs[k.name])
+    choice = chooser.choose("int4", WIDE, timings(seconds), accuracy=lambda k: errs.get(k.name, 0.001))
     assert choice.kernel == "w4g128"  # the standard kernel among the tied

@@ -93,7 +93,29 @@ def test_each_phase_is_timed_at_its_rows_and_kernels_only_in_their_phases():
     chooser.choose("16bit", SHAPES, by_rows(EPYC_16BIT, calls), accuracy=accurate)
     assert {rows for name, rows in calls if name == "bf16mv"} == {1}
     assert {rows for name, rows in calls if name == "fp16f32"} == {4, 128}
-    assert {rows for name, rows in calls if name == "bf16"} == {1, 4, 128}
+    # bf16 is the chosen prompt kernel: it alone is timed at the larger chunks, while 256 rows gain
+    assert {rows for name, rows in calls if name == "bf16"} == {1, 4, 128, 256}
+
+
+def test_the_prompt_chunk_grows_only_while_it_saves_more_than_a_tenth_per_token():
+    table = {name: dict(rows) for name, rows in EPYC_16BIT.items()}
+    # bf16 chunks: 128 rows 40 ms (0.31 ms a token), 256 rows 60 (0.23), 512 rows 115 (0.22: 4% less)
+    table["bf16"].update({256: 60.0, 512: 115.0})
+    choice = chooser.choose("16bit", SHAPES, by_rows(table), accuracy=accurate)
+    assert choice.phases["prefill"] == "bf16" and choice.chunk == 256 and "prompts in chunks of 256" in choice.why
+    assert choice.chunk_seconds["512"] == pytest.approx(115.0 * 12 / 512)  # summed over the shapes, per token
+    table["bf16"][256] = 78.0  # 2.5% less a token than 128 rows: not worth a stream's longer wait
+    calls: list = []
+    choice = chooser.choose("16bit", SHAPES, by_rows(table, calls), accuracy=accurate)
+    assert choice.chunk == 128 and ("bf16", 512) not in calls  # no gain at 256: 512 is not timed
+
+
+def test_int4_prompts_may_run_widened_from_the_steps_packed_weights():
+    table = {"w4g128": {1: 1.0, 4: 1.5, 128: 100.0}, "w4g128bf16": {128: 40.0}, "w4g32bf16": {128: 10.0}}
+    choice = chooser.choose("int4", SHAPES, by_rows(table), accuracy=accurate)
+    # w4g32bf16 is faster still, but w4g32's steps are not: a layout never mixes with another
+    assert choice.phases == {"step": "w4g128", "batch": "w4g128", "prefill": "w4g128bf16"}
+    assert KERNELS["w4g128bf16"].layout == "w4g128" and "w4g128bf16" not in choice.seconds  # never a step
 
 
 def test_a_packed_layer_dispatches_by_rows():
@@ -190,7 +212,7 @@ def test_auto_dtype_follows_the_float_choice_and_plans_the_memory_of_what_is_loa
     def kernel_for(picked):
         def choose(config, fmt, requested, threads):
             asked.append(fmt)
-            return picked, "measured", KERNELS[picked].dtype, {p: picked for p in phases.PHASES}
+            return picked, "measured", KERNELS[picked].dtype, {p: picked for p in phases.PHASES}, 256
 
         return choose
 
@@ -209,5 +231,5 @@ def test_a_model_whose_float32_weights_fit_in_the_cache_stays_float32_unmeasured
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(tiny_dir)
-    kernel, why, dtype, _ = choices.kernel_for(config, "float", None, 1)
-    assert (kernel, dtype) == ("fp32", torch.float32) and "cache" in why
+    kernel, why, dtype, _, chunk = choices.kernel_for(config, "float", None, 1)
+    assert (kernel, dtype, chunk) == ("fp32", torch.float32, 0) and "cache" in why

@@ -160,6 +160,25 @@ def test_int4_codes_and_scales_reproduce_the_weight_and_the_kernel_computes_with
     assert float((got - exact).norm() / exact.norm()) < 0.01
 
 
+@pytest.mark.parametrize("out_features", [16, 20, 48, 64, 80, 2064])
+def test_int4_widened_prompt_kernel_reads_the_packed_weight_as_the_int4_kernel_does(out_features):
+    # a short block alone (16, 20 padded to 32, 48), whole 64-row blocks, both, more than WIDENED_ROWS
+    torch.manual_seed(out_features)
+    weight = torch.randn(out_features, 128) * 0.02
+    codes, scales_and_zeros = int4.quantize(weight, 32)
+    x = torch.randn(20, 128)
+    exact = x @ int4.dequantize(codes, scales_and_zeros, 32).t()
+    packed = int4.pack(weight, 32)
+    got = int4.matmul_widened(x, packed, 32).float()
+    assert got.shape == (20, out_features + -out_features % 16)
+    assert float((got[:, :out_features] - exact).norm() / exact.norm()) < 0.01
+    layer = PackedLinear(128, out_features, False, "w4g32", phases={"prefill": "w4g32bf16"})
+    layer.set_weight(weight)
+    chunk = torch.randn(16, 128, dtype=torch.bfloat16)  # 16 rows: the prompt phase
+    by_kernel = int4.matmul(chunk, packed, 32)[:, :out_features].float()
+    assert float((layer(chunk).float() - by_kernel).norm() / by_kernel.norm()) < 0.01
+
+
 def test_int4_refuses_groups_that_do_not_divide_the_inputs():
     with pytest.raises(ValueError, match="does not divide"):
         int4.quantize(torch.zeros(16, 96), 64)

@@ -80,6 +80,7 @@ def show_plan(options: Options, console: Console, hardware: Hardware | None = No
     defaults (`kogpt serve`'s flags)."""
     from kogpt.engine.prefix import default_prefix_budget
     from kogpt.engine.scheduler import MAX_BATCH
+    from kogpt.loading.phases import PREFILL_ROWS
 
     from kogpt.loading.checkpoint import read_config
     from kogpt.placement.decide import check_early, decide
@@ -92,11 +93,12 @@ def show_plan(options: Options, console: Console, hardware: Hardware | None = No
     title = Path(options.model).name or options.model
     prefix = default_prefix_budget() if prefix_cache is None else prefix_cache
     rows = max_batch or MAX_BATCH
+    chunk = decision.prefill_chunk or PREFILL_ROWS
     if as_json:
         # The model as asked for (a hub id or a path), not the table's short title ("kogpt").
         data = decision_as_dict(decision, str(options.model))
         if decision.streamed:  # the CPU engine: its batch and prefix cache live in this machine's memory
-            data.update(prefix_cache_bytes=prefix, max_batch=rows)
+            data.update(prefix_cache_bytes=prefix, max_batch=rows, prefill_chunk=chunk)
         console.out(json.dumps(data, ensure_ascii=False), highlight=False)
     else:
         print_plan(console, decision.plan, title=title)
@@ -104,7 +106,8 @@ def show_plan(options: Options, console: Console, hardware: Hardware | None = No
         if decision.streamed:
             console.print(Text(f"engine: continuous batching of up to {rows} rows; prefix cache up to "
                                f"{prefix / 2**30:.2f} GiB" + (" (a tenth of the available memory, at most 8 GiB)"
-                                                              if prefix_cache is None else "")))
+                                                              if prefix_cache is None else "")
+                               + f"; prompts fed in chunks of {chunk} tokens"))
         if decision.threads and decision.plan.fits:
             from kogpt.cli.kernelview import cpu_figures, print_cpu
 

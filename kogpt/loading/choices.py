@@ -30,11 +30,11 @@ from kogpt.loading.kernels import (
     linear_shapes,
     read_bandwidth,
 )
-from kogpt.loading.phases import PHASES
+from kogpt.loading.phases import CHUNKS, PHASES
 
 log = logging.getLogger(__name__)
 
-CHOICE_VERSION = 4  # 2: the standard kernel wins ties; 3: keyed by the matrix shapes too; 4: a kernel per phase
+CHOICE_VERSION = 5  # 2: the standard kernel wins ties; 3: keyed by the matrix shapes too; 4: a kernel per phase; 5: the chunk
 
 
 def machine_key(threads: int) -> str:
@@ -89,7 +89,7 @@ def cached_choice(fmt: str, threads: int, shapes: dict[tuple[int, int], int]) ->
     phases = choice.phases if isinstance(choice.phases, dict) else {}
     kernels_ok = all(usable(phases.get(phase), fmt, shapes) for phase in PHASES) and usable(choice.kernel, fmt, shapes)
     one_layout = kernels_ok and len({KERNELS[name].layout for name in [choice.kernel, *phases.values()]}) == 1
-    if choice.format != fmt or not one_layout or not isinstance(choice.why, str):
+    if choice.format != fmt or not one_layout or not isinstance(choice.why, str) or choice.chunk not in CHUNKS:
         log.debug("ignoring the remembered %s kernel %r: it does not fit this model", fmt, choice.kernel)
         return None
     return choice
@@ -142,21 +142,21 @@ def remember(choice: Choice, threads: int, shapes: dict[tuple[int, int], int]) -
 
 def kernel_for(
     config, fmt: str, requested: str | None, threads: int, measure: bool = True
-) -> tuple[str, str, torch.dtype, dict[str, str]]:
-    """(kernel, why, compute dtype, {phase: kernel}) for `fmt` weights of a GPT-J `config`:
-    `requested` when it can compute them (in its phases; its layout's own kernel in the others),
-    else the kernels measured fastest on this machine for the whole request (remembered, or
-    measured now when `measure`; else the portable default, for `--plan`)."""
+) -> tuple[str, str, torch.dtype, dict[str, str], int]:
+    """(kernel, why, compute dtype, {phase: kernel}, prompt chunk or 0 for the default) for `fmt`
+    weights of a GPT-J `config`: `requested` when it can compute them (in its phases; its layout's
+    own kernel in the others), else the kernels measured fastest on this machine for the whole
+    request (remembered, or measured now when `measure`; else the portable default, for `--plan`)."""
     shapes = linear_shapes(config)
     widths = {n_in for _, n_in in shapes}
     fitting = [k.name for k in candidates(fmt) if all(k.fits(width) for width in widths)]
     if requested is not None:
         if requested not in fitting:
             raise KoGPTError(f"kernel {requested!r} does not compute {fmt} weights of this model; choose one of {', '.join(fitting)}")
-        return requested, "asked for", KERNELS[requested].dtype, forced_phases(requested)
+        return requested, "asked for", KERNELS[requested].dtype, forced_phases(requested), 0
     weights = sum(count * out * n_in for (out, n_in), count in shapes.items())
     if fmt == "float" and 4 * weights <= last_level_cache_bytes():
-        return "fp32", "its float32 weights fit in the CPU's cache: exact, and no memory bound to halve", torch.float32, {}
+        return "fp32", "its float32 weights fit in the CPU's cache: exact, and no memory bound to halve", torch.float32, {}, 0
     if measure:
         choice = choice_for(fmt, shapes, threads, prompt_shapes=linear_shapes(config, lm_head=False))
         why = choice.why
@@ -164,9 +164,11 @@ def kernel_for(
         choice = cached_choice(fmt, threads, shapes)
         why = f"measured on this CPU: {choice.why}" if choice else "not measured on this CPU yet: the first load measures the candidates (seconds)"
     kernel = choice.kernel if choice else (DEFAULTS[fmt] if DEFAULTS[fmt] in fitting else fitting[-1])
-    return kernel, why, KERNELS[kernel].dtype, choice.phases if choice else forced_phases(kernel)
+    if choice is None:
+        return kernel, why, KERNELS[kernel].dtype, forced_phases(kernel), 0
+    return kernel, why, KERNELS[kernel].dtype, choice.phases, choice.chunk
 
 
-def planned_kernel(config, fmt: str, requested: str | None, threads: int) -> tuple[str, str, torch.dtype, dict[str, str]]:
+def planned_kernel(config, fmt: str, requested: str | None, threads: int) -> tuple[str, str, torch.dtype, dict[str, str], int]:
     """`kernel_for` without measuring: what `--plan` shows."""
     return kernel_for(config, fmt, requested, threads, measure=False)

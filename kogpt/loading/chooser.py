@@ -27,10 +27,14 @@ from kogpt.loading.kernels import (
     last_level_cache_bytes,
 )
 from kogpt.loading.phases import (
+    CHUNK_GAIN,
+    CHUNKS,
     NEW_TOKENS,
     PHASES,
+    PREFILL_ROWS,
     PROMPT_TOKENS,
     ROWS,
+    best_chunk,
     describe,
     request_seconds,
 )
@@ -53,6 +57,8 @@ class Choice:
     phases: dict[str, str] = field(default_factory=dict)  # phase -> kernel, all of one layout
     phase_seconds: dict[str, dict[str, float]] = field(default_factory=dict)  # kernel -> phase -> s per pass or chunk
     scores: dict[str, float] = field(default_factory=dict)  # layout -> seconds of the standard request
+    chunk: int = PREFILL_ROWS  # prompt tokens per forward, sized for the prompt kernel (`size_chunk`)
+    chunk_seconds: dict[str, float] = field(default_factory=dict)  # chunk rows -> the prompt kernel's seconds per token
 
 
 def relative_error(kernel: Kernel, in_features: int = 512, out_features: int = 256, rows: int = 4) -> float:
@@ -127,11 +133,27 @@ def choose(
     standard = KERNELS[DEFAULTS[fmt]].layout
     step_errors = {layout: errors[plans[layout]["step"]] for layout in plans}
     layout, tied = best_of(list(plans), scores, step_errors, standard)
+    prompt_kernel = plans[layout]["prefill"]
+    per_token = size_chunk(KERNELS[prompt_kernel], per_phase["prefill"], measure, timed[prompt_kernel]["prefill"])
+    chunk = best_chunk(per_token)
+    why = explain(plans[layout], scores, timed, layout, tied, standard, rejected)
+    why += f"; prompts in chunks of {chunk} (" + ", ".join(f"{rows} rows {1000 * s:.2f} ms" for rows, s in per_token.items()) + " per token)"
     return Choice(
-        fmt, plans[layout]["step"], explain(plans[layout], scores, timed, layout, tied, standard, rejected),
-        {name: t["step"] for name, t in timed.items() if "step" in t}, errors, bandwidth / 1e9,
-        plans[layout], timed, scores,
+        fmt, plans[layout]["step"], why, {name: t["step"] for name, t in timed.items() if "step" in t}, errors,
+        bandwidth / 1e9, plans[layout], timed, scores, chunk, {str(rows): s for rows, s in per_token.items()},
     )  # fmt: skip
+
+
+def size_chunk(kernel: Kernel, shapes: dict[tuple[int, int], int], measure: Measure, chunk_seconds: float) -> dict[int, float]:
+    """{chunk rows: seconds per prompt token} of the prompt kernel over the prompt's `shapes`, from
+    `chunk_seconds` (one chunk of `PREFILL_ROWS`, measured) up the sizes of `CHUNKS`, stopping at
+    the first size that saves no more than `CHUNK_GAIN` per token."""
+    per_token = {PREFILL_ROWS: chunk_seconds / PREFILL_ROWS}
+    for previous, rows in zip(CHUNKS, CHUNKS[1:], strict=False):
+        per_token[rows] = sum(count * measure(kernel, shape, rows) for shape, count in shapes.items()) / rows
+        if per_token[rows] > per_token[previous] * (1 - CHUNK_GAIN):
+            break
+    return per_token
 
 
 def layout_plans(timed: dict[str, dict[str, float]], errors: dict[str, float]) -> dict[str, dict[str, str]]:

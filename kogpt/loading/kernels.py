@@ -110,6 +110,15 @@ def _int4(group: int) -> Kernel:
     )  # fmt: skip
 
 
+def _int4_widened(group: int) -> Kernel:
+    return Kernel(
+        f"w4g{group}bf16", "int4", 0.5 + 4 / group,
+        lambda w: int4.pack(w, group), lambda x, t: int4.matmul_widened(x, t, group),
+        f"int4 weights (groups of {group}) widened to bfloat16 a block at a time (prompt chunks)",
+        ("packed", "scales_and_zeros"), lambda n_in: int4.fits(n_in, group), stored_as=f"w4g{group}", phases=("prefill",),
+    )  # fmt: skip
+
+
 KERNELS: dict[str, Kernel] = {
     k.name: k
     for k in [
@@ -123,6 +132,7 @@ KERNELS: dict[str, Kernel] = {
         Kernel("w8", "int8", 1, _pack_w8, _run_w8, "int8 weights, bfloat16 activations (_weight_int8pack_mm)", ("weight", "scales")),
         Kernel("w8a8", "int8", 1, _pack_w8, _run_w8a8, "int8 weights x int8 activations quantized per token (torch._int_mm)", ("weight", "scales"), stored_as="w8"),
         *(_int4(group) for group in int4.GROUPS),
+        *(_int4_widened(group) for group in int4.GROUPS),
     ]
 }  # fmt: skip
 

@@ -39,6 +39,7 @@ class Decision:
     kernel_reason: str = ""
     threads: int = 0  # CPU threads that compute; 0 on a GPU
     phases: dict[str, str] = field(default_factory=dict)  # on the CPU: phase (step, batch, prefill) -> kernel
+    prefill_chunk: int = 0  # prompt tokens per forward, sized for the CPU's prompt kernel; 0: the device's default
 
     @property
     def dtype(self) -> torch.dtype:
@@ -71,9 +72,9 @@ def check_early(options: Options, planning: bool = False) -> torch.device:
 
 
 # kernel_for(config, format, requested kernel or None, threads) -> (kernel, why, compute dtype,
-# {phase: kernel}): kogpt.loading.choices measures or remembers it; placement never imports
-# loading, so it is passed in.
-KernelFor = Callable[[object, str, "str | None", int], tuple[str, str, torch.dtype, dict[str, str]]]
+# {phase: kernel}, prompt chunk or 0): kogpt.loading.choices measures or remembers it; placement
+# never imports loading, so it is passed in.
+KernelFor = Callable[[object, str, "str | None", int], tuple[str, str, torch.dtype, dict[str, str], int]]
 
 
 def physical_cores() -> int:
@@ -137,9 +138,9 @@ def cpu_kernel(config, options: Options, decision: Decision, kernel_for: KernelF
         raise KoGPTError(f"--kernel {options.kernel} needs --quantize, or a 16-bit dtype")
     else:
         return decision
-    kernel, why, dtype, phases = kernel_for(config, fmt, options.kernel, decision.threads)
+    kernel, why, dtype, phases, chunk = kernel_for(config, fmt, options.kernel, decision.threads)
     if dtype == torch.float32:  # float32 kept: the plain float32 layers
-        return replace(decision, choice=DtypeChoice(dtype, f"{decision.choice.reason}; {why}"))
+        return replace(decision, choice=DtypeChoice(dtype, f"{decision.choice.reason}; {why}"), prefill_chunk=chunk)
     if options.dtype != "auto" and dtype != decision.dtype:
         raise KoGPTError(f"kernel {kernel} computes in {str(dtype).removeprefix('torch.')}, not in the {options.dtype} asked for")
     choice = decision.choice
@@ -147,7 +148,7 @@ def cpu_kernel(config, options: Options, decision: Decision, kernel_for: KernelF
         choice = DtypeChoice(dtype, f"{choice.reason}, but {str(dtype).removeprefix('torch.')} serves a request faster here")
     elif dtype != choice.dtype:
         choice = DtypeChoice(dtype, f"{choice.reason}; {str(dtype).removeprefix('torch.')} is the faster 16-bit kernel here")
-    return replace(decision, choice=choice, kernel=kernel, kernel_reason=why, phases=phases)
+    return replace(decision, choice=choice, kernel=kernel, kernel_reason=why, phases=phases, prefill_chunk=chunk)
 
 
 def choose_dtype(config, device, options: Options, hardware: Hardware, n_params: int, streamed: bool) -> DtypeChoice:
