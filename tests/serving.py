@@ -49,8 +49,8 @@ def wait_for(condition, what: str, seconds: float = WAIT_SECONDS) -> None:
 
 class GatedGPT:
     """A `KoGPT` whose streams stop after their first chunk until `gate` is set: a generation that is
-    certainly still running when the test acts (no timing involved). `engine.stream` (what the
-    server calls) and `stream` are both gated."""
+    certainly still running when the test acts (no timing involved). `engine.stream_rows` (what
+    the server calls), `engine.stream` and `stream` are all gated."""
 
     def __init__(self, gpt) -> None:
         self._gpt = gpt
@@ -73,6 +73,9 @@ class _GatedEngine:
 
     def stream(self, *args, **kwargs):
         return _gated(self._engine.stream(*args, **kwargs), self.gate)
+
+    def stream_rows(self, *args, **kwargs):
+        return _gated(self._engine.stream_rows(*args, **kwargs), self.gate)
 
 
 def _gated(chunks, gate: threading.Event):

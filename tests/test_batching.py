@@ -239,15 +239,18 @@ def test_the_servers_choices_and_clients_decode_together(gpt):
     with running(create_app(state)) as url:
         plain.generate("가", max_new_tokens=1)  # the worker runs
         core = plain.engine._core
-        with _model_lock(plain.model):  # no step until the four choices are all in the engine
+        fed = plain.engine.fed_tokens
+        with _model_lock(plain.model):  # no step until the request is in the engine
             replying = threading.Thread(target=lambda: out.append(httpx.post(url + "/v1/completions", json=body,
                                                                               timeout=60).json()))
             out: list = []
             replying.start()
-            wait_for(lambda: len(core.scheduler.waiting) + core.requests.qsize() == 4, "the four choices to arrive")
+            wait_for(lambda: len(core.scheduler.waiting) + core.requests.qsize() == 1, "the request to arrive")
         replying.join(60)
         (reply,) = out
         assert plain.engine.peak_rows == 4  # the four choices decoded in one batch
+        # one engine request with a row per choice: the prompt was fed once (no prefix cache here)
+        assert plain.engine.fed_tokens - fed == reply["usage"]["prompt_tokens"] == len(gpt.tokenizer(PROMPT).input_ids)
         alone_texts = [alone(gpt, PROMPT, seed=7 + i, max_new_tokens=12, temperature=0)[0] for i in range(4)]
         assert [c["text"] for c in reply["choices"]] == alone_texts
         assert plain.engine.prefix_budget == 0 and plain.engine.max_batch == 6

@@ -70,7 +70,7 @@ class BlockedEngine:
     def __init__(self) -> None:
         self.cancels: list[threading.Event] = []
 
-    def stream(self, ids, settings, seed, cancel=None):
+    def stream_rows(self, ids, settings, seeds, cancel=None):
         self.cancels.append(cancel)
         cancel.wait(WAIT_SECONDS)
         yield from ()

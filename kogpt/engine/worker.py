@@ -270,15 +270,30 @@ class Engine:
         """One sequence after `ids`, as `Chunk`s of text (the last one has `finish_reason`); setting
         `cancel` from any thread ends it (see `Request`), even before its first chunk. With
         `extras.logprobs`, each chunk carries the log-probabilities of the tokens it adds."""
+        rows = self.stream_rows(ids, settings, [seed], cancel, extras)
+        try:
+            for _row, chunk in rows:
+                yield chunk
+        finally:
+            rows.close()
+
+    def stream_rows(self, ids: list[int], settings: SamplingSettings, seeds: list[int],
+                    cancel: threading.Event | None = None, extras: Extras | None = None) -> Iterator[tuple[int, Chunk]]:
+        """One sequence per seed after `ids`, fed once and decoded together: (row, `Chunk`) as any
+        row grows; each row's last chunk has its `finish_reason`. Leaving early or `cancel` ends them all."""
         budget = settings.new_tokens(len(ids), self.context)
         if budget == 0:
-            yield Chunk("", 0, 0.0, seed, finish_reason="length")
+            yield from ((row, Chunk("", 0, 0.0, seed, finish_reason="length")) for row, seed in enumerate(seeds))
             return
-        request = self.submit(ids, settings, [seed], budget, cancel, extras)
-        for piece in self.pieces(request):
-            first = piece.first_at - request.submitted if piece.first_at is not None else None
-            yield Chunk(piece.text, piece.tokens, piece.at - request.submitted, seed, first, piece.finish_reason,
-                        piece.logprobs)
+        request = self.submit(ids, settings, seeds, budget, cancel, extras)
+        pieces = self.pieces(request)
+        try:
+            for piece in pieces:
+                first = piece.first_at - request.submitted if piece.first_at is not None else None
+                yield piece.row, Chunk(piece.text, piece.tokens, piece.at - request.submitted, seeds[piece.row], first,
+                                       piece.finish_reason, piece.logprobs)
+        finally:
+            pieces.close()
 
     def exclusive(self) -> threading.Lock:
         """The model's lock: hold it to run the model outside the worker (scoring a prompt), never

@@ -121,16 +121,17 @@ class Completion:
         failure is raised here and the other choices are cancelled."""
         queue: asyncio.Queue = asyncio.Queue()
 
-        async def pump(job: Job) -> None:
+        async def pump(group: list[Job]) -> None:
             try:
-                async for piece, reason, entries in self._pieces(job, graceful):
+                async for job, piece, reason, entries in self._pieces(group, graceful):
                     logprobs = self.shapers[job.index].shape(entries) if self.asked else None
                     queue.put_nowait((job, piece, reason, logprobs))
                 queue.put_nowait(None)
             except Exception as exc:
                 queue.put_nowait(exc)
 
-        tasks = [asyncio.create_task(pump(job)) for job in self.jobs]
+        count = self.request.count  # a prompt's choices: one engine request, its prompt fed once
+        tasks = [asyncio.create_task(pump(self.jobs[i : i + count])) for i in range(0, len(self.jobs), count)]
         try:
             remaining = len(tasks)
             while remaining:
@@ -146,41 +147,46 @@ class Completion:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _pieces(self, job: Job, graceful: bool) -> AsyncIterator[tuple[str, str | None, list[TokenLogprob]]]:
-        """(text, finish_reason, token logprobs) of one choice; the reason is set on the last piece only."""
-        record = Record(
-            job.prompt,
-            settings=job.settings.as_dict(),
-            seed=job.settings.seed,
-            index=job.index,
-            prompt_tokens=len(job.ids),
-        )
+    async def _pieces(
+        self, group: list[Job], graceful: bool
+    ) -> AsyncIterator[tuple[Job, str, str | None, list[TokenLogprob]]]:
+        """(job, text, finish_reason, token logprobs) of the choices of one prompt, which differ in
+        their seeds alone: one engine request, a row per choice. A choice's reason is set on its
+        last piece only."""
+        records = [Record(job.prompt, settings=job.settings.as_dict(), seed=job.settings.seed, index=job.index,
+                          prompt_tokens=len(job.ids)) for job in group]  # fmt: skip
         if self.request.echo:
-            yield job.prompt, None, await self._prompt_logprobs(job) if self.shown else []
+            for job in group:
+                yield job, job.prompt, None, await self._prompt_logprobs(job) if self.shown else []
         if self.request.score_only:
-            yield "", "length", []
+            for job in group:
+                yield job, "", "length", []
             if self.transcript is not None:
-                self.transcript.add([record])
+                self.transcript.add(records)
             return
+        first = group[0]
         try:
-            extras = job.extras if job.extras != Extras() else None
-            chunks = self.runner.stream(job.ids, job.settings, job.settings.seed, graceful, extras)
+            extras = first.extras if first.extras != Extras() else None
+            seeds = [job.settings.seed for job in group]
+            chunks = self.runner.stream(first.ids, first.settings, seeds, graceful, extras)
             async with aclosing(chunks):
-                async for chunk in chunks:
+                async for row, chunk in chunks:
+                    record = records[row]
                     record.completion += chunk.text
                     record.completion_tokens, record.seconds = chunk.tokens, chunk.seconds
                     record.first_token_seconds = chunk.first_token_seconds
                     reason = FINISH.get(chunk.finish_reason) if chunk.finish_reason else None
                     if chunk.text or reason or chunk.logprobs:
-                        yield chunk.text, reason, chunk.logprobs or []
+                        yield group[row], chunk.text, reason, chunk.logprobs or []
                     if chunk.finish_reason:
                         record.finish_reason = chunk.finish_reason
         except KoGPTError as exc:
             raise APIError(500, str(exc), code="generation_failed") from exc
-        self.usage.completion_tokens += record.completion_tokens
-        metrics.observe(self.runner, record)
+        for record in records:
+            self.usage.completion_tokens += record.completion_tokens
+            metrics.observe(self.runner, record)
         if self.transcript is not None:
-            self.transcript.add([record])
+            self.transcript.add(records)
 
     def _best(self, choices: list[dict]) -> list[dict]:
         """Of each prompt's `best_of` choices, the `n` with the highest cumulative log-probability,

@@ -3,9 +3,10 @@
 A request is admitted (`admit`: `slots` run and a bounded number wait, the others get 429 with
 `Retry-After`), then waits its turn in an asyncio queue: a waiting request holds no thread, and one
 whose client leaves is dropped from the queue without running. Requests in their turn run together:
-the engine decodes their rows in one batch (continuous batching). Each choice has one thread that
-drives the engine's blocking stream and passes its `Chunk`s to the loop; the engine request shares the runner's cancel event, so
-a client that leaves, or a shutdown, stops the generation at its next token or prompt chunk.
+the engine decodes their rows in one batch (continuous batching). Each prompt of a request is one
+engine request with a row per choice, fed once; a thread drives the engine's blocking stream and
+passes its `Chunk`s to the loop. The engine request shares the generation's cancel event, so a
+client that leaves, or a shutdown, stops the generation at its next token or prompt chunk.
 
 Shutdown (`shutdown`): waiting requests and streams end at once with `errors.shutting_down()`;
 plain requests that already run get `grace` seconds to finish first.
@@ -153,11 +154,13 @@ class Runner:
         self._active -= 1
 
     async def stream(
-        self, ids: list[int], settings: SamplingSettings, seed: int, graceful: bool = False, extras: Extras | None = None
-    ) -> AsyncIterator[Chunk]:
-        """The chunks of one completion of `ids` (call it in the caller's turn). Closing this
-        generator (`aclosing`, a cancelled task) cancels the generation; a failure in the thread is
-        raised here, and `shutting_down()` when the server stops (a `graceful` one: after the grace)."""
+        self, ids: list[int], settings: SamplingSettings, seeds: list[int], graceful: bool = False,
+        extras: Extras | None = None,
+    ) -> AsyncIterator[tuple[int, Chunk]]:
+        """(row, chunk) of the completions of `ids`, one row per seed, fed once and decoded together
+        (call it in the caller's turn). Closing this generator (`aclosing`, a cancelled task) cancels
+        the generation; a failure in the thread is raised here, and `shutting_down()` when the server
+        stops (a `graceful` one: after the grace)."""
         loop = asyncio.get_running_loop()
         generation = _Generation(asyncio.Queue(), loop, graceful)
         if self.stopping:
@@ -171,27 +174,29 @@ class Runner:
             except RuntimeError:  # the loop is closed: the server is gone, nobody listens
                 generation.cancel.set()
 
-        def work() -> None:
-            self._count("started", +1)
-            outcome, tokens = "cancelled", 0
+        def work() -> None:  # each row (choice) counts as a generation
+            self._count("started", len(seeds), len(seeds))
+            rest, tokens, unfinished = "cancelled", {}, set(range(len(seeds)))
             more = () if extras is None else (extras,)  # the engine's default otherwise
-            chunks = self.gpt.engine.stream(ids, settings, seed, generation.cancel, *more)
+            chunks = self.gpt.engine.stream_rows(ids, settings, seeds, generation.cancel, *more)
             try:
-                for chunk in chunks:
-                    tokens = chunk.tokens
-                    put(chunk)
+                for row, chunk in chunks:
+                    tokens[row] = chunk.tokens
+                    put((row, chunk))
                     if chunk.finish_reason:
-                        outcome = "finished"
+                        unfinished.discard(row)
                     elif generation.cancel.is_set():  # the engine may have run ahead: nobody reads the rest
                         break
             except BaseException as exc:  # handed to the caller
-                outcome = "failed"
+                rest = "failed"
                 put(exc)
             finally:
                 chunks.close()
-                self._count(outcome, -1)
-                if outcome == "cancelled":
-                    log.info("generation cancelled after %d token%s", tokens, "" if tokens == 1 else "s")
+                self._count("finished", len(seeds) - len(unfinished), -(len(seeds) - len(unfinished)))
+                self._count(rest, len(unfinished), -len(unfinished))
+                if unfinished and rest == "cancelled":
+                    total = sum(tokens.values())
+                    log.info("generation cancelled after %d token%s", total, "" if total == 1 else "s")
                 put(_END)
 
         self._running.add(generation)
@@ -211,7 +216,7 @@ class Runner:
             self._running.discard(generation)
             if not ended:
                 generation.cancel.set()
-                self._count("left", 0)
+                self._count("left", 1, 0)
 
     def shutdown(self, grace: float) -> None:
         """Stop serving (loop thread): waiting requests and streams end now with 503 /
@@ -244,9 +249,10 @@ class Runner:
             time.sleep(0.02)
         return not self.stats.running
 
-    def _count(self, outcome: str, running: int) -> None:
+    def _count(self, outcome: str, n: int, running: int) -> None:
+        """`n` more generations of `outcome`; `running` more (or fewer) running."""
         with self._stats_lock:
-            setattr(self.stats, outcome, getattr(self.stats, outcome) + 1)
+            setattr(self.stats, outcome, getattr(self.stats, outcome) + n)
             self.stats.running += running
 
 
