@@ -47,6 +47,18 @@ def test_a_layer_dispatches_by_rows_to_its_phase_kernel():
     assert len(calls) == 5
 
 
+def test_bf16t_computes_a_few_rows_as_weight_times_x_transposed_like_f_linear():
+    torch.manual_seed(0)
+    layer = nn.Linear(64, 48).to(torch.bfloat16).requires_grad_(False)
+    x = torch.randn(2, 3, 64).to(torch.bfloat16)  # 6 rows: the batch phase
+    want = nn.functional.linear(x.float(), layer.weight.float(), layer.bias.float())
+    prefill.apply(nn.Sequential(layer), {"batch": KERNELS["bf16t"].run})
+    got = layer(x)
+    assert got.shape == (2, 3, 48) and got.dtype == torch.bfloat16
+    assert float((got.float() - want).norm() / want.norm()) < 0.01
+    assert KERNELS["bf16t"].layout == "bf16" and KERNELS["bf16t"].phases == ("batch",)
+
+
 def test_fp16f32_computes_float16_weights_in_float32_and_matches_float32():
     torch.manual_seed(0)
     weight, x = torch.randn(64, 32).half(), torch.randn(20, 32).half()

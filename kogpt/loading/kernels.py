@@ -101,6 +101,12 @@ def _run_bf16mv(x: torch.Tensor, t: Tensors) -> torch.Tensor:
     return F.linear(x.to(torch.bfloat16), t["weight"])
 
 
+def _run_bf16t(x: torch.Tensor, t: Tensors) -> torch.Tensor:
+    """A few rows as `weight @ xᵀ`: on a 2-vCPU Xeon (AMX) 4 to 15 rows of a 16384x4096 layer then
+    cost what one row costs by `torch.mv` (4.3 ms), where `F.linear` took 5.6-6.0 ms."""
+    return torch.mm(t["weight"], x.to(torch.bfloat16).t()).t()
+
+
 def _int4(group: int) -> Kernel:
     return Kernel(
         f"w4g{group}", "int4", 0.5 + 4 / group,
@@ -124,6 +130,7 @@ KERNELS: dict[str, Kernel] = {
     for k in [
         Kernel("bf16", "16bit", 2, *_float(torch.bfloat16), "bfloat16 weights and activations (F.linear)"),
         Kernel("bf16mv", "16bit", 2, _float(torch.bfloat16)[0], _run_bf16mv, "bfloat16, a decode step by torch.mv", stored_as="bf16", phases=("step",)),
+        Kernel("bf16t", "16bit", 2, _float(torch.bfloat16)[0], _run_bf16t, "bfloat16, a few rows as weight @ xT (torch.mm)", stored_as="bf16", phases=("batch",)),
         Kernel("bf16f32", "16bit", 2, _float(torch.bfloat16)[0], _blocked(torch.bfloat16), "bfloat16 weights widened to float32 a block at a time (many rows)", stored_as="bf16", phases=("batch", "prefill")),
         Kernel("fp16", "16bit", 2, *_float(torch.float16), "float16 weights and activations (F.linear)", dtype=torch.float16),
         Kernel("fp16f32", "16bit", 2, _float(torch.float16)[0], _blocked(torch.float16), "float16 weights widened to float32 a block at a time (many rows)", dtype=torch.float16, stored_as="fp16", phases=("batch", "prefill")),
