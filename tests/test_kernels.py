@@ -81,14 +81,15 @@ def test_int4_groups_that_do_not_divide_the_inputs_are_not_candidates():
     assert choice.kernel == "w4g64" and {kernels.KERNELS[name].layout for name, _ in calls} == {"w4g32", "w4g64"}
 
 
-def test_the_choice_is_measured_once_per_machine_and_thread_count():
+@pytest.mark.parametrize(("fmt", "seconds"), [("int8", {"w8": 3.0, "w8a8": 2.0}), ("float", {"bf16": 1.0, "fp32": 2.0})])
+def test_the_choice_is_measured_once_per_machine_and_thread_count(fmt, seconds):
     calls: list = []
-    measure = timings({"w8": 3.0, "w8a8": 2.0}, calls)
-    first = choices.choice_for("int8", SHAPES, 2, measure, accuracy=errors({}))
+    measure = timings(seconds, calls)
+    first = choices.choice_for(fmt, SHAPES, 2, measure, accuracy=errors({}))
     measured = len(calls)
-    again = choices.choice_for("int8", SHAPES, 2, measure, accuracy=errors({}))
+    again = choices.choice_for(fmt, SHAPES, 2, measure, accuracy=errors({}))
     assert again == first and len(calls) == measured  # remembered, not measured again
-    choices.choice_for("int8", SHAPES, 1, measure, accuracy=errors({}))
+    choices.choice_for(fmt, SHAPES, 1, measure, accuracy=errors({}))
     assert len(calls) == 2 * measured  # another thread count is another measurement
     stored = json.loads(choices.choices_file().read_text())
     assert any("torch " + torch.__version__ in key for key in stored)

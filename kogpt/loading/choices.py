@@ -67,7 +67,7 @@ def shapes_key(fmt: str, shapes: dict[tuple[int, int], int]) -> str:
 def usable(kernel: str, fmt: str, shapes: dict[tuple[int, int], int]) -> bool:
     """Whether `kernel` computes `fmt` weights and fits every matrix in `shapes`."""
     found = KERNELS.get(kernel) if isinstance(kernel, str) else None
-    return found is not None and found.format == fmt and all(found.fits(n_in) for _, n_in in shapes)
+    return found is not None and found in candidates(fmt) and all(found.fits(n_in) for _, n_in in shapes)
 
 
 def read_choices() -> dict:
