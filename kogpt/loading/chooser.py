@@ -133,8 +133,7 @@ def choose(
     standard = KERNELS[DEFAULTS[fmt]].layout
     step_errors = {layout: errors[plans[layout]["step"]] for layout in plans}
     layout, tied = best_of(list(plans), scores, step_errors, standard)
-    prompt_kernel = plans[layout]["prefill"]
-    per_token = size_chunk(KERNELS[prompt_kernel], per_phase["prefill"], measure, timed[prompt_kernel]["prefill"])
+    per_token = size_chunk(KERNELS[plans[layout]["prefill"]], per_phase["prefill"], measure)
     chunk = best_chunk(per_token)
     why = explain(plans[layout], scores, timed, layout, tied, standard, rejected)
     why += f"; prompts in chunks of {chunk} (" + ", ".join(f"{rows} rows {1000 * s:.2f} ms" for rows, s in per_token.items()) + " per token)"
@@ -144,15 +143,18 @@ def choose(
     )  # fmt: skip
 
 
-def size_chunk(kernel: Kernel, shapes: dict[tuple[int, int], int], measure: Measure, chunk_seconds: float) -> dict[int, float]:
-    """{chunk rows: seconds per prompt token} of the prompt kernel over the prompt's `shapes`, from
-    `chunk_seconds` (one chunk of `PREFILL_ROWS`, measured) up the sizes of `CHUNKS`, stopping at
-    the first size that saves no more than `CHUNK_GAIN` per token."""
-    per_token = {PREFILL_ROWS: chunk_seconds / PREFILL_ROWS}
-    for previous, rows in zip(CHUNKS, CHUNKS[1:], strict=False):
+def size_chunk(kernel: Kernel, shapes: dict[tuple[int, int], int], measure: Measure) -> dict[int, float]:
+    """{chunk rows: seconds per prompt token} of the prompt kernel over the prompt's `shapes`, up
+    the sizes of `CHUNKS` (the first measured again, beside the others: a figure taken earlier,
+    among other kernels' allocations, is not comparable), stopping at the first size that saves no
+    more than `CHUNK_GAIN` per token."""
+    per_token: dict[int, float] = {}
+    previous = None
+    for rows in CHUNKS:
         per_token[rows] = sum(count * measure(kernel, shape, rows) for shape, count in shapes.items()) / rows
-        if per_token[rows] > per_token[previous] * (1 - CHUNK_GAIN):
+        if previous is not None and per_token[rows] > per_token[previous] * (1 - CHUNK_GAIN):
             break
+        previous = rows
     return per_token
 
 
