@@ -70,6 +70,7 @@ def machine() -> dict:
     }
 
 
+PEERS = ("seed", "ct2", "ct2-convert")  # run as their users run them: no OpenMP variable set for them
 CACHED = ("default", "fp16", "int8", "int8-other", "int4")  # measured on the start that maps the converted weights
 
 
@@ -78,7 +79,10 @@ def run_path(name: str, checkpoint: Path, args, extra: list[str] | None = None) 
                "--prompt-tokens", str(args.prompt_tokens), "--new-tokens", str(args.new_tokens), *(extra or [])]
     load_before = os.getloadavg()[0]
     print(f"running {name} ...", file=sys.stderr, flush=True)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_WAIT_POLICY": args.omp_wait_policy}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    policy = args.omp_wait_policy or (None if name in PEERS else "PASSIVE")
+    if policy:
+        env["OMP_WAIT_POLICY"] = policy
     done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=HERE)
     if done.returncode != 0:
         print(done.stderr[-3000:], file=sys.stderr)
@@ -217,8 +221,8 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=16)
     parser.add_argument(
         "--omp-wait-policy",
-        default="PASSIVE",
-        help="for every path; PASSIVE keeps OpenMP threads from spinning on a CPU shared with others (default:PASSIVE)",
+        help="for every path (default: PASSIVE for kogpt's, as the kogpt command sets it; the peers "
+        "(seed, ct2) as their users run them, unset)",
     )
     parser.add_argument("--paths", default="ct2-convert,bandwidth,seed,default,fp16,int8,int8-other,int4,ct2,overhead,first-prompt")
     parser.add_argument("--checkpoint", help="an existing checkpoint directory instead of building OUT/PRESET")
@@ -256,7 +260,7 @@ def main() -> None:
     config = config_for(args.preset)
     report = "\n".join([
         f"{results['date']}, preset {args.preset}, {args.prompt_tokens}-token prompt, {args.new_tokens} sampled tokens, "
-        f"OMP_WAIT_POLICY={args.omp_wait_policy}",
+        f"OMP_WAIT_POLICY={args.omp_wait_policy or 'PASSIVE for kogpt (as its command sets it), unset for the peers'}",
         f"machine: {json.dumps(results['machine'])}", "", table(results, config), "", *extra_lines(results),
         "", "targets (issue 13):", *targets(results),
     ])

@@ -32,6 +32,11 @@ import tempfile
 import threading
 import time
 
+from kogpt import threads
+
+# The server runs in this process: its OpenMP policy is the one `kogpt serve` sets before torch.
+threads.apply()
+
 REPO = Path(__file__).resolve().parents[1]
 PROMPT = "인간처럼 생각하고, 행동하는 '지능'을 통해 인류가 이제까지 풀지 못했던 문제의 해답을 찾을 수 있을 것이다."
 
