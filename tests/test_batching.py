@@ -304,3 +304,23 @@ def test_serve_plan_shows_the_batch_and_the_prefix_cache(tiny_dir, capsys):
     with pytest.raises(SystemExit) as exit:
         cli.main(["serve", "--model", str(tiny_dir), "--plan", "--max-batch", "0"])
     assert exit.value.code == 2 and "argument --max-batch: must be more than 0" in capsys.readouterr().err
+
+
+def test_a_growing_cache_appends_as_concatenation_does_and_never_writes_a_view_handed_out(monkeypatch):
+    from kogpt.engine import decode
+
+    monkeypatch.setattr(decode.GrowingLayer, "ROOM", 3)  # several rooms within a few steps
+    torch.manual_seed(0)
+    steps = [torch.randn(2, 4, n, 8) for n in (5, 1, 1, 1, 1, 2, 1)]
+    cache = decode.dynamic_cache([(steps[0], -steps[0])])
+    layer = cache.layers[0]
+    assert isinstance(layer, decode.GrowingLayer)
+    for step in steps[1:]:
+        keys, values = cache.update(step, -step, 0)
+    want = torch.cat(steps, dim=2)
+    assert torch.equal(keys, want) and torch.equal(values, -want) and cache.get_seq_length() == 12
+    handed = keys.clone(), keys
+    cache.crop(-4)  # 8 positions kept: the next update must not write over the view handed out above
+    cache.update(torch.zeros(2, 4, 1, 8), torch.zeros(2, 4, 1, 8), 0)
+    assert torch.equal(handed[1], handed[0]) and cache.get_seq_length() == 9
+    assert torch.equal(layer.keys[:, :, :8], want[:, :, :8]) and not layer.keys[:, :, 8].any()

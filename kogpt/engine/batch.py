@@ -57,7 +57,7 @@ class Batch:
                  torch.cat([_left_pad(v, grow), _left_pad(nv, width - length)]))
                 for (k, v), (nk, nv) in zip(_layers(self.cache), new)
             ]
-        self.cache = DynamicCache(layers)
+        self.cache = decode.dynamic_cache(layers)
         self.width = width
         self.lengths += [length] * rows
         self.owners += owners
@@ -73,7 +73,7 @@ class Batch:
         cut = self.width - max(self.lengths[i] for i in keep)
         layers = [(k.index_select(0, index)[:, :, cut:], v.index_select(0, index)[:, :, cut:])
                   for k, v in _layers(self.cache)]
-        self.cache = DynamicCache(layers)
+        self.cache = decode.dynamic_cache(layers)
         self.width -= cut
         self.lengths = [self.lengths[i] for i in keep]
         self.owners = [self.owners[i] for i in keep]

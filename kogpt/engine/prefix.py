@@ -18,7 +18,6 @@ from collections.abc import Callable
 
 import psutil
 import torch
-from transformers import DynamicCache
 
 from kogpt.engine import decode
 
@@ -195,4 +194,4 @@ class PrefixStore:
 
 def truncated(cache, length: int):
     """A new one-row dynamic cache of the first `length` positions of `cache` (views, not copies)."""
-    return DynamicCache([(layer.keys[:, :, :length], layer.values[:, :, :length]) for layer in cache.layers])
+    return decode.dynamic_cache([(layer.keys[:, :, :length], layer.values[:, :, :length]) for layer in cache.layers])
