@@ -9,7 +9,7 @@ share a long few-shot preamble (kogpt only: its `/metrics` counts the prompt tok
 aggregate tokens/s (all generated tokens / wall time), its ratio to 1 client, mean and max time to
 first token; the CPU with its flags, torch, transformers and the dtype.
 
-    python benchmarks/clients.py --checkpoint DIR [--peer] [--dtype auto] [--new-tokens 32]
+    python benchmarks/clients.py --checkpoint DIR [--peer] [--dtype auto] [--new-tokens 32] [--rounds 3]
     python benchmarks/clients.py --preset tiny --clients 1,2 --new-tokens 4 --shared 3 --examples 2   # quick
 """
 
@@ -94,15 +94,29 @@ class Server:
         self.process.wait(60)
 
 
-def measure(server: Server, body: dict, clients: list[int], shared: int, examples: int, kogpt: bool) -> dict:
+def median_rows(runs: list[list[dict]]) -> list[dict]:
+    """Per position, the run with the median tokens/s (every run's figure kept in `rounds`)."""
+    rows = []
+    for position in zip(*runs, strict=True):
+        ranked = sorted(position, key=lambda row: row["tokens_per_s"])
+        rows.append({**ranked[len(ranked) // 2], "rounds": [row["tokens_per_s"] for row in position]})
+    return rows
+
+
+def measure(server: Server, body: dict, clients: list[int], shared: int, examples: int, kogpt: bool,
+            rounds: int = 1) -> dict:
     stream_one(server.url, {**body, "max_tokens": 2})  # warm-up
-    rows = [together(server.url, [{**body, "seed": i} for i in range(n)]) for n in clients]
+    # Rounds interleave the client counts (and n=1 with n=4), so a slow minute of a shared machine
+    # falls on all of them; each figure is the median round.
+    runs = [[together(server.url, [{**body, "seed": r * 100 + i} for i in range(n)]) for n in clients]
+            for r in range(rounds)]  # fmt: skip
+    rows = median_rows(runs)
     one = rows[0]["tokens_per_s"] if clients and clients[0] == 1 else None
     for row in rows:
         row["vs_1_client"] = round(row["tokens_per_s"] / one, 2) if one else None
     result: dict = {"clients": rows}
-    n1 = together(server.url, [{**body, "n": 1, "seed": 1}])
-    n4 = together(server.url, [{**body, "n": 4, "seed": 1}])
+    pairs = [[together(server.url, [{**body, "n": n, "seed": r + 1}]) for n in (1, 4)] for r in range(rounds)]
+    n1, n4 = median_rows(pairs)
     result["n"] = {"n=1_tokens_per_s": n1["tokens_per_s"], "n=4_tokens_per_s": n4["tokens_per_s"],
                    "ratio": round(n4["tokens_per_s"] / n1["tokens_per_s"], 2)}  # fmt: skip
     if shared and kogpt:
@@ -154,7 +168,7 @@ def run(checkpoint: str, args) -> dict:
         server = Server(argv, f"http://127.0.0.1:{port}")
         try:
             request = body if own else {**body, "model": checkpoint}
-            result["servers"][name] = measure(server, request, args.clients, args.shared, args.examples, own)
+            result["servers"][name] = measure(server, request, args.clients, args.shared, args.examples, own, args.rounds)
         except Exception as exc:  # a peer that fails is reported, not fatal
             result["servers"][name] = f"failed: {type(exc).__name__}: {exc}"[:300]
         finally:
@@ -168,6 +182,7 @@ def main(argv: list[str] | None = None) -> dict:
     source.add_argument("--checkpoint", help="a checkpoint directory (benchmarks/checkpoint.py builds presets)")
     source.add_argument("--preset", choices=["tiny"], help="tiny: the tests' checkpoint, built in a temp dir")
     parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=3, help="runs of each client count; the median is reported")
     parser.add_argument("--clients", type=lambda t: [int(n) for n in t.split(",")], default=[1, 4, 8])
     parser.add_argument("--shared", type=int, default=16, help="clients sharing a few-shot preamble (0: skip)")
     parser.add_argument("--examples", type=int, default=24, help="examples in the shared preamble")

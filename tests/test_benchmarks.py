@@ -22,7 +22,7 @@ SMALLEST = {
     "checkpoint.py": ["{out}/ckpt", "tiny"],
     "engine.py": ["--preset", "tiny", "--formats", "default", "--rounds", "1", "--out", "{out}"],
     "omp_policy.py": ["--preset", "tiny", "--rounds", "1", "--new-tokens", "4"],
-    "clients.py": ["--checkpoint", "{tiny}", "--clients", "1,2", "--new-tokens", "4", "--shared", "2", "--examples", "2"],
+    "clients.py": ["--checkpoint", "{tiny}", "--clients", "1,2", "--new-tokens", "4", "--shared", "2", "--examples", "2", "--rounds", "2"],
     "request.py": ["{tiny}", "--kernels", "int8,w8a8,fp16f32", "--rounds", "1", "--prompt-tokens", "40", "--new-tokens", "4",
                    "--out", "{out}/request.json"],  # fmt: skip
 }
