@@ -252,7 +252,7 @@ REFERENCE = {"kogpt": ("repl", "hardware"), "eval": ("eval",), "serve": ("serve"
 OTHER_PROGRAMS = {"--index-url", "--local-dir", "--max-model-len", "--override-generation-config",
                   "--distributed-executor-backend", "--head", "--address", "--force", "--preset", "--out",
                   "--checkpoint", "--compare-to", "--rounds", "--busy", "--kernels", "--batch", "--peer", "--examples",
-                  "--continuous-batching", "--clients", "--new-tokens",
+                  "--continuous-batching", "--clients", "--new-tokens", "--paths", "--prompt-tokens",
                   "--tasks", "--frobnicate"}  # fmt: skip
 
 
