@@ -136,7 +136,7 @@ def choose(
     per_token = size_chunk(KERNELS[plans[layout]["prefill"]], per_phase["prefill"], measure)
     chunk = best_chunk(per_token)
     why = explain(plans[layout], scores, timed, layout, tied, standard, rejected)
-    why += f"; prompts in chunks of {chunk} (" + ", ".join(f"{rows} rows {1000 * s:.2f} ms" for rows, s in per_token.items()) + " per token)"
+    why += f"; prompts in chunks of {chunk} (" + ", ".join(f"{rows} rows {1e6 * s:.3g} µs" for rows, s in per_token.items()) + " per token)"
     return Choice(
         fmt, plans[layout]["step"], why, {name: t["step"] for name, t in timed.items() if "step" in t}, errors,
         bandwidth / 1e9, plans[layout], timed, scores, chunk, {str(rows): s for rows, s in per_token.items()},
