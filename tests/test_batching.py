@@ -191,6 +191,8 @@ def test_the_prefix_store_hits_partly_hits_and_evicts_within_its_budget(gpt):
             sched.tick()
         store = sched.store
         assert len(store) == 1
+        held = next(iter(store.entries.values()))[0].layers  # fed into a cache with spare room, kept without it
+        assert store.bytes == sum(t.untyped_storage().nbytes() for layer in held for t in (layer.keys, layer.values))
         _, kept, logits = store.lookup(a.ids, 8)
         assert kept == len(a.ids) and logits is not None  # the same prompt: no forward pass
         partial = gpt.encode(PREAMBLE + "질문: 여름은?\n답:")

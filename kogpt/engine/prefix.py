@@ -179,7 +179,11 @@ class PrefixStore:
         return truncated(self.entries[best_key][0], best), best, None
 
     def add(self, ids: list[int], cache, logits: torch.Tensor, chunk: int) -> None:
-        """Keep `ids`' cache (fed in chunks of `chunk`), evicting the least recently used entries."""
+        """Keep `ids`' cache (fed in chunks of `chunk`), evicting the least recently used entries.
+        A cache with spare room (`decode.GrowingLayer`) is kept as a copy without it: the budget
+        counts what is held."""
+        if any(layer.keys.untyped_storage().nbytes() > layer.keys.nbytes for layer in cache.layers):
+            cache = truncated(cache, decode.cache_length(cache))
         size = sum(layer.keys.nbytes + layer.values.nbytes for layer in cache.layers)
         if size > self.budget:
             return
