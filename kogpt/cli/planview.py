@@ -80,9 +80,8 @@ def show_plan(options: Options, console: Console, hardware: Hardware | None = No
     defaults (`kogpt serve`'s flags)."""
     from kogpt.engine.prefix import default_prefix_budget
     from kogpt.engine.scheduler import MAX_BATCH
-    from kogpt.loading.phases import PREFILL_ROWS
-
     from kogpt.loading.checkpoint import read_config
+    from kogpt.loading.phases import PREFILL_ROWS
     from kogpt.placement.decide import check_early, decide
 
     check_early(options, planning=True)
