@@ -161,8 +161,9 @@ def test_int4_codes_and_scales_reproduce_the_weight_and_the_kernel_computes_with
 
 
 @pytest.mark.parametrize("out_features", [16, 20, 48, 64, 80, 2064])
-def test_int4_widened_prompt_kernel_reads_the_packed_weight_as_the_int4_kernel_does(out_features):
-    # a short block alone (16, 20 padded to 32, 48), whole 64-row blocks, both, more than WIDENED_ROWS
+def test_int4_widened_prompt_kernel_reads_the_packed_weight_as_the_int4_kernel_does(out_features, monkeypatch):
+    # a short block alone (16, 20 padded to 32, 48), whole 64-row blocks, both, several widened blocks
+    monkeypatch.setattr(int4, "WIDENED_BYTES", 2 * 128 * 640)  # 640 output rows of 128 inputs at a time
     torch.manual_seed(out_features)
     weight = torch.randn(out_features, 128) * 0.02
     codes, scales_and_zeros = int4.quantize(weight, 32)
