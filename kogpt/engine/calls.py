@@ -1,5 +1,5 @@
-"""The caller's side of a request: waiting for the worker without losing Ctrl-C, and the one-line
-error a worker's exception becomes."""
+"""The caller's side of a request: waiting for the worker without losing Ctrl-C, its pieces as
+`Chunk`s, and the one-line error a worker's exception becomes."""
 
 from __future__ import annotations
 
@@ -7,9 +7,11 @@ import gc
 import logging
 import queue
 import threading
+from contextlib import closing
 
 import torch
 
+from kogpt.engine.chunk import Chunk
 from kogpt.errors import KoGPTError, first_line
 
 log = logging.getLogger("kogpt.engine.worker")
@@ -49,3 +51,13 @@ def caller_error(exc: BaseException, tokens: int) -> BaseException:
         log.debug("the generation worker failed", exc_info=exc)
         return KoGPTError(f"generation failed: {type(exc).__name__}: {first_line(exc)}")
     return exc
+
+
+def chunks(pieces, request):
+    """(row, `Chunk`) of `request`'s `pieces`, times counted from its submission; leaving early
+    closes `pieces`, which cancels the request."""
+    with closing(pieces):
+        for piece in pieces:
+            first = piece.first_at - request.submitted if piece.first_at is not None else None
+            yield piece.row, Chunk(piece.text, piece.tokens, piece.at - request.submitted, request.seeds[piece.row], first,
+                                   piece.finish_reason, piece.logprobs)

@@ -1,16 +1,16 @@
 """The engine: one long-lived worker thread per loaded model, fed by a queue of requests.
 
-Callers in any thread submit a `Request` and read its `Piece`s. On the CPU (dynamic caches) the
-requests' rows decode together in one batch that they join and leave at any step (`scheduler.py`);
-with static caches (CUDA graphs) requests are served one after another. The worker makes the
-model's KV caches, compiles its step (CUDA) and runs every forward pass; nothing else touches them. Closing a stream (Ctrl-C, `break`, garbage
-collection) cancels its request at the next token or prompt chunk; a worker exception reaches the
-caller as a one-line `KoGPTError`.
+Callers in any thread submit a `Request` and read its `Piece`s. On the CPU (dynamic caches) the requests' rows
+decode together in one batch that they join and leave at any step (`scheduler.py`); with static caches (CUDA
+graphs) requests are served one after another. The worker makes the model's KV caches, compiles its step
+(CUDA) and runs every forward pass; nothing else touches them. Closing a stream (Ctrl-C, `break`, garbage
+collection) cancels its request at the next token or prompt chunk; a worker exception reaches the caller as a
+one-line `KoGPTError`.
 
-A worker that has run torch must have ended before the interpreter exits: one still alive then,
-even idle, aborts the process ("terminate called without an active exception", exit 134). So at
-exit every worker is stopped (its running request cancelled at the next token) and joined,
-including those of engines collected just before.
+A worker that has run torch must have ended before the interpreter exits: one still alive then, even idle,
+aborts the process ("terminate called without an active exception", exit 134). So at exit every worker is
+stopped (its running request cancelled at the next token) and joined, including those of engines collected
+just before.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import threading
 import time
 import weakref
 from collections.abc import Iterator
+from contextlib import closing
 
 import torch
 
@@ -94,11 +95,8 @@ class _Core:
             stepper = decode.Stepper(self.model, self.compile, self.backend)  # compiled in this thread
             (self.serve_one_by_one if self.static_cache else self.serve_batched)(stepper)
         self.serving = False
-        while True:  # anything still queued ends now
-            try:
-                item = self.requests.get_nowait()
-            except queue.Empty:
-                break
+        while not self.requests.empty():  # anything still queued ends now (this thread alone takes from it)
+            item = self.requests.get_nowait()
             if isinstance(item, Request):
                 item.finished.set()
                 item.events.put(END)
@@ -112,11 +110,8 @@ class _Core:
         self.scheduler = scheduler
         while True:
             items = [self.requests.get()] if scheduler.idle else []
-            while True:
-                try:
-                    items.append(self.requests.get_nowait())
-                except queue.Empty:
-                    break
+            while not self.requests.empty():  # this thread alone takes from the queue
+                items.append(self.requests.get_nowait())
             for item in items:
                 if item is _STOP:
                     scheduler.end_all()
@@ -270,12 +265,8 @@ class Engine:
         """One sequence after `ids`, as `Chunk`s of text (the last one has `finish_reason`); setting
         `cancel` from any thread ends it (see `Request`), even before its first chunk. With
         `extras.logprobs`, each chunk carries the log-probabilities of the tokens it adds."""
-        rows = self.stream_rows(ids, settings, [seed], cancel, extras)
-        try:
-            for _row, chunk in rows:
-                yield chunk
-        finally:
-            rows.close()
+        with closing(self.stream_rows(ids, settings, [seed], cancel, extras)) as rows:
+            yield from (chunk for _row, chunk in rows)
 
     def stream_rows(self, ids: list[int], settings: SamplingSettings, seeds: list[int],
                     cancel: threading.Event | None = None, extras: Extras | None = None) -> Iterator[tuple[int, Chunk]]:
@@ -286,14 +277,7 @@ class Engine:
             yield from ((row, Chunk("", 0, 0.0, seed, finish_reason="length")) for row, seed in enumerate(seeds))
             return
         request = self.submit(ids, settings, seeds, budget, cancel, extras)
-        pieces = self.pieces(request)
-        try:
-            for piece in pieces:
-                first = piece.first_at - request.submitted if piece.first_at is not None else None
-                yield piece.row, Chunk(piece.text, piece.tokens, piece.at - request.submitted, seeds[piece.row], first,
-                                       piece.finish_reason, piece.logprobs)
-        finally:
-            pieces.close()
+        yield from calls.chunks(self.pieces(request), request)
 
     def exclusive(self) -> threading.Lock:
         """The model's lock: hold it to run the model outside the worker (scoring a prompt), never
