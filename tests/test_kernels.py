@@ -187,3 +187,12 @@ def test_the_engine_feeds_prompts_in_the_chunk_sized_for_the_prompt_kernel(tiny_
     monkeypatch.undo()
     default = KoGPT.load(str(tiny_dir), device="cpu")  # float32 in the CPU's cache: nothing measured
     assert default.loaded.decision.prefill_chunk == 0 and default.engine.prefill_chunk == 128
+
+
+def test_widened_int4_prompt_kernels_are_not_timed_on_cpus_without_bfloat16_matrix_instructions(monkeypatch):
+    from kogpt.loading import bf16
+
+    names = {k.name for k in kernels.candidates("int4")}
+    assert {"w4g32", "w4g32bf16"} <= names
+    monkeypatch.setattr(bf16, "needs_upcast", lambda: True)
+    assert {k.name for k in kernels.candidates("int4")} == {name for name in names if not name.endswith("bf16")}

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from kogpt.loading import int4
+from kogpt.loading import bf16
 from kogpt.loading.bf16 import blocked_linear
 from kogpt.loading.phases import MANY_ROWS, PHASES
 
@@ -46,6 +47,7 @@ class Kernel:
     dtype: torch.dtype = torch.bfloat16  # the model's compute dtype with this kernel
     stored_as: str = ""  # another kernel whose packed tensors this one uses as they are
     phases: tuple[str, ...] = PHASES  # the phases it is a candidate for (its layout's own kernel: all)
+    matrix_bf16: bool = False  # many rows of bfloat16 products: not worth timing without AVX512-BF16 or AMX
 
     @property
     def layout(self) -> str:
@@ -122,6 +124,7 @@ def _int4_widened(group: int) -> Kernel:
         lambda w: int4.pack(w, group), lambda x, t: int4.matmul_widened(x, t, group),
         f"int4 weights (groups of {group}) widened to bfloat16 a block at a time (prompt chunks)",
         ("packed", "scales_and_zeros"), lambda n_in: int4.fits(n_in, group), stored_as=f"w4g{group}", phases=("prefill",),
+        matrix_bf16=True,
     )  # fmt: skip
 
 
@@ -152,7 +155,8 @@ DEFAULTS = {"16bit": "bf16", "int8": "w8", "int4": "w4g128", "float": "bf16"}  #
 
 def candidates(fmt: str, in_features: int = 4096) -> list[Kernel]:
     formats = ("16bit", "32bit") if fmt == "float" else (fmt,)
-    return [k for k in KERNELS.values() if k.format in formats and k.fits(in_features)]
+    slow_bf16 = bf16.needs_upcast()  # then torch's bfloat16 products of many rows cost a row each
+    return [k for k in KERNELS.values() if k.format in formats and k.fits(in_features) and not (k.matrix_bf16 and slow_bf16)]
 
 
 def last_level_cache_bytes() -> int:
