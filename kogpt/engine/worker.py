@@ -1,16 +1,16 @@
 """The engine: one long-lived worker thread per loaded model, fed by a queue of requests.
 
-Callers in any thread submit a `Request` and read its `Piece`s. On the CPU (dynamic caches) the requests' rows
-decode together in one batch that they join and leave at any step (`scheduler.py`); with static caches (CUDA
-graphs) requests are served one after another. The worker makes the model's KV caches, compiles its step
-(CUDA) and runs every forward pass; nothing else touches them. Closing a stream (Ctrl-C, `break`, garbage
-collection) cancels its request at the next token or prompt chunk; a worker exception reaches the caller as a
-one-line `KoGPTError`.
+Callers in any thread submit a `Request` and read its `Piece`s. On the CPU (dynamic caches) the
+requests' rows decode together in one batch that they join and leave at any step (`scheduler.py`);
+with static caches (CUDA graphs) requests are served one after another. The worker makes the
+model's KV caches, compiles its step (CUDA) and runs every forward pass; nothing else touches them. Closing a stream (Ctrl-C, `break`, garbage
+collection) cancels its request at the next token or prompt chunk; a worker exception reaches the
+caller as a one-line `KoGPTError`.
 
-A worker that has run torch must have ended before the interpreter exits: one still alive then, even idle,
-aborts the process ("terminate called without an active exception", exit 134). So at exit every worker is
-stopped (its running request cancelled at the next token) and joined, including those of engines collected
-just before.
+A worker that has run torch must have ended before the interpreter exits: one still alive then,
+even idle, aborts the process ("terminate called without an active exception", exit 134). So at
+exit every worker is stopped (its running request cancelled at the next token) and joined,
+including those of engines collected just before.
 """
 
 from __future__ import annotations

@@ -19,8 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from kogpt.loading import int4
-from kogpt.loading import bf16
+from kogpt.loading import bf16, int4
 from kogpt.loading.bf16 import blocked_linear
 from kogpt.loading.phases import MANY_ROWS, PHASES
 
