@@ -31,8 +31,8 @@ def errors(values: dict[str, float]):
 def test_the_fastest_kernel_that_passes_the_accuracy_check_wins():
     choice = chooser.choose("int8", SHAPES, timings({"w8": 3.0, "w8a8": 2.0}), accuracy=errors({}))
     assert choice.kernel == "w8a8"
-    assert choice.seconds == {"w8": 3.0 * 12, "w8a8": 2.0 * 12}  # one pass: count x time per shape
-    assert "fastest of 2" in choice.why
+    assert choice.seconds["w8"] == 3.0 * 12 and choice.seconds["w8a8"] == 2.0 * 12  # one pass: count x time per shape
+    assert f"fastest of {len(kernels.candidates('int8'))}" in choice.why
 
 
 def test_an_inaccurate_kernel_is_rejected_however_fast():
@@ -69,7 +69,7 @@ def test_a_kernel_that_does_not_run_here_is_skipped():
 
 def test_no_passing_kernel_is_an_error_that_names_the_rejected():
     with pytest.raises(RuntimeError, match="no int8 kernel runs correctly.*w8"):
-        chooser.choose("int8", SHAPES, timings({"w8": 1.0, "w8a8": 1.0}), accuracy=errors({"w8": 1.0, "w8a8": 1.0}))
+        chooser.choose("int8", SHAPES, timings({"w8": 1.0, "w8a8": 1.0}), accuracy=lambda kernel: 1.0)
     with pytest.raises(ValueError, match="unknown weight format"):
         chooser.choose("int3", SHAPES, timings({}))
 

@@ -221,7 +221,7 @@ def greedy_sequences(gpt):
 
 
 # Greedy agreement and logit error against the float32 model, on the tiny checkpoint (the table in docs/hardware.md).
-QUALITY = {"w8": (0.95, 0.03), "w8a8": (0.95, 0.04), "w4g32": (0.65, 0.2), "w4g64": (0.65, 0.2)}
+QUALITY = {"w8": (0.95, 0.03), "w8a8": (0.95, 0.04), "w8dnn": (0.95, 0.04), "w4g32": (0.65, 0.2), "w4g64": (0.65, 0.2)}
 
 
 @pytest.mark.parametrize("kernel", sorted(QUALITY))
@@ -234,6 +234,34 @@ def test_quantized_greedy_agreement_and_logit_error_against_float(gpt, tiny_dir,
     print(f"{kernel}: greedy agreement {agreement:.3f}, logit error {error:.4f}")
     least_agreement, most_error = QUALITY[kernel]
     assert agreement >= least_agreement and error <= most_error
+
+
+@pytest.mark.skipif(not kernels.onednn_int8(), reason="this torch has no oneDNN int8 Linear")
+def test_onednn_int8_is_prepared_from_w8s_cache_entry_and_computes_as_w8a8(tiny_bin_dir, caplog):
+    """w8dnn's opaque weights are made at load from the int8 tensors w8 caches: one entry serves
+    both, and the cache never sees an opaque tensor."""
+    import logging
+
+    from kogpt.loading import cache
+
+    with caplog.at_level(logging.INFO, logger="kogpt"):
+        dnn = KoGPT.load(str(tiny_bin_dir), device="cpu", quantize="int8", kernel="w8dnn")
+        assert "cached the converted weights" in caplog.text
+        caplog.clear()
+        w8a8 = KoGPT.load(str(tiny_bin_dir), device="cpu", quantize="int8", kernel="w8a8")
+        assert "mapped from the converted-weights cache" in caplog.text
+        caplog.clear()
+        again = KoGPT.load(str(tiny_bin_dir), device="cpu", quantize="int8", kernel="w8dnn")
+        assert "mapped from the converted-weights cache" in caplog.text
+    assert len(cache.entries()) == 1
+    layer = again.model.lm_head
+    assert layer.prepared and layer.weight.is_mkldnn and not w8a8.model.lm_head.weight.is_mkldnn
+    ids = torch.tensor([dnn.encode("인간처럼 생각하고, 행동하는 AI 모델")])
+    with torch.inference_mode():
+        for rows in (ids[:, :1], ids):  # a step's one row, a prompt's many
+            want = w8a8.model(rows).logits.float()
+            for got in (dnn.model(rows).logits.float(), again.model(rows).logits.float()):
+                assert ((got - want).norm() / want.norm()) < 0.01
 
 
 def test_int4_model_loads_and_streams_on_the_cpu(tiny_bin_dir):

@@ -67,7 +67,7 @@ def relative_error(kernel: Kernel, in_features: int = 512, out_features: int = 2
     weight = torch.randn(out_features, in_features, generator=generator) * 0.02
     x = torch.randn(rows, in_features, generator=generator)
     exact = x @ weight.t()
-    got = kernel.run(x, kernel.pack(weight)).float()
+    got = kernel.run(x, kernel.packed(weight)).float()
     return float((got - exact).norm() / exact.norm())
 
 

@@ -47,11 +47,28 @@ class Kernel:
     stored_as: str = ""  # another kernel whose packed tensors this one uses as they are
     phases: tuple[str, ...] = PHASES  # the phases it is a candidate for (its layout's own kernel: all)
     matrix_bf16: bool = False  # many rows of bfloat16 products: not worth timing without AVX512-BF16 or AMX
+    # Tensors that cannot be saved (a library's opaque packed weight) are made at load from those of
+    # `cached_as`, which the converted-weights cache holds: prepare(stored tensors) -> run's tensors.
+    prepare: Callable[[Tensors], Tensors] | None = None
+    cached_as: str = ""
 
     @property
     def layout(self) -> str:
-        """The name of the packed tensors' layout: the converted-weights cache keys entries by it."""
+        """The name of the packed tensors' layout: a layer's phases all run kernels of one layout."""
         return self.stored_as or self.name
+
+    @property
+    def cache_layout(self) -> str:
+        """The layout the converted-weights cache keys this kernel's entry by."""
+        return self.cached_as or self.layout
+
+    def packed(self, weight: torch.Tensor) -> Tensors:
+        """A float weight (out, in) packed and prepared: the tensors `run` takes."""
+        return self.ready(self.pack(weight))
+
+    def ready(self, stored: Tensors) -> Tensors:
+        """The tensors `run` takes, from those `pack` returns (and the cache holds)."""
+        return self.prepare(stored) if self.prepare else stored
 
 
 def int8_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -85,6 +102,31 @@ def _run_w8a8(x: torch.Tensor, t: Tensors) -> torch.Tensor:
     xq = xf.div(x_scale).round_().clamp_(-127, 127).to(torch.int8)
     acc = torch._int_mm(xq, t["weight"].t())  # (rows, out) int32
     return (acc.float().mul_(x_scale).mul_(t["scales"])).to(torch.bfloat16)
+
+
+def onednn_int8() -> bool:
+    """Whether this torch has oneDNN's int8 Linear (x86 and Arm builds with mkldnn)."""
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.onednn, "qlinear_prepack")
+
+
+def _prepare_w8dnn(t: Tensors) -> Tensors:
+    """w8's int8 weight reordered into oneDNN's blocked int8 layout (an opaque tensor, made at load:
+    about 40 ms per 16M weights on 2 Xeon cores); its scales in float32."""
+    scales = t["scales"].float()
+    return {"weight": torch.ops.onednn.qlinear_prepack(t["weight"], None), "scales": scales,
+            "zeros": torch.zeros(len(scales), dtype=torch.long)}  # fmt: skip
+
+
+def _run_w8dnn(x: torch.Tensor, t: Tensors) -> torch.Tensor:
+    """w8a8 by oneDNN (VNNI/AMX int8): activations quantized per row, handed over with scale 1 and
+    the row scales applied to the float32 result, since oneDNN takes one scale for all rows."""
+    xf = x.float()
+    x_scale = xf.abs().amax(dim=1, keepdim=True).clamp(min=1e-8) / 127  # (rows, 1)
+    xq = xf.div(x_scale).round_().clamp_(-127, 127).to(torch.int8)
+    acc = torch.ops.onednn.qlinear_pointwise(
+        xq, 1.0, 0, t["weight"], t["scales"].float(), t["zeros"], None, 1.0, 0, torch.float32, "none", [], ""
+    )  # (rows, out) = xq @ (codes * scales)ᵀ; the scales are float32 unless a module.to() made them 16-bit
+    return acc.mul_(x_scale).to(torch.bfloat16)
 
 
 def _float(dtype: torch.dtype) -> tuple[Callable, Callable]:
@@ -140,6 +182,7 @@ KERNELS: dict[str, Kernel] = {
         Kernel("fp32", "32bit", 4, *_float(torch.float32), "float32 (F.linear); the accuracy reference", dtype=torch.float32),
         Kernel("w8", "int8", 1, _pack_w8, _run_w8, "int8 weights, bfloat16 activations (_weight_int8pack_mm)", ("weight", "scales")),
         Kernel("w8a8", "int8", 1, _pack_w8, _run_w8a8, "int8 weights x int8 activations quantized per token (torch._int_mm)", ("weight", "scales"), stored_as="w8"),
+        Kernel("w8dnn", "int8", 1, _pack_w8, _run_w8dnn, "int8 weights in oneDNN's layout x int8 activations per token (onednn.qlinear_pointwise)", ("weight", "scales"), prepare=_prepare_w8dnn, cached_as="w8"),
         *(_int4(group) for group in int4.GROUPS),
         *(_int4_widened(group) for group in int4.GROUPS),
     ]
@@ -155,7 +198,10 @@ DEFAULTS = {"16bit": "bf16", "int8": "w8", "int4": "w4g128", "float": "bf16"}  #
 def candidates(fmt: str, in_features: int = 4096) -> list[Kernel]:
     formats = ("16bit", "32bit") if fmt == "float" else (fmt,)
     slow_bf16 = bf16.needs_upcast()  # then torch's bfloat16 products of many rows cost a row each
-    return [k for k in KERNELS.values() if k.format in formats and k.fits(in_features) and not (k.matrix_bf16 and slow_bf16)]
+    return [
+        k for k in KERNELS.values()
+        if k.format in formats and k.fits(in_features) and not (k.matrix_bf16 and slow_bf16) and (k.name != "w8dnn" or onednn_int8())
+    ]  # fmt: skip
 
 
 def last_level_cache_bytes() -> int:
@@ -197,7 +243,8 @@ def time_kernel(kernel: Kernel, shape: tuple[int, int], rotate_bytes: int, round
     packed = kernel.pack(weight)
     del weight
     size = sum(t.nbytes for t in packed.values())
-    copies = [packed] + [{k: t.clone() for k, t in packed.items()} for _ in range(max(1, -(-rotate_bytes // size)) - 1)]
+    copies = [kernel.ready(packed)]
+    copies += [kernel.ready({k: t.clone() for k, t in packed.items()}) for _ in range(max(1, -(-rotate_bytes // size)) - 1)]
     x = torch.randn(rows, in_features)
     kernel.run(x, copies[0])  # warm-up: one-time setup inside the kernel
     per_round = []

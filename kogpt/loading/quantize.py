@@ -38,6 +38,7 @@ class PackedLinear(nn.Module):
         self.out_features = out_features
         self.kernel = kernels.KERNELS[kernel]
         self.set_phases(phases or {})
+        self.prepared = False
         for name in self.kernel.buffers:  # placeholders until set_weight or a cached load fills them
             self.register_buffer(name, torch.empty(0, device="meta"))
         self.register_buffer("bias", torch.empty(out_features, dtype=COMPUTE_DTYPE, device=device) if bias else None)
@@ -55,12 +56,23 @@ class PackedLinear(nn.Module):
         for name, tensor in self.kernel.pack(weight).items():
             setattr(self, name, tensor)
 
+    def prepare(self) -> None:
+        """Turn the tensors as packed (and cached) into those the kernel runs on, once: after the
+        layer is filled and the cache written (see `Kernel.prepare`)."""
+        if self.kernel.prepare is None or self.prepared:
+            return
+        stored = {name: getattr(self, name) for name in self.kernel.buffers}
+        for name, tensor in self.kernel.prepare(stored).items():
+            self.register_buffer(name, tensor)
+        self.prepared = True
+
     @classmethod
     def from_linear(cls, linear: nn.Linear, kernel: str | None = None) -> PackedLinear:
         layer = cls(linear.in_features, linear.out_features, linear.bias is not None, *([kernel] if kernel else []))
         layer.set_weight(linear.weight.detach())
         if linear.bias is not None:
             layer.bias = linear.bias.detach().to(COMPUTE_DTYPE)
+        layer.prepare()
         return layer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -121,7 +133,15 @@ def quantize_model(model: nn.Module, method: str = "int8", kernel: str | None = 
         parent, _, attr = name.rpartition(".")
         linear = model.get_submodule(name)
         setattr(model.get_submodule(parent), attr, PackedLinear.from_linear(linear, kernel))
-    return model.to(COMPUTE_DTYPE)
+    return prepared(model.to(COMPUTE_DTYPE))
+
+
+def prepared(model: nn.Module) -> nn.Module:
+    """The model with every `PackedLinear` prepared for its kernel (`PackedLinear.prepare`)."""
+    for module in model.modules():
+        if isinstance(module, PackedLinear):
+            module.prepare()
+    return model
 
 
 def prepare(kernel: str, phases: dict[str, str] | None = None):
@@ -154,7 +174,7 @@ def load_quantized(path: Path, config, method: str = "int8", kernel: str | None 
     """
     check_method(method, "cpu")
     kernel = kernel or default_kernel(method, widths(config))
-    return weights.load_streaming(path, config, COMPUTE_DTYPE, prepare(kernel), setter, **model_kwargs)
+    return prepared(weights.load_streaming(path, config, COMPUTE_DTYPE, prepare(kernel), setter, **model_kwargs))
 
 
 def load_cpu(
@@ -170,7 +190,7 @@ def load_cpu(
         kernel, swap, fmt, layout = None, None, "16bit", LAYOUTS.get(dtype, str(dtype).removeprefix("torch."))
     else:
         kernel = kernel or default_kernel(method, widths(config))
-        swap, fmt, layout = prepare(kernel, phases), method, kernels.KERNELS[kernel].layout  # w8a8 keeps w8's tensors
+        swap, fmt, layout = prepare(kernel, phases), method, kernels.KERNELS[kernel].cache_layout  # w8a8 keeps w8's tensors
     files = weights.weight_files(path)
     entry = cache.entry_for(path, files, fmt, layout) if use_cache else None
 
@@ -180,11 +200,11 @@ def load_cpu(
     mapped = cache.open_entry(entry, mmap, expected) if entry is not None else None
     if mapped is not None:
         log.info("weights %s the converted-weights cache %s", "mapped from" if mmap else "read into memory from", entry.path)
-        return weights.load_streaming(path, config, dtype, swap, tensors=mapped.items(), **model_kwargs)
+        return prepared(weights.load_streaming(path, config, dtype, swap, tensors=mapped.items(), **model_kwargs))
     model = weights.load_streaming(path, config, dtype, swap, setter if swap else None, **model_kwargs)
     if entry is not None and cache.store(entry, model.state_dict()):
         weights.drop_from_page_cache(files)  # read again only to convert to another format
-    return model
+    return prepared(model)
 
 
 # The packed layout of 16-bit weights is their dtype alone (bf16 and bf16mv share it).
