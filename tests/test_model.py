@@ -29,6 +29,20 @@ def test_hub_style_float16_bin_loads_as_float32_on_cpu(tiny_bin_dir):
     assert "".join(c.text for c in chunks) == gpt.generate("서울의", temperature=0, max_new_tokens=5)
 
 
+def test_gelu_is_fused_and_computes_what_transformers_computes(tiny_bin_dir):
+    from transformers import AutoModelForCausalLM
+    from transformers.activations import NewGELUActivation
+
+    gpt = KoGPT.load(str(tiny_bin_dir), device="cpu", dtype="float32")
+    assert not any(isinstance(m, NewGELUActivation) for m in gpt.model.modules())
+    assert sum(isinstance(m, torch.nn.GELU) for m in gpt.model.modules()) == gpt.model.config.n_layer
+    reference = AutoModelForCausalLM.from_pretrained(tiny_bin_dir, dtype=torch.float32)
+    assert isinstance(reference.transformer.h[0].mlp.act, NewGELUActivation)  # else this test compares nothing
+    ids = torch.tensor([gpt.encode("인간처럼 생각하고, 행동하는 AI 모델")])
+    with torch.inference_mode():
+        torch.testing.assert_close(gpt.model(ids).logits, reference(ids).logits, rtol=1e-4, atol=1e-4)
+
+
 def test_special_tokens_are_kogpts(gpt):
     tok = gpt.tokenizer
     for attr, token in SPECIAL_TOKENS.items():

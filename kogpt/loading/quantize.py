@@ -77,7 +77,7 @@ class PackedLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features)  # (tokens, in)
-        out = self.runs[phase_of(flat.shape[0])](flat, dict(self.named_buffers(recurse=False)))  # (tokens, out or more)
+        out = self.runs[phase_of(flat.shape[0])](flat, self._buffers)  # (tokens, out or more)
         if out.shape[-1] != self.out_features:  # int4 pads the output rows to a multiple of 16
             out = out[:, : self.out_features]
         if self.bias is not None:
@@ -200,7 +200,13 @@ def load_cpu(
     mapped = cache.open_entry(entry, mmap, expected) if entry is not None else None
     if mapped is not None:
         log.info("weights %s the converted-weights cache %s", "mapped from" if mmap else "read into memory from", entry.path)
-        return prepared(weights.load_streaming(path, config, dtype, swap, tensors=mapped.items(), **model_kwargs))
+        model = prepared(weights.load_streaming(path, config, dtype, swap, tensors=mapped.items(), **model_kwargs))
+        if mmap and kernel and kernels.KERNELS[kernel].prepare:  # what preparing replaced leaves the process
+            kept = {t.data_ptr() for t in model.state_dict().values() if not t.is_mkldnn}
+            for tensor in mapped.values():
+                if tensor.data_ptr() not in kept:
+                    weights.release(tensor)
+        return model
     model = weights.load_streaming(path, config, dtype, swap, setter if swap else None, **model_kwargs)
     if entry is not None and cache.store(entry, model.state_dict()):
         weights.drop_from_page_cache(files)  # read again only to convert to another format

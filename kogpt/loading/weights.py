@@ -117,12 +117,12 @@ def weight_files(path: Path) -> list[Path]:
 
 def release(mapped: torch.Tensor) -> None:
     """Drop the pages of a memory-mapped tensor from this process; they stay in the page cache.
+    Only for a tensor mapped from a file: anonymous pages dropped would read back as zeros.
 
     Without this every page read stays mapped, and the resident size grows by the file's size.
     """
-    storage = mapped.untyped_storage()
-    start = storage.data_ptr() & ~(mmap.PAGESIZE - 1)
-    end = storage.data_ptr() + storage.nbytes()
+    start = mapped.data_ptr() & ~(mmap.PAGESIZE - 1)
+    end = mapped.data_ptr() + mapped.nbytes
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), 4)  # MADV_DONTNEED
