@@ -166,6 +166,24 @@ def test_a_short_request_behind_a_long_prompt_gets_its_first_token_within_two_ch
         assert [job.request for job in sched.feeding] == [long]
 
 
+def test_short_prompts_arriving_together_start_decoding_at_one_step(gpt):
+    """They are fed in one tick while their tokens fit in one chunk; the rest wait for the next."""
+    with torch.inference_mode():
+        sched = scheduler(gpt, chunk=16)
+        requests = [request(gpt, word, 4, seed=i) for i, word in enumerate(["봄은", "여름은", "가을은", "겨울은"])]
+        assert sum(len(r.ids) for r in requests[:3]) <= 16  # the test's premise: three fit in one chunk
+        for r in requests:
+            sched.add(r)
+        fits = 0
+        while sum(len(r.ids) for r in requests[: fits + 1]) <= 16 and fits < len(requests):
+            fits += 1
+        sched.tick()
+        assert len(sched.batch) == fits and all(r.stats.steps == 1 for r in requests[:fits])
+        while not sched.idle:
+            sched.tick()
+        assert all(r.stats.tokens == 4 for r in requests)
+
+
 def test_clients_sharing_a_preamble_feed_it_once(gpt):
     with torch.inference_mode():
         sched = scheduler(gpt, chunk=8)

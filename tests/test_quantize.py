@@ -8,7 +8,7 @@ import torch
 
 from kogpt import KoGPT, KoGPTError
 from kogpt.cli.main import build_parser
-from kogpt.loading import int4, kernels
+from kogpt.loading import int4, int8, kernels
 from kogpt.loading.checkpoint import load_config
 from kogpt.loading.quantize import (
     Int8Linear,
@@ -236,7 +236,7 @@ def test_quantized_greedy_agreement_and_logit_error_against_float(gpt, tiny_dir,
     assert agreement >= least_agreement and error <= most_error
 
 
-@pytest.mark.skipif(not kernels.onednn_int8(), reason="this torch has no oneDNN int8 Linear")
+@pytest.mark.skipif(not int8.onednn(), reason="this torch has no oneDNN int8 Linear")
 def test_onednn_int8_is_prepared_from_w8s_cache_entry_and_computes_as_w8a8(tiny_bin_dir, caplog, monkeypatch):
     """w8dnn's opaque weights are made at load from the int8 tensors w8 caches: one entry serves
     both, the cache never sees an opaque tensor, and the mapped pages of what was replaced leave

@@ -1,9 +1,9 @@
 """Continuous batching in the worker thread: requests join the running batch and leave it at any step.
 
 Each `tick` of the worker: requests whose caller left are dropped (queued or running); waiting
-requests are admitted first come, first served while their rows fit in `max_batch`; one prompt
-chunk of one admitted request is fed (round robin over those still feeding their prompt); then the
-running batch takes one decode step. So a long prompt arriving never freezes the running streams
+requests are admitted first come, first served while their rows fit in `max_batch`; up to one
+chunk's worth of prompt tokens is fed (a part of each prompt in turn, round robin over those still
+feeding); then the running batch takes one decode step. So a long prompt arriving never freezes the running streams
 for more than one chunk, and a short request behind it gets its first token within a couple of
 chunks (the Sarathi / vLLM chunked-prefill scheme).
 
@@ -73,7 +73,6 @@ class Scheduler:
         self.feeding: list[Job] = []
         self.batch = Batch()
         self.next_tokens: list[int] = []  # the token each batch row feeds at the next step
-        self.turn = 0
         self.peak_rows = 0  # the most rows one step has decoded
         self.on_finish = lambda job: None
 
@@ -89,7 +88,7 @@ class Scheduler:
         self._drop_cancelled()
         self._admit()
         if self.feeding:
-            self._feed_one()
+            self._feed()
         if len(self.batch):
             self._step()
 
@@ -142,10 +141,22 @@ class Scheduler:
         job.cache = cache if cache is not None else decode.new_cache(self.model)
         self.feeding.append(job)
 
-    def _feed_one(self) -> None:
-        self.turn = (self.turn + 1) % len(self.feeding)
-        job = self.feeding[self.turn]
-        part = job.ids[job.fed : job.fed + job.chunk]  # its own chunk size, on its grid from the start
+    def _feed(self) -> None:
+        """Feed the next part of each prompt being fed, in turn, until one chunk's worth of tokens
+        has gone in this tick (at least one part): several short prompts that arrive together
+        start decoding at the same step, and the running streams never wait for more than one
+        chunk's tokens between two steps. Those left over go first at the next tick."""
+        budget, fed = self.chunk, []
+        for job in list(self.feeding):
+            part = job.ids[job.fed : job.fed + job.chunk]  # its own chunk size, on its grid from the start
+            if fed and len(part) > budget:
+                break
+            budget -= len(part)
+            fed.append(job)
+            self._feed_part(job, part)
+        self.feeding = [job for job in self.feeding if job not in fed] + [job for job in self.feeding if job in fed]
+
+    def _feed_part(self, job: Job, part: list[int]) -> None:
         try:
             logits = decode.forward_logits(self.model, torch.tensor([part], device=self.device), job.cache)
         except BaseException as exc:

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from kogpt.loading import bf16, int4
+from kogpt.loading import bf16, int4, int8
 from kogpt.loading.bf16 import blocked_linear
 from kogpt.loading.phases import MANY_ROWS, PHASES
 
@@ -69,64 +69,6 @@ class Kernel:
     def ready(self, stored: Tensors) -> Tensors:
         """The tensors `run` takes, from those `pack` returns (and the cache holds)."""
         return self.prepare(stored) if self.prepare else stored
-
-
-def int8_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric per-row int8: (codes (out, in) int8, scales (out,) exact in bfloat16), in ~4 MiB blocks."""
-    out, n_in = weight.shape
-    codes = torch.empty(out, n_in, dtype=torch.int8)
-    scales = torch.empty(out)
-    step = max(1, (1 << 20) // n_in)
-    for start in range(0, out, step):
-        w = weight[start : start + step].to(torch.float32, copy=True)  # (rows, in)
-        # The scale as it will be stored (bfloat16), so the int8 values are rounded against it.
-        scale = (w.abs().amax(dim=1).clamp(min=1e-8) / 127).to(torch.bfloat16).float()  # (rows,)
-        codes[start : start + step] = w.div_(scale[:, None]).round_().clamp_(-127, 127)
-        scales[start : start + step] = scale
-    return codes, scales
-
-
-def _pack_w8(weight: torch.Tensor) -> Tensors:
-    codes, scales = int8_rows(weight)
-    return {"weight": codes, "scales": scales.to(torch.bfloat16)}
-
-
-def _run_w8(x: torch.Tensor, t: Tensors) -> torch.Tensor:
-    return torch.ops.aten._weight_int8pack_mm(x.to(torch.bfloat16).contiguous(), t["weight"], t["scales"])
-
-
-def _run_w8a8(x: torch.Tensor, t: Tensors) -> torch.Tensor:
-    """Activations quantized per row on the fly (symmetric int8), int8 x int8 -> int32, then rescaled."""
-    xf = x.float()
-    x_scale = xf.abs().amax(dim=1, keepdim=True).clamp(min=1e-8) / 127  # (rows, 1)
-    xq = xf.div(x_scale).round_().clamp_(-127, 127).to(torch.int8)
-    acc = torch._int_mm(xq, t["weight"].t())  # (rows, out) int32
-    return (acc.float().mul_(x_scale).mul_(t["scales"])).to(torch.bfloat16)
-
-
-def onednn_int8() -> bool:
-    """Whether this torch has oneDNN's int8 Linear (x86 and Arm builds with mkldnn)."""
-    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.onednn, "qlinear_prepack")
-
-
-def _prepare_w8dnn(t: Tensors) -> Tensors:
-    """w8's int8 weight reordered into oneDNN's blocked int8 layout (an opaque tensor, made at load:
-    about 40 ms per 16M weights on 2 Xeon cores); its scales in float32."""
-    scales = t["scales"].float()
-    return {"weight": torch.ops.onednn.qlinear_prepack(t["weight"], None), "scales": scales,
-            "zeros": torch.zeros(len(scales), dtype=torch.long)}  # fmt: skip
-
-
-def _run_w8dnn(x: torch.Tensor, t: Tensors) -> torch.Tensor:
-    """w8a8 by oneDNN (VNNI/AMX int8): activations quantized per row, handed over with scale 1 and
-    the row scales applied to the float32 result, since oneDNN takes one scale for all rows."""
-    xf = x.float()
-    x_scale = xf.abs().amax(dim=1, keepdim=True).clamp(min=1e-8) / 127  # (rows, 1)
-    xq = xf.div(x_scale).round_().clamp_(-127, 127).to(torch.int8)
-    acc = torch.ops.onednn.qlinear_pointwise(
-        xq, 1.0, 0, t["weight"], t["scales"].float(), t["zeros"], None, 1.0, 0, torch.float32, "none", [], ""
-    )  # (rows, out) = xq @ (codes * scales)ᵀ; the scales are float32 unless a module.to() made them 16-bit
-    return acc.mul_(x_scale).to(torch.bfloat16)
 
 
 def _float(dtype: torch.dtype) -> tuple[Callable, Callable]:
@@ -180,9 +122,9 @@ KERNELS: dict[str, Kernel] = {
         Kernel("fp16f32", "16bit", 2, _float(torch.float16)[0], _blocked(torch.float16), "float16 weights widened to float32 a block at a time (many rows)", dtype=torch.float16, stored_as="fp16", phases=("batch", "prefill")),
         Kernel("fp16bf16", "16bit", 2, _float(torch.float16)[0], _blocked(torch.float16, torch.bfloat16), "float16 weights converted to bfloat16 a block at a time (many rows)", dtype=torch.float16, stored_as="fp16", phases=("batch", "prefill")),
         Kernel("fp32", "32bit", 4, *_float(torch.float32), "float32 (F.linear); the accuracy reference", dtype=torch.float32),
-        Kernel("w8", "int8", 1, _pack_w8, _run_w8, "int8 weights, bfloat16 activations (_weight_int8pack_mm)", ("weight", "scales")),
-        Kernel("w8a8", "int8", 1, _pack_w8, _run_w8a8, "int8 weights x int8 activations quantized per token (torch._int_mm)", ("weight", "scales"), stored_as="w8"),
-        Kernel("w8dnn", "int8", 1, _pack_w8, _run_w8dnn, "int8 weights in oneDNN's layout x int8 activations per token (onednn.qlinear_pointwise)", ("weight", "scales"), prepare=_prepare_w8dnn, cached_as="w8"),
+        Kernel("w8", "int8", 1, int8.pack, int8.run_w8, "int8 weights, bfloat16 activations (_weight_int8pack_mm)", ("weight", "scales")),
+        Kernel("w8a8", "int8", 1, int8.pack, int8.run_w8a8, "int8 weights x int8 activations quantized per token (torch._int_mm)", ("weight", "scales"), stored_as="w8"),
+        Kernel("w8dnn", "int8", 1, int8.pack, int8.run_w8dnn, "int8 weights in oneDNN's layout x int8 activations per token (onednn.qlinear_pointwise)", ("weight", "scales"), prepare=int8.prepare_w8dnn, cached_as="w8"),
         *(_int4(group) for group in int4.GROUPS),
         *(_int4_widened(group) for group in int4.GROUPS),
     ]
@@ -200,7 +142,7 @@ def candidates(fmt: str, in_features: int = 4096) -> list[Kernel]:
     slow_bf16 = bf16.needs_upcast()  # then torch's bfloat16 products of many rows cost a row each
     return [
         k for k in KERNELS.values()
-        if k.format in formats and k.fits(in_features) and not (k.matrix_bf16 and slow_bf16) and (k.name != "w8dnn" or onednn_int8())
+        if k.format in formats and k.fits(in_features) and not (k.matrix_bf16 and slow_bf16) and (k.name != "w8dnn" or int8.onednn())
     ]  # fmt: skip
 
 
