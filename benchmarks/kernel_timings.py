@@ -74,13 +74,15 @@ def contestants(shape, ours, theirs, rotate: int, rows: int = 1) -> dict:
         if not kernel.fits(in_features):
             continue
         try:
-            packed = kernel.pack(weight)
+            stored = kernel.pack(weight)
+            packed = kernel.ready(stored)
             error = float((kernel.run(x, packed).float() - exact).norm() / exact.norm())
         except (RuntimeError, NotImplementedError) as exc:
             found[kernel.name] = str(exc).splitlines()[0]
             continue
-        size = sum(t.nbytes for t in packed.values())
-        copies = [packed] + [{k: t.clone() for k, t in packed.items()} for _ in range(max(1, -(-rotate // size)) - 1)]
+        size = sum(t.nbytes for t in stored.values())
+        copies = [packed]
+        copies += [kernel.ready({k: t.clone() for k, t in stored.items()}) for _ in range(max(1, -(-rotate // size)) - 1)]
         found[kernel.name] = (lambda x, t, run=kernel.run: run(x, t), copies, size, error)
     for name, (_, factory) in theirs.items():
         try:
