@@ -113,7 +113,7 @@ def bytes_per_weight(name: str, r: dict) -> float:
 
 def table(results: dict, config) -> str:
     """One row per path; "prompt tok/s" is the prompt's tokens over the time to the first new token."""
-    bandwidth = results["bandwidth"]["read_gb_s"] * 1e9
+    bandwidth = results.get("bandwidth", {}).get("read_gb_s", 0.0) * 1e9  # 0: not measured (no roofline)
     roof16 = bandwidth / weight_bytes_per_token(config, 2)
     roof8 = bandwidth / weight_bytes_per_token(config, 1)
     seed = results.get("seed", {}).get("decode_tok_s")
@@ -131,14 +131,15 @@ def table(results: dict, config) -> str:
             continue
         rate = r["decode_tok_s"]
         roof = bandwidth / weight_bytes_per_token(config, bytes_per_weight(name, r))
-        r["roofline_pct"] = 100 * rate / roof
+        r["roofline_pct"] = 100 * rate / roof if roof else float("nan")
         rows.append(
             f"| {label} | {r.get('kernel') or r.get('dtype', '')} | {r['load_s']:.1f} | {r['first_token_s']:.2f} | "
             f"{results['prompt_tokens'] / r['first_token_s']:.1f} | {rate:.3f} | "
             f"{ratio(rate, seed)} | {ratio(rate, ct2)} | {ratio(rate, int8)} | {r['roofline_pct']:.0f}% | {r['peak_rss_gib']:.1f} | "
             f"{r.get('decode_cpu_tok_s', float('nan')):.3f} |"
         )
-    rows.append(f"| (5) roofline at {bandwidth / 1e9:.1f} GB/s | | | | | {roof16:.2f} (16-bit) / {roof8:.2f} (int8) | | | | 100% | | |")
+    if bandwidth:
+        rows.append(f"| (5) roofline at {bandwidth / 1e9:.1f} GB/s | | | | | {roof16:.2f} (16-bit) / {roof8:.2f} (int8) | | | | 100% | | |")
     return "\n".join(rows)
 
 
