@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from kogpt import KoGPT
-from kogpt.engine.prefix import PrefixStore
-from kogpt.engine.scheduler import Scheduler
+from kogpt.engine.prefix import PrefixStore, common_prefix
+from kogpt.engine.scheduler import WORTH_WAITING, Scheduler
 from kogpt.engine.worker import Request
 from kogpt.settings import SamplingSettings
 from tests.test_engine import cold
@@ -193,11 +193,25 @@ def test_clients_sharing_a_preamble_feed_it_once(gpt):
             sched.add(r)
         while not sched.idle:
             sched.tick()
-        preamble = len(gpt.encode(PREAMBLE)) // 8 * 8
+        preamble = min(common_prefix(requests[0].ids, r.ids) for r in requests[1:])
+        assert preamble >= len(gpt.encode(PREAMBLE)) - 1 and preamble % 8  # the whole preamble, not whole chunks of it
+        assert all(r.stats.reused_tokens >= preamble for r in requests[1:])
         fed = sum(r.stats.prefill_tokens for r in requests)
-        assert all(r.stats.reused_tokens >= preamble - 8 for r in requests[1:])
-        assert fed <= len(requests[0].ids) + sum(len(r.ids) - (preamble - 8) for r in requests[1:])
-        assert fed < sum(len(r.ids) for r in requests) / 2
+        assert fed <= len(requests[0].ids) + sum(len(r.ids) - preamble for r in requests[1:])
+
+
+def test_a_prompt_that_merely_starts_like_one_being_fed_does_not_wait_for_it(gpt):
+    with torch.inference_mode():
+        sched = scheduler(gpt, chunk=4)
+        long, short = request(gpt, PREAMBLE * 3, 1), request(gpt, PREAMBLE[:6] + "전혀 다른 이야기", 1)
+        assert 0 < common_prefix(long.ids, short.ids) < WORTH_WAITING
+        sched.add(long)
+        sched.add(short)
+        sched.tick()
+        assert short.stats.steps == 0 and short.started.is_set()  # admitted at once, beside the long prompt
+        while not sched.idle:
+            sched.tick()
+        assert short.stats.reused_tokens == 0 and long.finished.is_set() and short.finished.is_set()
 
 
 def test_the_prefix_store_hits_partly_hits_and_evicts_within_its_budget(gpt):
@@ -211,19 +225,20 @@ def test_the_prefix_store_hits_partly_hits_and_evicts_within_its_budget(gpt):
         assert len(store) == 1
         held = next(iter(store.entries.values()))[0].layers  # fed into a cache with spare room, kept without it
         assert store.bytes == sum(t.untyped_storage().nbytes() for layer in held for t in (layer.keys, layer.values))
-        _, kept, logits = store.lookup(a.ids, 8)
+        _, kept, logits = store.lookup(a.ids)
         assert kept == len(a.ids) and logits is not None  # the same prompt: no forward pass
         partial = gpt.encode(PREAMBLE + "질문: 여름은?\n답:")
-        cache, kept, logits = store.lookup(partial, 8)
-        shared = next(i for i, (x, y) in enumerate(zip(a.ids, partial)) if x != y)
-        assert kept == shared // 8 * 8 and logits is None and cache.get_seq_length() == kept
-        assert store.lookup(gpt.encode("완전히 다른 이야기"), 8)[1] == 0
+        cache, kept, logits = store.lookup(partial)
+        shared = common_prefix(a.ids, partial)
+        assert kept == shared and shared % 8 and logits is None and cache.get_seq_length() == kept  # to the token
+        assert store.lookup(a.ids[:5])[1] == 4  # a beginning of an entry: all but its last token, which gives the logits
+        assert store.lookup(gpt.encode("완전히 다른 이야기"))[1] == 0
         size = store.bytes
         small = PrefixStore(int(size * 1.5))
         first, second = store.entries.popitem()[1], None
-        small.add(a.ids, first[0], first[1], 8)
-        small.add(partial, first[0], first[1], 8)  # over budget: the older entry goes
-        assert len(small) == 1 and small.lookup(a.ids, 8)[2] is None and small.lookup(partial, 8)[2] is not None
+        small.add(a.ids, first[0], first[1])
+        small.add(partial, first[0], first[1])  # over budget: the older entry goes
+        assert len(small) == 1 and small.lookup(a.ids)[2] is None and small.lookup(partial)[2] is not None
         assert second is None and small.bytes <= small.budget
 
 

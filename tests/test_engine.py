@@ -1,4 +1,4 @@
-"""The engine: prefix reuse equal to a cold start, cancellation, many callers, batched samples."""
+"""The engine: prefix reuse giving a cold start's text, cancellation, many callers, batched samples."""
 
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ REQUESTS = [  # (prompt, settings) as a session would send them: shared preamble
 
 
 @pytest.mark.parametrize("chunk", [4, 128])
-def test_prefix_reuse_gives_byte_identical_results_to_a_cold_start(fresh, chunk):
+def test_prefix_reuse_gives_a_cold_starts_text(fresh, chunk):
     fresh.engine.prefill_chunk = chunk
     warm_results, reused = [], []
     for prompt, settings in REQUESTS:
@@ -63,8 +63,8 @@ def test_prefix_reuse_gives_byte_identical_results_to_a_cold_start(fresh, chunk)
         cold_results.append(cold(fresh, prompt, settings))
         cold_results.append(cold(fresh, prompt + cold_results[-1][-1], SamplingSettings(seed=8, max_new_tokens=6)))
     assert warm_results == cold_results
-    if chunk == 4:
-        assert sum(reused) > 500 and reused[2] >= len(fresh.encode(PREAMBLE)) - 4  # the preamble was not fed again
+    assert sum(reused) > 500 and reused[1] >= len(fresh.encode(REQUESTS[0][0])) - 1  # a /continue feeds only the new
+    assert reused[2] >= len(fresh.encode(PREAMBLE)) - 1  # the preamble (shorter than a chunk of 128) was not fed again
 
 
 def test_an_identical_prompt_needs_no_forward_pass_and_a_retry_no_prompt(fresh):

@@ -1,13 +1,13 @@
-"""The prefix (KV) cache: the keys and values of the last prompt, with the logits after it.
+"""Prompts' keys and values kept for reuse: a request whose tokens share a beginning with an earlier
+prompt feeds only the rest (`/retry`, `/continue`, a new question after the same few-shot
+preamble); an identical prompt needs no forward pass at all.
 
-A request whose tokens share a prefix with it feeds only the rest (`/retry`, `/continue`, a new
-question after the same few-shot preamble); an identical prompt needs no forward pass at all.
-
-Reuse never changes a result, only the speed, bit for bit: a prompt is always fed in chunks that
-start at multiples of the chunk size, and only whole chunks of the last prompt are kept (the
-positions the decode loop added one at a time, and the last partial chunk, are fed again). So the
-cache holds exactly the numbers a cold start would compute; the sampling settings and seeds play
-no part in it.
+`PrefixStore` (the CPU's continuous batching) keeps many prompts, least recently used first out,
+and reuses them to the token. `PrefixCache` (CUDA's static caches, one request at a time) keeps the
+last prompt and reuses it in whole chunks only, so that reuse never changes a result bit for bit:
+a prompt is always fed in chunks that start at multiples of the chunk size (the positions the decode
+loop added one at a time, and the last partial chunk, are fed again), and the cache holds exactly
+the numbers a cold start would compute.
 """
 
 from __future__ import annotations
@@ -142,13 +142,17 @@ class PrefixStore:
 
     An entry is a whole prompt (`tokens`, its one-row cache and the logits after it). A prompt equal
     to an entry needs no forward pass; one that shares a beginning with entries starts from the longest
-    such beginning, cut to whole chunks (`feed_from`), so results stay those of a cold start bit for
-    bit. Entries are never changed: a prompt's cache is a view of an entry's first positions.
+    such beginning, to the token (at least its last token is fed, for the logits after it). Entries are
+    never changed: a prompt's cache is a view of an entry's first positions.
+
+    Unlike `PrefixCache`'s whole chunks, a beginning reused to the token is not always the cold start's
+    numbers bit for bit: the prompt's next positions are computed in a shorter chunk, which some
+    kernels round otherwise in the low bits, as a batched step may (docs/serve.md, "Determinism").
     """
 
     def __init__(self, budget: int) -> None:
         self.budget = budget
-        self.entries: OrderedDict[tuple[int, ...], tuple[object, torch.Tensor, int, int]] = OrderedDict()
+        self.entries: OrderedDict[tuple[int, ...], tuple[object, torch.Tensor, int]] = OrderedDict()
         self.bytes = 0
 
     def __len__(self) -> int:
@@ -158,19 +162,17 @@ class PrefixStore:
         self.entries.clear()
         self.bytes = 0
 
-    def lookup(self, ids: list[int], chunk: int) -> tuple[object | None, int, torch.Tensor | None]:
+    def lookup(self, ids: list[int]) -> tuple[object | None, int, torch.Tensor | None]:
         """(a one-row cache holding the first `kept` positions of `ids`, `kept`, the logits after
         `ids` when an entry is `ids` itself); (None, 0, None) on a miss."""
         key = tuple(ids)
         entry = self.entries.get(key)
-        if entry is not None and entry[2] == chunk:
+        if entry is not None:
             self.entries.move_to_end(key)
             return entry[0], len(ids), entry[1]
         best, best_key = 0, None
-        for tokens, (_, _, fed_chunk, _) in self.entries.items():
-            if fed_chunk != chunk:
-                continue
-            shared = min(common_prefix(list(tokens), ids), len(ids) - 1) // chunk * chunk
+        for tokens in self.entries:
+            shared = min(common_prefix(list(tokens), ids), len(ids) - 1)
             if shared > best:
                 best, best_key = shared, tokens
         if best_key is None:
@@ -178,10 +180,9 @@ class PrefixStore:
         self.entries.move_to_end(best_key)
         return truncated(self.entries[best_key][0], best), best, None
 
-    def add(self, ids: list[int], cache, logits: torch.Tensor, chunk: int) -> None:
-        """Keep `ids`' cache (fed in chunks of `chunk`), evicting the least recently used entries.
-        A cache with spare room (`decode.GrowingLayer`) is kept as a copy without it: the budget
-        counts what is held."""
+    def add(self, ids: list[int], cache, logits: torch.Tensor) -> None:
+        """Keep `ids`' cache, evicting the least recently used entries. A cache with spare room
+        (`decode.GrowingLayer`) is kept as a copy without it: the budget counts what is held."""
         if any(layer.keys.untyped_storage().nbytes() > layer.keys.nbytes for layer in cache.layers):
             cache = truncated(cache, decode.cache_length(cache))
         size = sum(layer.keys.nbytes + layer.values.nbytes for layer in cache.layers)
@@ -189,10 +190,10 @@ class PrefixStore:
             return
         key = tuple(ids)
         if key in self.entries:
-            self.bytes -= self.entries.pop(key)[3]
+            self.bytes -= self.entries.pop(key)[2]
         while self.entries and self.bytes + size > self.budget:
-            self.bytes -= self.entries.popitem(last=False)[1][3]
-        self.entries[key] = (cache, logits, chunk, size)
+            self.bytes -= self.entries.popitem(last=False)[1][2]
+        self.entries[key] = (cache, logits, size)
         self.bytes += size
 
 

@@ -7,11 +7,12 @@ feeding); then the running batch takes one decode step. So a long prompt arrivin
 for more than one chunk, and a short request behind it gets its first token within a couple of
 chunks (the Sarathi / vLLM chunked-prefill scheme).
 
-A prompt is fed alone, in chunks from multiples of the chunk size, from the longest beginning the
-`PrefixStore` holds; a request whose prompt shares whole chunks with one being fed right now waits
-for it, so clients that arrive together with one few-shot preamble feed it once. Its rows then join
-the `Batch`, and each row samples with its own generator (`Sampler`): a seeded request gives the
-same text alone and in any batch, but for the low bits that a batched forward may round otherwise.
+A prompt is fed alone, from the longest beginning the `PrefixStore` holds (to the token), in chunks
+that end at multiples of the chunk size; a request whose prompt shares `WORTH_WAITING` tokens or
+more with one being fed right now waits for it, so clients that arrive together with one few-shot
+preamble feed it once. Its rows then join the `Batch`, and each row samples with its own generator
+(`Sampler`): a seeded request gives the same text alone, in any batch and after any reuse, but for
+the low bits that a batched forward or a shorter chunk may round otherwise.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ from kogpt.engine.prefix import PrefixStore, common_prefix
 from kogpt.engine.sampling import Sampler, logprobs_of
 
 log = logging.getLogger(__name__)
+
+WORTH_WAITING = 32  # shared prompt tokens for which a request waits until another's prompt is fed
 
 MAX_BATCH = 8  # rows decoding together by default (all requests' samples)
 
@@ -123,12 +126,14 @@ class Scheduler:
             self._start(job)
 
     def _gains_from(self, job: Job, other: Job) -> bool:
-        shared = min(common_prefix(job.ids, other.ids), len(job.ids) - 1) // job.chunk * job.chunk
-        return shared > other.kept
+        """Whether `job` should wait for `other`'s prompt to be in the store: `other` is feeding at
+        least `WORTH_WAITING` tokens of `job`'s beginning (two prompts that merely start alike do not wait)."""
+        shared = min(common_prefix(job.ids, other.ids), len(job.ids) - 1)
+        return shared >= other.kept + WORTH_WAITING
 
     def _start(self, job: Job) -> None:
         job.request.started.set()
-        cache, job.kept, logits = self.store.lookup(job.ids, job.chunk)
+        cache, job.kept, logits = self.store.lookup(job.ids)
         job.fed = job.kept
         job.request.stats.reused_tokens = job.kept
         job.request.stats.prefill_tokens = len(job.ids) - job.kept
@@ -148,7 +153,7 @@ class Scheduler:
         chunk's tokens between two steps. Those left over go first at the next tick."""
         budget, fed = self.chunk, []
         for job in list(self.feeding):
-            part = job.ids[job.fed : job.fed + job.chunk]  # its own chunk size, on its grid from the start
+            part = job.ids[job.fed : (job.fed // job.chunk + 1) * job.chunk]  # on its chunk grid from the start
             if fed and len(part) > budget:
                 break
             budget -= len(part)
@@ -166,7 +171,7 @@ class Scheduler:
         job.fed, job.logits = job.fed + len(part), logits
         if job.fed == len(job.ids):
             self.feeding.remove(job)
-            self.store.add(job.ids, job.cache, logits, job.chunk)
+            self.store.add(job.ids, job.cache, logits)
             self._ready(job, logits)
 
     def _ready(self, job: Job, logits: torch.Tensor) -> None:
@@ -245,7 +250,7 @@ class Scheduler:
         for job in [job for job in self.feeding if job.cancelled()]:
             self.feeding.remove(job)
             if job.fed > job.kept:  # keep the chunks fed so far for whoever sends this prompt again
-                self.store.add(job.ids[: job.fed], job.cache, job.logits, job.chunk)
+                self.store.add(job.ids[: job.fed], job.cache, job.logits)
             self._finish(job)
         gone = [job for job in self._running() if job.cancelled()]
         if gone:
