@@ -165,14 +165,16 @@ def run(checkpoint: str, args) -> dict:
     elif args.peer:
         result["servers"]["transformers serve --continuous-batching"] = "not installed"
     for name, argv, own in servers:
-        server = Server(argv, f"http://127.0.0.1:{port}")
+        server = None
         try:
+            server = Server(argv, f"http://127.0.0.1:{port}")
             request = body if own else {**body, "model": checkpoint}
             result["servers"][name] = measure(server, request, args.clients, args.shared, args.examples, own, args.rounds)
-        except Exception as exc:  # a peer that fails is reported, not fatal
-            result["servers"][name] = f"failed: {type(exc).__name__}: {exc}"[:300]
+        except Exception as exc:  # a server that fails to start or to serve is reported, not fatal
+            result["servers"][name] = f"failed: {type(exc).__name__}: {exc}"[-300:]
         finally:
-            server.close()
+            if server is not None:
+                server.close()
     return result
 
 

@@ -20,7 +20,7 @@ from kogpt.loading.phases import PREFILL_ROWS
 log = logging.getLogger(__name__)
 
 MIN_STATIC_CACHE = 256
-# Prompt tokens per forward: bounds the activations, and is the grain of prefix reuse (whole
+# Prompt tokens per forward: bounds the activations (and is the grain of CUDA's prefix reuse: whole
 # chunks are kept). On a CPU 128 rows already make the matrix products compute-bound; a GPU
 # wants more rows per weight read.
 PREFILL_CHUNK = {"cpu": PREFILL_ROWS, "cuda": 256}  # the CPU kernels are chosen for chunks of PREFILL_ROWS

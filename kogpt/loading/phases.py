@@ -17,7 +17,7 @@ MANY_ROWS = 16  # a layer called with this many rows or more runs the prompt ker
 ROWS = {"step": 1, "batch": BATCH_ROWS, "prefill": PREFILL_ROWS}
 # The prompt chunk sizes tried for the chosen prompt kernel: a larger chunk is taken only where it
 # saves more than `CHUNK_GAIN` per token, since a running stream waits a whole chunk for its next
-# token and the prefix cache reuses prompts in whole chunks.
+# token (and CUDA's one-entry prefix cache reuses prompts in whole chunks).
 CHUNKS, CHUNK_GAIN = (PREFILL_ROWS, 2 * PREFILL_ROWS, 4 * PREFILL_ROWS), 0.10
 DESCRIBED = {"step": "1 row", "batch": f"{BATCH_ROWS} rows", "prefill": f"prompt chunks of {PREFILL_ROWS}"}
 
