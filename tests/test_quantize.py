@@ -240,13 +240,15 @@ def test_quantized_greedy_agreement_and_logit_error_against_float(gpt, tiny_dir,
 def test_onednn_int8_is_prepared_from_w8s_cache_entry_and_computes_as_w8a8(tiny_bin_dir, caplog, monkeypatch):
     """w8dnn's opaque weights are made at load from the int8 tensors w8 caches: one entry serves
     both, the cache never sees an opaque tensor, and the mapped pages of what was replaced leave
-    the process."""
+    the process right after each layer is prepared (so the load's peak is one copy of the weights)."""
     import logging
 
     from kogpt.loading import cache, weights
 
-    released = []
-    monkeypatch.setattr(weights, "release", lambda tensor: released.append(tensor.shape))
+    released, events = [], []
+    monkeypatch.setattr(weights, "release", lambda tensor: (released.append(tensor.shape), events.append("release")))
+    prepare = PackedLinear.prepare
+    monkeypatch.setattr(PackedLinear, "prepare", lambda self: (events.append("prepare"), prepare(self))[1])
 
     with caplog.at_level(logging.INFO, logger="kogpt"):
         dnn = KoGPT.load(str(tiny_bin_dir), device="cpu", quantize="int8", kernel="w8dnn")
@@ -256,11 +258,13 @@ def test_onednn_int8_is_prepared_from_w8s_cache_entry_and_computes_as_w8a8(tiny_
         assert "mapped from the converted-weights cache" in caplog.text
         caplog.clear()
         released.clear()  # reading the .bin source released its tensors too
+        events.clear()
         again = KoGPT.load(str(tiny_bin_dir), device="cpu", quantize="int8", kernel="w8dnn")
         assert "mapped from the converted-weights cache" in caplog.text
     assert len(cache.entries()) == 1
     layers = [m for m in again.model.modules() if isinstance(m, PackedLinear)]
     assert sorted(map(tuple, released)) == sorted([(m.out_features, m.in_features) for m in layers] + [(m.out_features,) for m in layers])
+    assert events == ["prepare", "release", "release"] * len(layers)  # layer by layer: one layer's pages at a time
     layer = again.model.lm_head
     assert layer.prepared and layer.weight.is_mkldnn and not w8a8.model.lm_head.weight.is_mkldnn
     ids = torch.tensor([dnn.encode("인간처럼 생각하고, 행동하는 AI 모델")])

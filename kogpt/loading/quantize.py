@@ -10,6 +10,7 @@ so the float weights are never all in memory at once.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -56,15 +57,16 @@ class PackedLinear(nn.Module):
         for name, tensor in self.kernel.pack(weight).items():
             setattr(self, name, tensor)
 
-    def prepare(self) -> None:
+    def prepare(self) -> list[torch.Tensor]:
         """Turn the tensors as packed (and cached) into those the kernel runs on, once: after the
-        layer is filled and the cache written (see `Kernel.prepare`)."""
+        layer is filled and the cache written (see `Kernel.prepare`). Returns the tensors replaced."""
         if self.kernel.prepare is None or self.prepared:
-            return
+            return []
         stored = {name: getattr(self, name) for name in self.kernel.buffers}
         for name, tensor in self.kernel.prepare(stored).items():
             self.register_buffer(name, tensor)
         self.prepared = True
+        return [tensor for name, tensor in stored.items() if getattr(self, name) is not tensor]
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, kernel: str | None = None) -> PackedLinear:
@@ -136,11 +138,13 @@ def quantize_model(model: nn.Module, method: str = "int8", kernel: str | None = 
     return prepared(model.to(COMPUTE_DTYPE))
 
 
-def prepared(model: nn.Module) -> nn.Module:
-    """The model with every `PackedLinear` prepared for its kernel (`PackedLinear.prepare`)."""
+def prepared(model: nn.Module, replaced: Callable[[torch.Tensor], None] = lambda tensor: None) -> nn.Module:
+    """The model with every `PackedLinear` prepared for its kernel (`PackedLinear.prepare`), layer by
+    layer; `replaced` is told of each tensor that preparing a layer replaced, right after."""
     for module in model.modules():
         if isinstance(module, PackedLinear):
-            module.prepare()
+            for tensor in module.prepare():
+                replaced(tensor)
     return model
 
 
@@ -200,13 +204,13 @@ def load_cpu(
     mapped = cache.open_entry(entry, mmap, expected) if entry is not None else None
     if mapped is not None:
         log.info("weights %s the converted-weights cache %s", "mapped from" if mmap else "read into memory from", entry.path)
-        model = prepared(weights.load_streaming(path, config, dtype, swap, tensors=mapped.items(), **model_kwargs))
-        if mmap and kernel and kernels.KERNELS[kernel].prepare:  # what preparing replaced leaves the process
-            kept = {t.data_ptr() for t in model.state_dict().values() if not t.is_mkldnn}
-            for tensor in mapped.values():
-                if tensor.data_ptr() not in kept:
-                    weights.release(tensor)
-        return model
+        from_file = {tensor.data_ptr() for tensor in mapped.values()} if mmap else set()
+
+        def release(tensor: torch.Tensor) -> None:  # a mapped tensor that preparing replaced leaves the process
+            if tensor.data_ptr() in from_file:  # (never anonymous memory: its pages would read back as zeros)
+                weights.release(tensor)
+
+        return prepared(weights.load_streaming(path, config, dtype, swap, tensors=mapped.items(), **model_kwargs), release)
     model = weights.load_streaming(path, config, dtype, swap, setter if swap else None, **model_kwargs)
     if entry is not None and cache.store(entry, model.state_dict()):
         weights.drop_from_page_cache(files)  # read again only to convert to another format
