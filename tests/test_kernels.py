@@ -139,6 +139,23 @@ def test_every_kernel_runs_on_this_cpu_and_the_measurement_runs():
     assert kernels.time_kernel(kernels.KERNELS["w8"], (32, 64), rotate_bytes=1 << 14, rounds=1) > 0
 
 
+@pytest.mark.parametrize("name", sorted(kernels.KERNELS))
+def test_a_row_alone_computes_what_it_computes_among_many(name):
+    """A decode step's one row and a prompt chunk's rows may take other paths in a kernel (w8dnn
+    hands one row's scale to oneDNN): the row's result is the same but for rounding."""
+    kernel = kernels.KERNELS[name]
+    if kernel not in kernels.candidates(kernel.format, 256) and kernel not in kernels.candidates("float", 256):
+        pytest.skip(f"{name} is not a candidate on this CPU")
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.randn(96, 256, generator=generator) * 0.02
+    x = torch.randn(20, 256, generator=generator)
+    tensors = kernel.packed(weight)
+    many = kernel.run(x, tensors).float()[:, :96]
+    for row in (0, 7, 19):
+        alone = kernel.run(x[row : row + 1], tensors).float()[:, :96]
+        assert float((alone - many[row]).norm() / many[row].norm()) < 0.01
+
+
 def test_load_says_which_kernel_and_why(tiny_bin_dir, caplog):
     before = torch.get_num_threads()
     try:

@@ -65,10 +65,20 @@ def prepare_w8dnn(t: Tensors) -> Tensors:
 
 
 def run_w8dnn(x: torch.Tensor, t: Tensors) -> torch.Tensor:
-    """w8a8 by oneDNN (VNNI/AMX int8): activations quantized per row, handed over with scale 1 and
-    the row scales applied to the float32 result, since oneDNN takes one scale for all rows."""
+    """w8a8 by oneDNN (VNNI/AMX int8): activations quantized per row. oneDNN takes one activation
+    scale for all rows: one row (a decode step) hands it over and gets bfloat16 back; more rows are
+    handed over with scale 1 and their row scales applied to the float32 result."""
+    if x.shape[0] == 1:  # fewer elementwise ops: ~6% of a 2048x2048 layer's call
+        scale = max(float(x.abs().max()), 1e-8) / 127
+        xq = x.float().div_(scale).round_().clamp_(-127, 127).to(torch.int8)
+        return _qlinear(xq, scale, t, torch.bfloat16)
     xq, x_scale = quantize_rows(x)
-    acc = torch.ops.onednn.qlinear_pointwise(
-        xq, 1.0, 0, t["weight"], t["scales"].float(), t["zeros"], None, 1.0, 0, torch.float32, "none", [], ""
-    )  # (rows, out) = xq @ (codes * scales)ᵀ; the scales are float32 unless a module.to() made them 16-bit
-    return acc.mul_(x_scale).to(torch.bfloat16)
+    return _qlinear(xq, 1.0, t, torch.float32).mul_(x_scale).to(torch.bfloat16)
+
+
+def _qlinear(xq: torch.Tensor, x_scale: float, t: Tensors, dtype: torch.dtype) -> torch.Tensor:
+    """(rows, out) = x_scale * xq @ (codes * scales)ᵀ in `dtype`; the scales are float32 unless a
+    module.to() made them 16-bit."""
+    return torch.ops.onednn.qlinear_pointwise(
+        xq, x_scale, 0, t["weight"], t["scales"].float(), t["zeros"], None, 1.0, 0, dtype, "none", [], ""
+    )
