@@ -35,6 +35,28 @@ def test_the_fastest_kernel_that_passes_the_accuracy_check_wins():
     assert f"fastest of {len(kernels.candidates('int8'))}" in choice.why
 
 
+@pytest.mark.skipif("w8dnn" not in {k.name for k in kernels.candidates("int8")}, reason="no oneDNN int8 in this torch")
+def test_a_layout_prepared_at_every_load_pays_for_it_in_the_score():
+    """oneDNN's int8 layout is made at every start: on the 6B that is seconds that one request's
+    faster steps may not win back (prepare 2 s a layer here, 24 s; the steps gain 16 s)."""
+    seconds = {"w8": 0.02, "w8a8": 0.03, "w8dnn": 0.015}
+
+    def choose(prepare: float):
+        return chooser.choose("int8", SHAPES, timings(seconds), accuracy=errors({}),
+                              preparing=lambda kernel, shape: prepare if kernel.prepare else 0.0)  # fmt: skip
+
+    free, costly = choose(0.0), choose(2.0)
+    assert free.kernel == "w8dnn" and costly.kernel == "w8"
+    assert costly.scores["w8dnn"] - free.scores["w8dnn"] == pytest.approx(24.0) and costly.scores["w8"] == free.scores["w8"]
+    assert "w8dnn 71.5 s (24.0 s of it preparing at load)" in costly.why
+
+
+def test_the_preparing_at_load_is_measured_for_kernels_that_prepare_only():
+    assert kernels.prepare_seconds(kernels.KERNELS["w8"], (4096, 64)) == 0.0
+    if "w8dnn" in {k.name for k in kernels.candidates("int8")}:
+        assert kernels.prepare_seconds(kernels.KERNELS["w8dnn"], (1 << 16, 512)) > 0  # timed on a slice, scaled
+
+
 def test_an_inaccurate_kernel_is_rejected_however_fast():
     choice = chooser.choose("int8", SHAPES, timings({"w8": 3.0, "w8a8": 1.0}), accuracy=errors({"w8a8": 0.5}))
     assert choice.kernel == "w8"

@@ -34,7 +34,7 @@ from kogpt.loading.phases import CHUNKS, PHASES
 
 log = logging.getLogger(__name__)
 
-CHOICE_VERSION = 5  # 2: the standard kernel wins ties; 3: keyed by the matrix shapes too; 4: a kernel per phase; 5: the chunk
+CHOICE_VERSION = 6  # 2: the standard kernel wins ties; 3: keyed by the matrix shapes too; 4: a kernel per phase; 5: the chunk; 6: the load's preparing
 
 
 def machine_key(threads: int) -> str:

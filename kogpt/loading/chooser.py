@@ -3,8 +3,10 @@
 Each candidate is timed at the rows each phase gives a layer (`kogpt.loading.phases`: one decode
 row, a step of several samples, a prompt chunk). Within each packed layout (kernels that read the
 same tensors, `Kernel.layout`) every phase takes its fastest kernel; the layouts are then scored on
-the standard request (a 512-token prompt, then 128 tokens, at batch 1 and at batch 4) and the
-fastest wins. A layout therefore never mixes with another: one copy of the weights serves all phases.
+the standard request (a 512-token prompt, then 128 tokens, at batch 1 and at batch 4), plus the
+seconds its weights take to prepare at each load (oneDNN's int8 layout is made from the cached
+tensors at every start), and the fastest wins. A layout therefore never mixes with another: one
+copy of the weights serves all phases.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from kogpt.loading.kernels import (
     candidates,
     default_measure,
     last_level_cache_bytes,
+    prepare_seconds,
 )
 from kogpt.loading.phases import (
     CHUNK_GAIN,
@@ -56,7 +59,7 @@ class Choice:
     bandwidth_gb_s: float = 0.0
     phases: dict[str, str] = field(default_factory=dict)  # phase -> kernel, all of one layout
     phase_seconds: dict[str, dict[str, float]] = field(default_factory=dict)  # kernel -> phase -> s per pass or chunk
-    scores: dict[str, float] = field(default_factory=dict)  # layout -> seconds of the standard request
+    scores: dict[str, float] = field(default_factory=dict)  # layout -> seconds of the standard request and the load's preparing
     chunk: int = PREFILL_ROWS  # prompt tokens per forward, sized for the prompt kernel (`size_chunk`)
     chunk_seconds: dict[str, float] = field(default_factory=dict)  # chunk rows -> the prompt kernel's seconds per token
 
@@ -92,6 +95,7 @@ def choose(
     bandwidth: float = 0.0,
     accuracy: Callable[[Kernel], float] = relative_error,
     prompt_shapes: dict[tuple[int, int], int] | None = None,
+    preparing: Callable[[Kernel, tuple[int, int]], float] = prepare_seconds,
 ) -> Choice:
     """The kernels of `fmt` for the model's `shapes` ({(out, in): count}; a prompt chunk's are
     `prompt_shapes`, default the same) that pass the accuracy check: per phase the fastest within
@@ -99,8 +103,9 @@ def choose(
     equal, given a shared machine's noise) the standard kernel (`DEFAULTS`) or its layout wins,
     else the most accurate.
 
-    `measure(kernel, shape, rows)` returns seconds per product and `accuracy(kernel)` the relative
-    error against float32; tests inject them, by default they are measured.
+    `measure(kernel, shape, rows)` returns seconds per product, `accuracy(kernel)` the relative
+    error against float32 and `preparing(kernel, shape)` the seconds a layer takes to prepare at
+    load; tests inject them, by default they are measured.
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown weight format {fmt!r}; choose one of {', '.join(FORMATS)}")
@@ -129,13 +134,15 @@ def choose(
     plans = layout_plans(timed, errors)
     if not plans:
         raise RuntimeError(f"no {fmt} kernel runs correctly on this CPU (rejected: {', '.join(rejected) or 'none'})")
-    scores = {layout: request_seconds(*(timed[phases[p]][p] for p in PHASES)) for layout, phases in plans.items()}
+    loads = {layout: sum(count * preparing(KERNELS[name], shape) for name in set(phases.values()) for shape, count in shapes.items())
+             for layout, phases in plans.items()}  # fmt: skip
+    scores = {layout: request_seconds(*(timed[phases[p]][p] for p in PHASES)) + loads[layout] for layout, phases in plans.items()}
     standard = KERNELS[DEFAULTS[fmt]].layout
     step_errors = {layout: errors[plans[layout]["step"]] for layout in plans}
     layout, tied = best_of(list(plans), scores, step_errors, standard)
     per_token = size_chunk(KERNELS[plans[layout]["prefill"]], per_phase["prefill"], measure)
     chunk = best_chunk(per_token)
-    why = explain(plans[layout], scores, timed, layout, tied, standard, rejected)
+    why = explain(plans[layout], scores, loads, timed, layout, tied, standard, rejected)
     why += f"; prompts in chunks of {chunk} (" + ", ".join(f"{rows} rows {1e6 * s:.3g} µs" for rows, s in per_token.items()) + " per token)"
     return Choice(
         fmt, plans[layout]["step"], why, {name: t["step"] for name, t in timed.items() if "step" in t}, errors,
@@ -173,12 +180,14 @@ def layout_plans(timed: dict[str, dict[str, float]], errors: dict[str, float]) -
     return plans
 
 
-def explain(phases, scores, timed, layout, tied, standard, rejected) -> str:
-    """Why: the phases, the request's seconds per layout, the one-row timings, ties and rejections."""
+def explain(phases, scores, loads, timed, layout, tied, standard, rejected) -> str:
+    """Why: the phases, the request's seconds per layout (with the load's preparing), the one-row
+    timings, ties and rejections."""
     steps = sorted(((name, t["step"]) for name, t in timed.items() if "step" in t), key=lambda kv: kv[1])
-    ranked = ", ".join(f"{name} {s:.1f} s" for name, s in sorted(scores.items(), key=lambda kv: kv[1]))
+    ranked = ", ".join(f"{name} {s:.1f} s" + (f" ({loads[name]:.1f} s of it preparing at load)" if loads[name] else "")
+                       for name, s in sorted(scores.items(), key=lambda kv: kv[1]))  # fmt: skip
     why = (
-        f"{describe(phases)}; a {PROMPT_TOKENS}-token prompt + {NEW_TOKENS} tokens at batch 1 and 4 by the kernels alone: {ranked}; "
+        f"{describe(phases)}; a {PROMPT_TOKENS}-token prompt + {NEW_TOKENS} tokens at batch 1 and 4 by the kernels alone, and one load: {ranked}; "
         f"fastest of {len(timed)} passing the accuracy check (1 row: "
         + ", ".join(f"{name} {1000 * s:.1f} ms" for name, s in steps) + " per token)"
     )  # fmt: skip

@@ -200,6 +200,20 @@ def time_kernel(kernel: Kernel, shape: tuple[int, int], rotate_bytes: int, round
 
 Measure = Callable[[Kernel, tuple[int, int], int], float]  # (kernel, (out, in), rows) -> seconds
 MEASURED_WEIGHTS = 1 << 26  # larger matrices (lm_head) are timed on a slice of this many weights and scaled
+PREPARED_WEIGHTS = 1 << 24  # the load's preparing is timed on a slice of this many weights and scaled
+
+
+def prepare_seconds(kernel: Kernel, shape: tuple[int, int]) -> float:
+    """Seconds that preparing one (out, in) layer's cached tensors takes at every load
+    (`Kernel.prepare`; 0 for a kernel that runs on them as they are), timed on a slice, scaled."""
+    if kernel.prepare is None:
+        return 0.0
+    out_features, in_features = shape
+    part = max(1, min(out_features, PREPARED_WEIGHTS // in_features))
+    stored = kernel.pack(torch.randn(part, in_features) * 0.02)
+    started = time.perf_counter()
+    kernel.prepare(stored)
+    return (time.perf_counter() - started) * out_features / part
 
 
 def default_threads() -> int:
