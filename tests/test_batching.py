@@ -214,6 +214,27 @@ def test_a_prompt_that_merely_starts_like_one_being_fed_does_not_wait_for_it(gpt
         assert short.stats.reused_tokens == 0 and long.finished.is_set() and short.finished.is_set()
 
 
+def test_a_short_request_behind_a_long_prompt_with_a_common_beginning_does_not_wait_for_all_of_it(gpt):
+    """Sharing an instruction with a long prompt being fed saves its tokens, but waiting would cost
+    the rest of the long prompt's feed: the short request starts at once, its first token a chunk
+    later (the issue's "within 2 prefill chunks")."""
+    with torch.inference_mode():
+        sched = scheduler(gpt, chunk=48)
+        ids = gpt.encode(PREAMBLE * 2)[:120]
+        other = [t for t in gpt.encode("전혀 다른 이야기") if t != ids[34]][:6]
+        settings = SamplingSettings(seed=1, max_new_tokens=4, temperature=1.0)
+        long, short = Request(ids, settings, [1], 4), Request(ids[:34] + other, settings, [1], 4)
+        assert common_prefix(long.ids, short.ids) == 34 >= WORTH_WAITING and len(short.ids) <= 48
+        sched.add(long)
+        sched.tick()  # the long prompt's first chunk: 72 of its tokens are left, over twice the 34 shared
+        sched.add(short)
+        ticks = 0
+        while short.events.empty():  # its first piece of text
+            sched.tick()
+            ticks += 1
+        assert ticks <= 2 and any(job.request is long for job in sched.feeding)  # the long prompt still feeding
+
+
 def test_the_prefix_store_hits_partly_hits_and_evicts_within_its_budget(gpt):
     with torch.inference_mode():
         sched = scheduler(gpt, chunk=8)

@@ -9,8 +9,8 @@ chunks (the Sarathi / vLLM chunked-prefill scheme).
 
 A prompt is fed alone, from the longest beginning the `PrefixStore` holds (to the token), in chunks
 that end at multiples of the chunk size; a request whose prompt shares `WORTH_WAITING` tokens or
-more with one being fed right now waits for it, so clients that arrive together with one few-shot
-preamble feed it once. Its rows then join the `Batch`, and each row samples with its own generator
+more with one being fed right now, and half or more of what that one has left to feed, waits for
+it, so clients that arrive together with one few-shot preamble feed it once. Its rows then join the `Batch`, and each row samples with its own generator
 (`Sampler`): a seeded request gives the same text alone, in any batch and after any reuse, but for
 the low bits that a batched forward or a shorter chunk may round otherwise.
 """
@@ -127,9 +127,11 @@ class Scheduler:
 
     def _gains_from(self, job: Job, other: Job) -> bool:
         """Whether `job` should wait for `other`'s prompt to be in the store: `other` is feeding at
-        least `WORTH_WAITING` tokens of `job`'s beginning (two prompts that merely start alike do not wait)."""
-        shared = min(common_prefix(job.ids, other.ids), len(job.ids) - 1)
-        return shared >= other.kept + WORTH_WAITING
+        least `WORTH_WAITING` tokens of `job`'s beginning, and at least half as many as it has left
+        to feed (two prompts that merely start alike, or a short request behind a long prompt with a
+        common instruction, do not wait for all of it)."""
+        gain = min(common_prefix(job.ids, other.ids), len(job.ids) - 1) - other.kept
+        return gain >= WORTH_WAITING and 2 * gain >= len(other.ids) - other.fed
 
     def _start(self, job: Job) -> None:
         job.request.started.set()
