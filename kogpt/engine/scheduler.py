@@ -10,9 +10,10 @@ chunks (the Sarathi / vLLM chunked-prefill scheme).
 A prompt is fed alone, from the longest beginning the `PrefixStore` holds (to the token), in chunks
 that end at multiples of the chunk size; a request whose prompt shares `WORTH_WAITING` tokens or
 more with one being fed right now, and half or more of what that one has left to feed, waits for
-it, so clients that arrive together with one few-shot preamble feed it once. Its rows then join the `Batch`, and each row samples with its own generator
-(`Sampler`): a seeded request gives the same text alone, in any batch and after any reuse, but for
-the low bits that a batched forward or a shorter chunk may round otherwise.
+it, so clients that arrive together with one few-shot preamble feed it once. Its rows then join
+the `Batch`, and each row samples with its own generator (`Sampler`): a seeded request gives the
+same text alone, in any batch and after any reuse, but for the low bits that a batched forward or a
+shorter chunk may round otherwise.
 """
 
 from __future__ import annotations
